@@ -1,0 +1,46 @@
+use std::path::PathBuf;
+
+/// Everything that can be wrong with a bundle, each case with what a user needs to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle folder {0} does not exist or is not a folder")]
+    NotAFolder(PathBuf),
+    #[error("bundle manifest {path} cannot be read: {source}")]
+    ManifestUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bundle manifest {path} is not valid JSON for this format (truncated or hand-edited?): {source}")]
+    ManifestMalformed {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} is not an emollama bundle manifest (format is {found:?}, expected {expected:?})")]
+    WrongFormat { path: PathBuf, found: String, expected: &'static str },
+    #[error("bundle format version {found} is not supported by this emollama (it reads version {supported}); re-export the bundle or upgrade emollama")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("bundle file {path} is missing (role {role})")]
+    MissingFile { path: PathBuf, role: String },
+    #[error("bundle file {path} has {actual} bytes, the manifest says {expected} (truncated or replaced)")]
+    SizeMismatch { path: PathBuf, expected: u64, actual: u64 },
+    #[error("bundle file {path} fails its checksum: sha256 {actual}, the manifest says {expected} (corrupt or tampered)")]
+    ChecksumMismatch { path: PathBuf, expected: String, actual: String },
+    #[error("bundle file {path} cannot be read: {source}")]
+    FileUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bundle manifest names the file path {0:?}, which leaves the bundle folder")]
+    UnsafePath(String),
+    #[error("bundle has no file with role {0}")]
+    MissingRole(crate::Role),
+    #[error("bundle has {count} files with role {role}, expected one")]
+    DuplicateRole { role: crate::Role, count: usize },
+    #[error("engine {engine} output {output} has width {found}, but the LLM's embedding width is {expected}")]
+    EmbeddingWidthMismatch { engine: String, output: String, found: u64, expected: u64 },
+    #[error("bundle manifest is inconsistent: {0}")]
+    Inconsistent(String),
+}

@@ -1,0 +1,214 @@
+//! A small GGUF reader: metadata and tensor directory without loading the model, and
+//! single rows of F32/F16 tensors (the embedding table, for splice checks). The format:
+//! <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use crate::EngineError;
+
+/// A metadata value; arrays are summarised by their length.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufValue {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Array { len: u64 },
+}
+
+impl GgufValue {
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            GgufValue::UInt(v) => Some(*v),
+            GgufValue::Int(v) => u64::try_from(*v).ok(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GgufTensor {
+    pub name: String,
+    /// ggml order: `dims[0]` is the row length.
+    pub dims: Vec<u64>,
+    pub ggml_type: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GgufFile {
+    path: PathBuf,
+    pub metadata: BTreeMap<String, GgufValue>,
+    pub tensors: Vec<GgufTensor>,
+    data_start: u64,
+}
+
+const GGML_TYPE_F32: u32 = 0;
+const GGML_TYPE_F16: u32 = 1;
+
+struct Cursor<R> {
+    r: R,
+    path: PathBuf,
+}
+
+impl<R: Read> Cursor<R> {
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], EngineError> {
+        let mut b = [0u8; N];
+        self.r.read_exact(&mut b).map_err(|_| EngineError::GgufInvalid {
+            path: self.path.clone(),
+            reason: "truncated header or metadata".into(),
+        })?;
+        Ok(b)
+    }
+    fn u32(&mut self) -> Result<u32, EngineError> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+    fn u64(&mut self) -> Result<u64, EngineError> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+    fn string(&mut self) -> Result<String, EngineError> {
+        let len = self.u64()?;
+        if len > 1 << 24 {
+            return Err(EngineError::GgufInvalid { path: self.path.clone(), reason: format!("string of {len} bytes") });
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.r.read_exact(&mut buf).map_err(|_| EngineError::GgufInvalid {
+            path: self.path.clone(),
+            reason: "truncated string".into(),
+        })?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+    fn value(&mut self, vtype: u32) -> Result<GgufValue, EngineError> {
+        Ok(match vtype {
+            0 => GgufValue::UInt(u64::from(self.bytes::<1>()?[0])),
+            1 => GgufValue::Int(i64::from(self.bytes::<1>()?[0] as i8)),
+            2 => GgufValue::UInt(u64::from(u16::from_le_bytes(self.bytes()?))),
+            3 => GgufValue::Int(i64::from(i16::from_le_bytes(self.bytes()?))),
+            4 => GgufValue::UInt(u64::from(self.u32()?)),
+            5 => GgufValue::Int(i64::from(self.u32()? as i32)),
+            6 => GgufValue::Float(f64::from(f32::from_le_bytes(self.bytes()?))),
+            7 => GgufValue::Bool(self.bytes::<1>()?[0] != 0),
+            8 => GgufValue::Str(self.string()?),
+            9 => {
+                let etype = self.u32()?;
+                let len = self.u64()?;
+                for _ in 0..len {
+                    self.value(etype)?;
+                }
+                GgufValue::Array { len }
+            }
+            10 => GgufValue::UInt(self.u64()?),
+            11 => GgufValue::Int(self.u64()? as i64),
+            12 => GgufValue::Float(f64::from_le_bytes(self.bytes()?)),
+            t => return Err(EngineError::GgufInvalid { path: self.path.clone(), reason: format!("unknown value type {t}") }),
+        })
+    }
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self, EngineError> {
+        super::model::check_gguf_header(path)?;
+        let file = File::open(path).map_err(|source| EngineError::Io { path: path.into(), source })?;
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut c = Cursor { r: BufReader::new(file), path: path.into() };
+        let _magic_version: [u8; 8] = c.bytes()?;
+        let n_tensors = c.u64()?;
+        let n_kv = c.u64()?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = c.string()?;
+            let vtype = c.u32()?;
+            metadata.insert(key, c.value(vtype)?);
+        }
+        let mut tensors = Vec::new();
+        for _ in 0..n_tensors {
+            let name = c.string()?;
+            let n_dims = c.u32()?;
+            let dims = (0..n_dims).map(|_| c.u64()).collect::<Result<Vec<_>, _>>()?;
+            let ggml_type = c.u32()?;
+            let offset = c.u64()?;
+            tensors.push(GgufTensor { name, dims, ggml_type, offset });
+        }
+        let pos = c.r.stream_position().map_err(|source| EngineError::Io { path: path.into(), source })?;
+        let align = metadata.get("general.alignment").and_then(GgufValue::as_u64).unwrap_or(32).max(1);
+        let data_start = pos.div_ceil(align) * align;
+        if data_start > file_len {
+            return Err(EngineError::GgufInvalid { path: path.into(), reason: "no tensor data (truncated)".into() });
+        }
+        Ok(Self { path: path.into(), metadata, tensors, data_start })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata.get(key)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&GgufTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Row `row` of a 2-D F32 or F16 tensor, as f32 (F16 widened exactly, as ggml does).
+    pub fn read_row(&self, name: &str, row: u64) -> Result<Vec<f32>, EngineError> {
+        let invalid = |reason: String| EngineError::GgufInvalid { path: self.path.clone(), reason };
+        let t = self.tensor(name).ok_or_else(|| invalid(format!("no tensor {name}")))?;
+        let (width, rows) = match t.dims[..] {
+            [w, r] => (w, r),
+            _ => return Err(invalid(format!("{name} is not 2-D"))),
+        };
+        if row >= rows {
+            return Err(invalid(format!("{name} has {rows} rows, asked for row {row}")));
+        }
+        let elem = match t.ggml_type {
+            GGML_TYPE_F32 => 4,
+            GGML_TYPE_F16 => 2,
+            other => return Err(invalid(format!("{name} has ggml type {other}; only F32/F16 rows can be read"))),
+        };
+        let mut file = File::open(&self.path).map_err(|source| EngineError::Io { path: self.path.clone(), source })?;
+        let io = |source| EngineError::Io { path: self.path.clone(), source };
+        file.seek(SeekFrom::Start(self.data_start + t.offset + row * width * elem)).map_err(io)?;
+        let mut buf = vec![0u8; (width * elem) as usize];
+        file.read_exact(&mut buf).map_err(io)?;
+        Ok(match t.ggml_type {
+            GGML_TYPE_F32 => buf.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            _ => buf.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        })
+    }
+}
+
+/// IEEE half → single, exact (subnormals, infinities and NaN included).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: normalise.
+            let shift = m.leading_zeros() - 21;
+            let m = (m << shift) & 0x3ff;
+            sign | ((127 - 15 - shift + 1) << 23) | (m << 13)
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+
+    #[test]
+    fn half_to_single_is_exact() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x03ff), 1023.0 * 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
+        assert!(f16_to_f32(0x7e00).is_nan());
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+    }
+}

@@ -1,0 +1,25 @@
+//! The LLaMA backbone on llama.cpp: a safe wrapper of our own over `llama-cpp-sys-2`.
+//!
+//! - [`LlmModel`]: the loaded GGUF (shared, immutable), tokenizer and vocabulary;
+//! - [`LlmContext`]: per-request state (KV cache, batches) with prefill of token and
+//!   embedding-row segments, single-token decode, prefix reuse and perf counters;
+//! - [`Sampler`]: greedy / temperature / top-k / top-p / HF repetition penalty, seeded;
+//! - [`LlmContext::generate`]: the streaming generation loop with stop conditions;
+//! - [`quantize`]: GGUF quantization for the exporter.
+
+mod backend;
+mod context;
+mod generate;
+pub mod gguf;
+mod model;
+mod quantize;
+mod sampling;
+mod text;
+
+pub use backend::{init_backend, system_info};
+pub use context::{ContextParams, FlashAttention, KvCacheType, LlmContext, PerfCounters, PrefillReport, PrefixState, Segment};
+pub use generate::{GenerateOptions, Generation, StopReason};
+pub use model::{check_gguf_header, LlmModel, ModelParams};
+pub use quantize::{quantize, QuantType};
+pub use sampling::{apply_repetition_penalty, Sampler, SamplingParams};
+pub use text::TextStream;

@@ -1,0 +1,100 @@
+//! Finding and loading `libonnxruntime.so`, so that no user ever sets an environment
+//! variable: an explicit path (config), `ORT_DYLIB_PATH` if set, next to the executable,
+//! `../lib` beside it, the setup's cache, then the system library folders.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::EngineError;
+
+/// The ONNX Runtime version the setup installs (PyPI `onnxruntime` wheel).
+pub const SETUP_ORT_VERSION: &str = "1.31.1";
+
+/// A process-wide ONNX Runtime: the loaded library and its environment.
+#[derive(Debug)]
+pub struct OrtRuntime {
+    pub library: PathBuf,
+    pub version: String,
+    pub(crate) environment: ort::environment::Environment,
+}
+
+static RUNTIME: OnceLock<OrtRuntime> = OnceLock::new();
+
+/// The places searched for the library, in order.
+pub fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = explicit {
+        out.push(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        out.push(PathBuf::from(p));
+    }
+    let names = ["libonnxruntime.so", "libonnxruntime.so.1", &format!("libonnxruntime.so.{SETUP_ORT_VERSION}")];
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        for base in [dir.clone(), dir.join("../lib"), dir.join("../lib/emollama")] {
+            out.extend(names.iter().map(|n| base.join(n)));
+        }
+    }
+    out.push(setup_cache_dir().join(format!("onnxruntime/{SETUP_ORT_VERSION}/libonnxruntime.so.{SETUP_ORT_VERSION}")));
+    for base in ["/usr/lib/emollama", "/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"] {
+        out.extend(names.iter().map(|n| Path::new(base).join(n)));
+    }
+    out
+}
+
+/// `$XDG_CACHE_HOME/emollama` or `~/.cache/emollama`: where `scripts/setup` puts what it
+/// downloads and builds.
+pub fn setup_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("emollama");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/emollama")
+}
+
+/// Load ONNX Runtime once per process. Later calls return the first runtime (the
+/// library cannot be swapped inside a process).
+pub fn init_runtime(explicit: Option<&Path>) -> Result<&'static OrtRuntime, EngineError> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let candidates = candidate_paths(explicit);
+    let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
+        return Err(EngineError::OrtLibraryNotFound { searched: candidates });
+    };
+    let builder = ort::init_from(&path)
+        .map_err(|e| EngineError::OrtLibraryLoad { path: path.clone(), message: e.to_string() })?;
+    let environment = builder
+        .with_name("emollama")
+        .build()
+        .map_err(|e| EngineError::OrtEnvironment(e.to_string()))?;
+    let version = version_from_build_info(ort::info()).unwrap_or_else(|| "unknown".into());
+    tracing::info!(library = %path.display(), %version, "ONNX Runtime loaded");
+    Ok(RUNTIME.get_or_init(|| OrtRuntime { library: path, version, environment }))
+}
+
+/// `ORT Build Info: git-branch=rel-1.31.1, ...` → `1.31.1`.
+fn version_from_build_info(info: &str) -> Option<String> {
+    let branch = info.split("git-branch=").nth(1)?;
+    let tag = branch.split([',', ' ']).next()?;
+    Some(tag.trim_start_matches("rel-").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_read_from_build_info() {
+        let info = "ORT Build Info: git-branch=rel-1.31.1, git-commit-id=abc, build type=Release";
+        assert_eq!(version_from_build_info(info).as_deref(), Some("1.31.1"));
+        assert_eq!(version_from_build_info("garbage"), None);
+    }
+
+    #[test]
+    fn explicit_path_is_searched_first() {
+        let c = candidate_paths(Some(Path::new("/opt/x/libonnxruntime.so")));
+        assert_eq!(c[0], Path::new("/opt/x/libonnxruntime.so"));
+        assert!(c.iter().any(|p| p.ends_with(format!("onnxruntime/{SETUP_ORT_VERSION}/libonnxruntime.so.{SETUP_ORT_VERSION}"))));
+    }
+}

@@ -1,0 +1,167 @@
+//! Execution-provider choice: TensorRT → CUDA → CPU, by configuration, never silent.
+//!
+//! The GPU providers exist only when this crate is built with the `tensorrt` / `cuda`
+//! features *and* the loaded libonnxruntime is a GPU build. Each engine reports the
+//! provider its session was actually created with.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use emollama_bundle::{Dim, TensorSpec};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    TensorRt,
+    Cuda,
+    Cpu,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::TensorRt => "TensorrtExecutionProvider",
+            Provider::Cuda => "CUDAExecutionProvider",
+            Provider::Cpu => "CPUExecutionProvider",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Provider::TensorRt => "tensorrt",
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+        }
+    }
+
+    /// Whether this binary was compiled with support for the provider.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            Provider::TensorRt => cfg!(feature = "tensorrt"),
+            Provider::Cuda => cfg!(feature = "cuda"),
+            Provider::Cpu => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+/// Which providers to try, in order, and what to do when the preferred one is missing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderPolicy {
+    /// Tried in this order; CPU is always the last resort unless `required` says otherwise.
+    pub order: Vec<Provider>,
+    /// When set, an engine that cannot run on this provider is an error, not a warning.
+    pub required: Option<Provider>,
+    pub tensorrt: TensorRtOptions,
+}
+
+impl Default for ProviderPolicy {
+    fn default() -> Self {
+        Self { order: vec![Provider::TensorRt, Provider::Cuda, Provider::Cpu], required: None, tensorrt: TensorRtOptions::default() }
+    }
+}
+
+impl ProviderPolicy {
+    pub fn cpu_only() -> Self {
+        Self { order: vec![Provider::Cpu], ..Self::default() }
+    }
+}
+
+/// TensorRT settings. Engines are cached per (device, versions, precision, shapes, model)
+/// so that an engine built for another JetPack or TensorRT is rebuilt, never loaded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TensorRtOptions {
+    pub fp16: bool,
+    pub int8: bool,
+    /// Root of the engine and timing caches (a `CacheDirectory=` under systemd).
+    pub cache_root: Option<PathBuf>,
+    /// Identifies the device and its software: SoC, L4T/JetPack and TensorRT versions.
+    pub device_key: String,
+    /// min/opt/max for each named dynamic axis of the manifest (e.g. `samples`).
+    pub dynamic_ranges: BTreeMap<String, [u64; 3]>,
+}
+
+impl TensorRtOptions {
+    pub fn precision(&self) -> &'static str {
+        match (self.int8, self.fp16) {
+            (true, _) => "int8",
+            (false, true) => "fp16",
+            _ => "fp32",
+        }
+    }
+
+    /// The cache folder name for one model: every input that changes the engine is in it.
+    pub fn cache_key(&self, ort_version: &str, model_sha256: &str, inputs: &[TensorSpec]) -> String {
+        let shapes = self.profile_shapes(inputs).map(|[a, b, c]| format!("{a}|{b}|{c}")).unwrap_or_default();
+        let shape_hash = fnv1a(shapes.as_bytes());
+        let device = if self.device_key.is_empty() { "unknown-device" } else { &self.device_key };
+        let sha = model_sha256.get(..16).unwrap_or(model_sha256);
+        let device: String = device.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        format!("{device}-ort{ort_version}-{}-shapes{shape_hash:016x}-{sha}", self.precision())
+    }
+
+    /// TensorRT optimization-profile strings (`name:1x3x448x448,...`) for min, opt and
+    /// max, from the manifest's dynamic axes; `None` when an axis has no range.
+    pub fn profile_shapes(&self, inputs: &[TensorSpec]) -> Option<[String; 3]> {
+        let mut out: [Vec<String>; 3] = Default::default();
+        for spec in inputs {
+            for (k, slot) in out.iter_mut().enumerate() {
+                let mut dims = Vec::with_capacity(spec.shape.len());
+                for d in &spec.shape {
+                    dims.push(match d {
+                        Dim::Fixed(n) => *n,
+                        Dim::Dynamic(axis) => self.dynamic_ranges.get(axis)?[k],
+                    });
+                }
+                let dims: Vec<String> = dims.iter().map(u64::to_string).collect();
+                slot.push(format!("{}:{}", spec.name, dims.join("x")));
+            }
+        }
+        Some(out.map(|v| v.join(",")))
+    }
+}
+
+/// Small stable hash for cache keys (not for security).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, shape: Vec<Dim>) -> TensorSpec {
+        TensorSpec { name: name.into(), dtype: "f32".into(), shape }
+    }
+
+    #[test]
+    fn profile_shapes_fill_dynamic_axes() {
+        let mut opts = TensorRtOptions::default();
+        opts.dynamic_ranges.insert("samples".into(), [16000, 80000, 480000]);
+        let inputs = [spec("waveform", vec![Dim::Fixed(1), Dim::Dynamic("samples".into())])];
+        let [min, opt, max] = opts.profile_shapes(&inputs).unwrap();
+        assert_eq!(min, "waveform:1x16000");
+        assert_eq!(opt, "waveform:1x80000");
+        assert_eq!(max, "waveform:1x480000");
+        let unknown = [spec("x", vec![Dim::Dynamic("batch".into())])];
+        assert!(opts.profile_shapes(&unknown).is_none());
+    }
+
+    #[test]
+    fn cache_key_changes_with_every_input() {
+        let inputs = [spec("x", vec![Dim::Fixed(1)])];
+        let mut a = TensorRtOptions { device_key: "orin-nano L4T 36.4.3 trt10.3".into(), ..Default::default() };
+        let k1 = a.cache_key("1.31.1", "abcdef0123456789ffff", &inputs);
+        assert!(k1.starts_with("orin-nano_L4T_36.4.3_trt10.3-ort1.31.1-fp32-"));
+        assert_ne!(k1, a.cache_key("1.30.0", "abcdef0123456789ffff", &inputs));
+        assert_ne!(k1, a.cache_key("1.31.1", "bbcdef0123456789ffff", &inputs));
+        a.fp16 = true;
+        assert_ne!(k1, a.cache_key("1.31.1", "abcdef0123456789ffff", &inputs));
+    }
+}

@@ -1,0 +1,224 @@
+"""Synthetic mode: the exact Emotion-LLaMA architectures at tiny widths, seeded random
+weights, exported as a complete bundle, with PyTorch golden values beside it.
+
+Layout written under OUT:
+  bundle/    manifest.json, global.onnx, local.onnx, temporal.onnx, audio.onnx, llm-f32.gguf
+  goldens/   index.json + raw f32 tensors (engine inputs/outputs, LLM logits and tokens)
+"""
+
+import argparse
+import platform
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import transformers
+
+from . import EXPORTER_VERSION
+from .audio import AudioEngine, hubert_config
+from .eva import EvaConfig, GlobalEngine
+from .llama import spliced_reference, tiny_llama, write_gguf
+from .mae import LocalEngine, MaeConfig
+from .manifest import FORMAT, FORMAT_VERSION, file_entry, tensor_spec
+from .tensors import TensorStore, write_json_atomic
+from .videomae import TemporalEngine, VideoMaeConfig
+
+SEED = 1234
+PARITY_TOLERANCE = 1e-4
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# Tiny widths; every structural constant (image sizes, patch sizes, grouping, tubelets,
+# conv kernels and strides, row counts) is the official one.
+LLM = dict(hidden=64, layers=2, heads=4, intermediate=176)
+EVA = EvaConfig(embed_dim=32, depth=2, num_heads=2)
+MAE = MaeConfig(embed_dim=32, depth=2, num_heads=2)
+VMAE = VideoMaeConfig(embed_dim=32, depth=2, num_heads=2)
+HUBERT = dict(hidden=32, layers=2, heads=2, intermediate=64, conv_dim=32, pos_conv_kernel=16, pos_conv_groups=4)
+
+
+def log(msg: str) -> None:
+    print(f"[export] {msg}", flush=True)
+
+
+def export_onnx(module, args, path: Path, inputs: list, outputs: list, dynamic: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.onnx.export(
+        module, args, str(tmp), input_names=inputs, output_names=outputs,
+        dynamic_axes=dynamic, opset_version=17, dynamo=False,
+    )
+    module.eval()  # the legacy exporter restores training mode
+    tmp.replace(path)
+
+
+def check_parity(path: Path, feeds: dict, expected: dict) -> float:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(list(expected), feeds)
+    return max(float(np.abs(g - e).max()) for g, e in zip(got, expected.values()))
+
+
+def engine(name, module, cases, bundle: Path, store: TensorStore, input_specs, output_specs, dynamic):
+    """Export one engine, compute its goldens at every case, check ONNX Runtime parity."""
+    in_names = [s["name"] for s in input_specs]
+    out_names = [s["name"] for s in output_specs]
+    path = bundle / f"{name}.onnx"
+    log(f"{name}: exporting ONNX")
+    export_onnx(module, tuple(torch.from_numpy(cases[0][n]) for n in in_names), path, in_names, out_names, dynamic)
+    golden_cases, worst = [], 0.0
+    for i, feeds in enumerate(cases):
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(feeds[n]) for n in in_names))
+        out = out if isinstance(out, tuple) else (out,)
+        expected = {n: o.numpy() for n, o in zip(out_names, out)}
+        diff = check_parity(path, feeds, expected)
+        worst = max(worst, diff)
+        golden_cases.append({
+            "inputs": {n: store.put(f"{name}.case{i}.{n}", feeds[n]) for n in in_names},
+            "outputs": {n: store.put(f"{name}.case{i}.{n}", expected[n]) for n in out_names},
+        })
+        log(f"{name}: case {i} {[list(feeds[n].shape) for n in in_names]} max|onnxruntime - torch| = {diff:.3g}")
+    if worst > PARITY_TOLERANCE:
+        raise SystemExit(f"{name}: ONNX parity {worst} exceeds {PARITY_TOLERANCE}")
+    entry = file_entry(
+        bundle, path.name, f"{name}_engine", "onnx", "fp32",
+        inputs=input_specs, outputs=output_specs,
+        parity={"reference": "pytorch fp32 cpu", "runtime": f"onnxruntime {ort.__version__} cpu",
+                "max_abs_diff": worst, "tolerance": PARITY_TOLERANCE, "cases": len(cases)},
+    )
+    return entry, golden_cases
+
+
+def build(out: Path, vocab_gguf: Path) -> None:
+    started = time.time()
+    torch.manual_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    bundle, goldens = staging / "bundle", staging / "goldens"
+    bundle.mkdir(parents=True)
+    store = TensorStore(goldens)
+    d = LLM["hidden"]
+    files, golden_engines = [], {}
+
+    def uniform(*shape):
+        return rng.random(shape, dtype=np.float32)
+
+    # Global: EVA ViT-g structure at 448 px (CLIP-normalised pixels). Dynamic batch.
+    size = EVA.image_size
+    glob = GlobalEngine(EVA, d).eval()
+    cases = [{"pixel_values": ((uniform(b, 3, size, size) - 0.45) / 0.27).astype(np.float32)} for b in (1, 2)]
+    rows = (size // EVA.patch_size) ** 2 // EVA.group
+    e, g = engine("global", glob, cases, bundle, store,
+                  [tensor_spec("pixel_values", ["batch", 3, size, size])],
+                  [tensor_spec("patch_rows", ["batch", rows, d]), tensor_spec("cls_row", ["batch", 1, d])],
+                  {"pixel_values": {0: "batch"}, "patch_rows": {0: "batch"}, "cls_row": {0: "batch"}})
+    files.append(e); golden_engines["global"] = g
+
+    # Local: MAE ViT-L structure over a dynamic number of 224 px face frames in [0,1].
+    local = LocalEngine(MAE, d).eval()
+    cases = [{"faces": uniform(n, 3, MAE.image_size, MAE.image_size)} for n in (3, 5)]
+    e, g = engine("local", local, cases, bundle, store,
+                  [tensor_spec("faces", ["frames", 3, MAE.image_size, MAE.image_size])],
+                  [tensor_spec("local_row", [1, 1, d])], {"faces": {0: "frames"}})
+    files.append(e); golden_engines["local"] = g
+
+    # Temporal: VideoMAE structure, 16 frames x 224 px in [0,1]. Dynamic batch.
+    temporal = TemporalEngine(VMAE, d).eval()
+    cases = [{"clip": uniform(b, 3, VMAE.frames, VMAE.image_size, VMAE.image_size)} for b in (1, 2)]
+    e, g = engine("temporal", temporal, cases, bundle, store,
+                  [tensor_spec("clip", ["batch", 3, VMAE.frames, VMAE.image_size, VMAE.image_size])],
+                  [tensor_spec("temporal_row", ["batch", 1, d])],
+                  {"clip": {0: "batch"}, "temporal_row": {0: "batch"}})
+    files.append(e); golden_engines["temporal"] = g
+
+    # Audio: HuBERT (stable layer norm) over a dynamic number of 16 kHz samples.
+    audio = AudioEngine(hubert_config(**HUBERT), d).eval()
+    cases = [{"waveform": (0.3 * rng.standard_normal((1, n))).astype(np.float32)} for n in (16000, 40000)]
+    e, g = engine("audio", audio, cases, bundle, store,
+                  [tensor_spec("waveform", [1, "samples"])],
+                  [tensor_spec("audio_row", [1, 1, d])], {"waveform": {1: "samples"}})
+    files.append(e); golden_engines["audio"] = g
+
+    # Backbone: tiny LLaMA-2 with the real vocabulary, F32 GGUF.
+    log("llm: writing GGUF")
+    llm = tiny_llama(seed=SEED, **LLM)
+    write_gguf(llm, bundle / "llm-f32.gguf", vocab_gguf, "f32", "emollama synthetic LLaMA-2")
+    files.append(file_entry(bundle, "llm-f32.gguf", "llm", "gguf", "f32",
+                            parity={"reference": f"transformers {transformers.__version__} LlamaForCausalLM fp32",
+                                    "checked_by": "emollama tests (llama.cpp logits vs goldens)",
+                                    "tolerance": 1e-3}))
+    # The eval prompt's two text segments (spec §4.3 golden ids) around 260 embedding rows.
+    prefix = [1, 1, 518, 25580, 29962, 529, 9641, 29958]
+    suffix = [1533, 9641, 29958, 529, 14394, 5299, 19132, 10605, 2565, 14394, 29958,
+              450, 2022, 297, 4863, 4083, 29901, 29871, 518, 29914, 25580, 29962]
+    rows_260 = rng.standard_normal((260, d)).astype(np.float32)
+    seg_logits, greedy = spliced_reference(llm, [prefix, rows_260, suffix], n_greedy=16)
+    log(f"llm: greedy continuation {greedy}")
+    golden_llm = {
+        "segments": [{"tokens": prefix}, {"embeddings": store.put("llm.rows", rows_260)}, {"tokens": suffix}],
+        "logits_at_segment_ends": store.put("llm.segment_logits", seg_logits),
+        "greedy_tokens": greedy,
+        "reference": f"transformers {transformers.__version__} LlamaForCausalLM fp32 eager",
+    }
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "id": f"synthetic-seed{SEED}",
+        "synthetic": True,
+        "description": "Exact Emotion-LLaMA architectures at tiny widths with seeded RANDOM weights: "
+                       "for tests and demos; its answers mean nothing.",
+        "provenance": {
+            "source": f"synthetic (seed {SEED})",
+            "exporter": "emollama-export (python)",
+            "exporter_version": EXPORTER_VERSION,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnxruntime": ort.__version__,
+            "python": platform.python_version(),
+            "created_unix": int(time.time()),
+        },
+        "llm": {"embedding_width": d, "vocab_size": 32000, "bos_id": 1, "eos_id": 2, "n_ctx_train": 4096},
+        "rows": {"global_patches": rows, "local": 1, "temporal": 1, "audio": 1, "global_cls": 1},
+        "prompt": {"layout": "inference", "placeholder": "<VideoHere>",
+                   "row_order": ["global_patches", "local", "temporal", "audio", "global_cls"]},
+        "preprocess": {
+            "global": {"image_size": [size, size], "resize": "bicubic", "mean": CLIP_MEAN, "std": CLIP_STD,
+                       "frame": "first"},
+            "face": {"image_size": [MAE.image_size, MAE.image_size], "aligned_size": [112, 112],
+                     "resize": "bilinear", "scale": 1.0 / 255.0},
+            "temporal": {"frames": VMAE.frames, "segments": VMAE.frames // 2, "frames_per_segment": 2,
+                         "image_size": [VMAE.image_size, VMAE.image_size]},
+            "audio": {"sample_rate": 16000, "channels": 1},
+        },
+        "files": files,
+    }
+    write_json_atomic(bundle / "manifest.json", manifest)
+    write_json_atomic(goldens / "index.json", {"format_version": 1, "engines": golden_engines, "llm": golden_llm,
+                                               "tolerance": {"engines": PARITY_TOLERANCE, "llm_logits_f32": 1e-3}})
+    shutil.rmtree(out, ignore_errors=True)
+    staging.replace(out)
+    log(f"done in {time.time() - started:.1f}s -> {out}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m emollama_export.synthetic", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="output folder (bundle/ and goldens/)")
+    ap.add_argument("--vocab-gguf", type=Path, required=True, help="llama.cpp ggml-vocab-llama-spm.gguf")
+    args = ap.parse_args(argv)
+    if not args.vocab_gguf.is_file():
+        sys.exit(f"vocabulary GGUF not found: {args.vocab_gguf}")
+    # The legacy (TorchScript) exporter is chosen on purpose: it keeps dynamic axis names.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    build(args.out.resolve(), args.vocab_gguf)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+//! Shared helpers of the integration tests: where setup put the synthetic bundle, its
+//! PyTorch goldens and the sample media, and readers for them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ndarray::{ArrayD, IxDyn};
+use serde_json::Value;
+
+fn cache_dir() -> PathBuf {
+    emollama_engines::onnx::library::setup_cache_dir()
+}
+
+/// `bundle/` and `goldens/` written by the exporter (scripts/test regenerates them).
+pub fn test_data() -> PathBuf {
+    let dir = std::env::var_os("EMOLLAMA_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("synthetic"));
+    assert!(
+        dir.join("bundle/manifest.json").is_file(),
+        "no synthetic bundle at {}: run ./scripts/test (or ./scripts/setup)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn bundle_dir() -> PathBuf {
+    test_data().join("bundle")
+}
+
+pub fn media_dir() -> PathBuf {
+    std::env::var_os("EMOLLAMA_TEST_MEDIA").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("media"))
+}
+
+pub fn vocab_gguf() -> PathBuf {
+    cache_dir().join("vocab/ggml-vocab-llama-spm.gguf")
+}
+
+pub fn goldens() -> &'static Value {
+    static G: OnceLock<Value> = OnceLock::new();
+    G.get_or_init(|| {
+        let text = std::fs::read_to_string(test_data().join("goldens/index.json")).expect("goldens/index.json");
+        serde_json::from_str(&text).expect("goldens JSON")
+    })
+}
+
+/// A golden tensor `{file, shape}` as an ndarray.
+pub fn tensor(entry: &Value) -> ArrayD<f32> {
+    let file = entry["file"].as_str().expect("file");
+    let shape: Vec<usize> = entry["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let bytes = std::fs::read(test_data().join("goldens").join(file)).expect("golden tensor file");
+    let data: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("golden shape")
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Copy a bundle folder (to tamper with it in a test).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}

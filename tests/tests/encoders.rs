@@ -1,0 +1,116 @@
+//! Encoder engines on the real ONNX Runtime against the PyTorch goldens, and their
+//! errors on bad input.
+
+mod common;
+
+use emollama_bundle::{Bundle, Role};
+use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, Provider, ProviderPolicy};
+use emollama_engines::EngineError;
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn load(bundle: &Bundle, role: &Role, policy: ProviderPolicy) -> Result<EncoderEngine, EngineError> {
+    let rt = init_runtime(None)?;
+    let entry = bundle.file(role).unwrap();
+    let opts = EngineOptions { intra_threads: 2, policy, model_sha256: entry.sha256.clone() };
+    EncoderEngine::load(rt, role.as_str(), &bundle.path_of(entry), entry.inputs.clone(), entry.outputs.clone(), &opts)
+}
+
+fn engine_name(role: &Role) -> &'static str {
+    match role {
+        Role::GlobalEngine => "global",
+        Role::LocalEngine => "local",
+        Role::TemporalEngine => "temporal",
+        Role::AudioEngine => "audio",
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn every_engine_matches_pytorch_at_both_golden_sizes() {
+    let bundle = Bundle::open_verified(&common::bundle_dir()).unwrap();
+    let goldens = common::goldens();
+    for role in &Role::ENGINES {
+        let engine = load(&bundle, role, ProviderPolicy::cpu_only()).unwrap();
+        assert_eq!(engine.provider(), Provider::Cpu);
+        let cases = goldens["engines"][engine_name(role)].as_array().unwrap();
+        assert_eq!(cases.len(), 2, "two input sizes per engine");
+        for (i, case) in cases.iter().enumerate() {
+            let inputs: Vec<(String, ArrayD<f32>)> = case["inputs"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), common::tensor(v)))
+                .collect();
+            let feeds: Vec<(&str, ArrayViewD<'_, f32>)> = inputs.iter().map(|(k, a)| (k.as_str(), a.view())).collect();
+            let outputs = engine.run(&feeds).unwrap();
+            for (name, got) in &outputs {
+                let want = common::tensor(&case["outputs"][name]);
+                assert_eq!(got.shape(), want.shape(), "{role} case {i} {name}");
+                let diff = common::max_abs_diff(got.as_slice().unwrap(), want.as_slice().unwrap());
+                println!("{role} case {i} {name} {:?}: max |ort - torch| = {diff:.3e}", got.shape());
+                assert!(diff <= TOLERANCE, "{role} case {i} {name}: {diff}");
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_input_shape_is_named_and_the_engine_keeps_working() {
+    let bundle = Bundle::open(&common::bundle_dir()).unwrap();
+    let engine = load(&bundle, &Role::GlobalEngine, ProviderPolicy::cpu_only()).unwrap();
+    let wrong = ArrayD::<f32>::zeros(IxDyn(&[1, 3, 224, 224]));
+    match engine.run(&[("pixel_values", wrong.view())]) {
+        Err(EngineError::InputShape { engine, input, expected, actual }) => {
+            assert_eq!(engine, "global_engine");
+            assert_eq!(input, "pixel_values");
+            assert_eq!(expected, "[batch, 3, 448, 448]");
+            assert_eq!(actual, vec![1, 3, 224, 224]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let wrong_name = ArrayD::<f32>::zeros(IxDyn(&[1, 3, 448, 448]));
+    assert!(matches!(engine.run(&[("image", wrong_name.view())]), Err(EngineError::InputNames { .. })));
+    let empty_batch = ArrayD::<f32>::zeros(IxDyn(&[0, 3, 448, 448]));
+    assert!(matches!(engine.run(&[("pixel_values", empty_batch.view())]), Err(EngineError::InputShape { .. })));
+    // Still serving after the errors.
+    engine.warm_up(&|_| 1).unwrap();
+}
+
+#[test]
+fn missing_and_corrupt_onnx_files_are_specific_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::bundle_dir(), tmp.path());
+    let bundle = Bundle::open(tmp.path()).unwrap();
+
+    std::fs::remove_file(tmp.path().join("local.onnx")).unwrap();
+    let missing = load(&bundle, &Role::LocalEngine, ProviderPolicy::cpu_only());
+    assert!(matches!(missing, Err(EngineError::ModelFileMissing { .. })), "{missing:?}");
+
+    let path = tmp.path().join("audio.onnx");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let truncated = load(&bundle, &Role::AudioEngine, ProviderPolicy::cpu_only());
+    assert!(matches!(truncated, Err(EngineError::SessionCreate { .. })), "{truncated:?}");
+
+    std::fs::write(tmp.path().join("temporal.onnx"), b"").unwrap();
+    let empty = load(&bundle, &Role::TemporalEngine, ProviderPolicy::cpu_only());
+    assert!(matches!(empty, Err(EngineError::SessionCreate { .. })), "{empty:?}");
+}
+
+#[test]
+fn gpu_providers_fall_back_loudly_or_fail_when_required() {
+    let bundle = Bundle::open(&common::bundle_dir()).unwrap();
+    // Default order TensorRT → CUDA → CPU on a CPU-only machine: runs on CPU and says why.
+    let engine = load(&bundle, &Role::AudioEngine, ProviderPolicy::default()).unwrap();
+    assert_eq!(engine.provider(), Provider::Cpu);
+    assert_eq!(engine.fallbacks().len(), 2, "{:?}", engine.fallbacks());
+    assert!(engine.fallbacks()[0].starts_with("tensorrt unavailable"));
+    // Requiring TensorRT turns the fallback into an error naming the provider.
+    let policy = ProviderPolicy { required: Some(Provider::TensorRt), ..ProviderPolicy::default() };
+    match load(&bundle, &Role::AudioEngine, policy) {
+        Err(EngineError::ProviderUnavailable { provider, .. }) => assert_eq!(provider, "TensorrtExecutionProvider"),
+        other => panic!("{other:?}"),
+    }
+}
