@@ -215,7 +215,12 @@ impl LlmContext {
         let ptr = NonNull::new(raw).ok_or(EngineError::ContextCreate { n_ctx: params.n_ctx, n_batch: params.n_batch })?;
         // SAFETY: live context.
         let n_ctx = unsafe { sys::llama_n_ctx(ptr.as_ptr()) };
-        let token_batch = Batch::new(params.n_batch as usize, 0);
+        // llama.cpp clamps n_batch to n_ctx; a decode call larger than that aborts the
+        // process, so chunk by the value the context really has.
+        // SAFETY: live context.
+        let n_batch = unsafe { sys::llama_n_batch(ptr.as_ptr()) }.min(unsafe { sys::llama_n_ubatch(ptr.as_ptr()) });
+        let params = ContextParams { n_batch, ..params };
+        let token_batch = Batch::new(n_batch as usize, 0);
         Ok(Self { model, ptr, params, n_ctx, n_past: 0, has_logits: false, token_batch, embd_batch: None })
     }
 
