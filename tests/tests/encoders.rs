@@ -102,13 +102,13 @@ fn missing_and_corrupt_onnx_files_are_specific_errors() {
 #[test]
 fn gpu_providers_fall_back_loudly_or_fail_when_required() {
     let bundle = Bundle::open(&common::bundle_dir()).unwrap();
-    // Default order TensorRT → CUDA → CPU on a CPU-only machine: runs on CPU and says why.
-    let engine = load(&bundle, &Role::AudioEngine, ProviderPolicy::default()).unwrap();
+    // TensorRT → CUDA → CPU on a CPU-only machine: runs on CPU and says why.
+    let engine = load(&bundle, &Role::AudioEngine, ProviderPolicy::all()).unwrap();
     assert_eq!(engine.provider(), Provider::Cpu);
     assert_eq!(engine.fallbacks().len(), 2, "{:?}", engine.fallbacks());
     assert!(engine.fallbacks()[0].starts_with("tensorrt unavailable"));
     // Requiring TensorRT turns the fallback into an error naming the provider.
-    let policy = ProviderPolicy { required: Some(Provider::TensorRt), ..ProviderPolicy::default() };
+    let policy = ProviderPolicy { required: Some(Provider::TensorRt), ..ProviderPolicy::all() };
     match load(&bundle, &Role::AudioEngine, policy) {
         Err(EngineError::ProviderUnavailable { provider, .. }) => assert_eq!(provider, "TensorrtExecutionProvider"),
         other => panic!("{other:?}"),

@@ -68,12 +68,31 @@ pub fn init_runtime(explicit: Option<&Path>) -> Result<&'static OrtRuntime, Engi
         .with_name("emollama")
         .build()
         .map_err(|e| EngineError::OrtEnvironment(e.to_string()))?;
-    let version = version_from_build_info(ort::info()).unwrap_or_else(|| "unknown".into());
+    let version = library_version(&path)
+        .or_else(|| version_from_build_info(ort::info()))
+        .unwrap_or_else(|| "unknown".into());
     tracing::info!(library = %path.display(), %version, "ONNX Runtime loaded");
     Ok(RUNTIME.get_or_init(|| OrtRuntime { library: path, version, environment }))
 }
 
-/// `ORT Build Info: git-branch=rel-1.31.1, ...` → `1.31.1`.
+/// The library's own version string (`OrtGetApiBase()->GetVersionString()`). ort loads
+/// the library privately; opening it again only bumps the loader's reference count.
+fn library_version(path: &Path) -> Option<String> {
+    // SAFETY: the library is already loaded by ort (same path); OrtGetApiBase is the
+    // documented C entry point, and GetVersionString returns a static C string.
+    unsafe {
+        let lib = libloading::Library::new(path).ok()?;
+        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> = lib.get(b"OrtGetApiBase").ok()?;
+        let base = get();
+        if base.is_null() {
+            return None;
+        }
+        let v = ((*base).GetVersionString)();
+        (!v.is_null()).then(|| std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+    }
+}
+
+/// `ORT Build Info: git-branch=rel-1.31.1, ...` → `1.31.1` (fallback; release builds only).
 fn version_from_build_info(info: &str) -> Option<String> {
     let branch = info.split("git-branch=").nth(1)?;
     let tag = branch.split([',', ' ']).next()?;

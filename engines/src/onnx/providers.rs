@@ -62,12 +62,20 @@ pub struct ProviderPolicy {
 }
 
 impl Default for ProviderPolicy {
+    /// TensorRT → CUDA → CPU, limited to the providers this binary was built with (a
+    /// CPU-only build has nothing to fall back from; a GPU build that lands on CPU warns).
     fn default() -> Self {
-        Self { order: vec![Provider::TensorRt, Provider::Cuda, Provider::Cpu], required: None, tensorrt: TensorRtOptions::default() }
+        let order = [Provider::TensorRt, Provider::Cuda, Provider::Cpu].into_iter().filter(|p| p.compiled_in()).collect();
+        Self { order, required: None, tensorrt: TensorRtOptions::default() }
     }
 }
 
 impl ProviderPolicy {
+    /// Every provider in order, whether compiled in or not.
+    pub fn all() -> Self {
+        Self { order: vec![Provider::TensorRt, Provider::Cuda, Provider::Cpu], ..Self::default() }
+    }
+
     pub fn cpu_only() -> Self {
         Self { order: vec![Provider::Cpu], ..Self::default() }
     }

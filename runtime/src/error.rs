@@ -1,0 +1,13 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Bundle(#[from] emollama_bundle::BundleError),
+    #[error(transparent)]
+    Engine(#[from] emollama_engines::EngineError),
+    #[error("no bundle found: pass --bundle DIR, install one under {installed}, or run ./scripts/setup to create the synthetic bundle at {synthetic}")]
+    NoBundle { installed: PathBuf, synthetic: PathBuf },
+    #[error("the LLM file says embedding width {gguf}, the manifest says {manifest}")]
+    LlmWidthMismatch { gguf: u64, manifest: u64 },
+}
