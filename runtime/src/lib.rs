@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod locate;
+pub mod media;
 pub mod report;
 
 pub use error::RuntimeError;

@@ -1,0 +1,207 @@
+//! Opening inputs (file, URL, V4L2 camera) with limits checked before heavy work, and
+//! probing what they hold.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ffmpeg_next as ff;
+use ff::format::context::Input;
+use ff::media::Type;
+use serde::{Deserialize, Serialize};
+
+use super::error::MediaError;
+
+/// Limits checked before decoding, from configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MediaLimits {
+    pub max_file_bytes: u64,
+    pub max_duration_s: f64,
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Wall-clock budget for opening and reading a network input.
+    pub network_timeout_s: f64,
+    /// Face frames for the local encoder: all frames up to this many, else a uniform subsample.
+    pub max_face_frames: usize,
+}
+
+impl Default for MediaLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 2 << 30,
+            max_duration_s: 600.0,
+            max_width: 4096,
+            max_height: 4096,
+            network_timeout_s: 15.0,
+            max_face_frames: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamInfo {
+    pub index: usize,
+    pub codec: String,
+    /// Video: frames per second (average); audio: sample rate.
+    pub rate: f64,
+    pub width: u32,
+    pub height: u32,
+    pub pixel_format: String,
+    pub channels: u16,
+    /// Display rotation in degrees as the stream's `rotate` tag states it (0, 90, 180,
+    /// 270); frames are turned exactly as the ffmpeg CLI's autorotate turns them.
+    pub rotation: u32,
+    /// Frames or samples declared by the container (0 when unknown).
+    pub declared_frames: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MediaInfo {
+    pub source: String,
+    pub container: String,
+    pub duration_s: f64,
+    pub video: Option<StreamInfo>,
+    pub audio: Option<StreamInfo>,
+}
+
+pub(crate) fn is_network(source: &str) -> bool {
+    source.contains("://") && !source.starts_with("file://")
+}
+
+fn is_camera(source: &str) -> bool {
+    source.starts_with("/dev/video")
+}
+
+/// Open an input, bounded in time for network sources (the interrupt callback aborts a
+/// read that outlives its deadline, so nothing hangs on an unreachable host).
+pub(crate) fn open_input(source: &str, limits: &MediaLimits) -> Result<(Input, Option<Instant>), MediaError> {
+    super::init();
+    let name = source.to_string();
+    let open_err = |e: ff::Error| MediaError::Open { source_name: name.clone(), reason: e.to_string() };
+    if is_camera(source) {
+        let fmt = ff::device::input::video()
+            .find(|f| f.name().split(',').any(|n| n == "video4linux2"))
+            .ok_or_else(|| MediaError::Open { source_name: name.clone(), reason: "FFmpeg has no video4linux2 input".into() })?;
+        let ctx = ff::format::open_with(Path::new(source), &fmt, ff::Dictionary::new()).map_err(open_err)?;
+        return match ctx {
+            ff::format::context::Context::Input(i) => Ok((i, None)),
+            _ => Err(MediaError::Open { source_name: name, reason: "not an input".into() }),
+        };
+    }
+    if is_network(source) {
+        let deadline = Instant::now() + Duration::from_secs_f64(limits.network_timeout_s);
+        let mut opts = ff::Dictionary::new();
+        let us = ((limits.network_timeout_s * 1e6) as i64).to_string();
+        opts.set("rw_timeout", &us);
+        opts.set("timeout", &us);
+        let input = ff::format::input_with_interrupt_and_dictionary(source, move || Instant::now() > deadline, opts)
+            .map_err(|e| {
+                if Instant::now() > deadline {
+                    MediaError::Timeout { source_name: name.clone(), seconds: limits.network_timeout_s }
+                } else {
+                    open_err(e)
+                }
+            })?;
+        return Ok((input, Some(deadline)));
+    }
+    let path = Path::new(source.strip_prefix("file://").unwrap_or(source));
+    let meta = std::fs::metadata(path).map_err(|_| MediaError::NotFound(path.into()))?;
+    if meta.len() == 0 {
+        return Err(MediaError::Empty(path.into()));
+    }
+    if meta.len() > limits.max_file_bytes {
+        return Err(MediaError::FileTooLarge { source_name: name, size: meta.len(), limit: limits.max_file_bytes });
+    }
+    Ok((ff::format::input(path).map_err(open_err)?, None))
+}
+
+/// Rotation from the stream's display matrix, as the CLI's autorotate reads it.
+fn rotation_of(stream: &ff::format::stream::Stream<'_>) -> u32 {
+    for sd in stream.side_data() {
+        if sd.kind() == ff::codec::packet::side_data::Type::DisplayMatrix {
+            let data = sd.data();
+            if data.len() >= 36 {
+                let m: Vec<i32> = data.chunks_exact(4).take(9).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                // The `rotate` tag is the negation of av_display_rotation_get(), which
+                // is -atan2(m[1], m[0]) in degrees: the tag is atan2(m[1], m[0]).
+                let (a, b) = (f64::from(m[0]) / 65536.0, f64::from(m[1]) / 65536.0);
+                let tag = (-(b.atan2(a).to_degrees())).rem_euclid(360.0);
+                return ((tag / 90.0).round() as u32 % 4) * 90;
+            }
+        }
+    }
+    0
+}
+
+pub(crate) fn stream_info(input: &Input, kind: Type) -> Option<StreamInfo> {
+    let stream = input.streams().best(kind)?;
+    let params = stream.parameters();
+    let ctx = ff::codec::Context::from_parameters(params).ok()?;
+    let codec = ctx.id().name().to_string();
+    Some(match kind {
+        Type::Video => {
+            let dec = ctx.decoder().video().ok()?;
+            let fr = stream.avg_frame_rate();
+            StreamInfo {
+                index: stream.index(),
+                codec,
+                rate: if fr.denominator() != 0 { f64::from(fr) } else { 0.0 },
+                width: dec.width(),
+                height: dec.height(),
+                pixel_format: format!("{:?}", dec.format()).to_lowercase(),
+                channels: 0,
+                rotation: rotation_of(&stream),
+                declared_frames: stream.frames(),
+            }
+        }
+        _ => {
+            let dec = ctx.decoder().audio().ok()?;
+            StreamInfo {
+                index: stream.index(),
+                codec,
+                rate: f64::from(dec.rate()),
+                width: 0,
+                height: 0,
+                pixel_format: String::new(),
+                channels: dec.channels(),
+                rotation: 0,
+                declared_frames: stream.frames(),
+            }
+        }
+    })
+}
+
+/// Containers FFmpeg opens for single pictures.
+fn is_image_container(name: &str) -> bool {
+    name.contains("_pipe") || name == "image2" || name == "png" || name == "mjpeg_pipe"
+}
+
+/// Probe without decoding; checks the limits on size, resolution and duration.
+pub fn probe(source: &str, limits: &MediaLimits) -> Result<MediaInfo, MediaError> {
+    let (input, _) = open_input(source, limits)?;
+    let container = input.format().name().to_string();
+    let duration_s = if input.duration() > 0 { input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE) } else { 0.0 };
+    let video = stream_info(&input, Type::Video);
+    let audio = stream_info(&input, Type::Audio);
+    let name = source.to_string();
+    if let Some(v) = &video {
+        if is_image_container(&container) {
+            return Err(MediaError::StillImage { source_name: name });
+        }
+        if v.width > limits.max_width || v.height > limits.max_height {
+            return Err(MediaError::ResolutionTooLarge {
+                source_name: name,
+                width: v.width,
+                height: v.height,
+                max_width: limits.max_width,
+                max_height: limits.max_height,
+            });
+        }
+    }
+    if duration_s > limits.max_duration_s {
+        return Err(MediaError::TooLong { source_name: name, seconds: duration_s, limit: limits.max_duration_s });
+    }
+    if video.is_none() && audio.is_none() {
+        return Err(MediaError::Open { source_name: name, reason: "no audio or video stream".into() });
+    }
+    Ok(MediaInfo { source: source.to_string(), container, duration_s, video, audio })
+}

@@ -1,0 +1,220 @@
+//! Video decoding to RGB, keeping only the frames a selection asks for.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ffmpeg_next as ff;
+use ff::format::Pixel;
+use ff::media::Type;
+use ff::software::scaling::{self, Flags};
+use ff::util::frame::video::Video;
+
+use super::error::MediaError;
+use super::image::RgbImage;
+use super::input::{is_network, open_input, probe, MediaInfo, MediaLimits};
+use super::select::FrameSelection;
+
+/// Frames kept from one decode, by presentation index.
+#[derive(Debug, Clone)]
+pub struct DecodedFrames {
+    pub info: MediaInfo,
+    /// Frames in the stream (decoded count).
+    pub total: usize,
+    pub frames: BTreeMap<usize, RgbImage>,
+}
+
+impl DecodedFrames {
+    /// The frames of one selection, in order (indices may repeat).
+    pub fn select(&self, selection: FrameSelection) -> Vec<&RgbImage> {
+        selection.indices(self.total).iter().filter_map(|i| self.frames.get(i)).collect()
+    }
+}
+
+/// The scaler the ffmpeg CLI uses for its automatic conversion (`-pix_fmt rgb24`).
+const SCALER_FLAGS: Flags = Flags::BICUBIC;
+
+/// Count the video stream's packets (one per frame) without decoding.
+fn count_frames(source: &str, limits: &MediaLimits, stream_index: usize) -> Result<usize, MediaError> {
+    let (mut input, _) = open_input(source, limits)?;
+    let mut n = 0;
+    let mut packet = ff::Packet::empty();
+    loop {
+        match packet.read(&mut input) {
+            Ok(()) if packet.stream() == stream_index => n += 1,
+            Ok(()) | Err(ff::Error::InvalidData) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(n)
+}
+
+/// Decode the first video stream and keep the frames `selections` need, as RGB24 at the
+/// stream's size after the display rotation. Decoders are flushed at the end (H.264 holds
+/// back trailing frames until EOF).
+pub fn decode_frames(source: &str, limits: &MediaLimits, selections: &[FrameSelection]) -> Result<DecodedFrames, MediaError> {
+    let info = probe(source, limits)?;
+    let name = source.to_string();
+    let vinfo = info.video.clone().ok_or_else(|| MediaError::NoVideo { source_name: name.clone() })?;
+    let first_only = selections.iter().all(|s| *s == FrameSelection::First);
+    // A file is read twice (count, then decode what is needed); a stream is read once
+    // and its frames are kept up to the face-frame cap.
+    let total_known = if first_only || is_network(source) || source.starts_with("/dev/video") {
+        None
+    } else {
+        Some(count_frames(source, limits, vinfo.index)?)
+    };
+    let wanted: Option<BTreeSet<usize>> =
+        total_known.map(|t| selections.iter().flat_map(|s| s.indices(t)).collect());
+    let keep_cap = limits.max_face_frames.max(16);
+
+    let (mut input, _) = open_input(source, limits)?;
+    let stream = input.streams().best(Type::Video).ok_or_else(|| MediaError::NoVideo { source_name: name.clone() })?;
+    let index = stream.index();
+    let decode_err = |e: ff::Error| MediaError::Decode { source_name: name.clone(), reason: e.to_string() };
+    let ctx = ff::codec::Context::from_parameters(stream.parameters()).map_err(decode_err)?;
+    let mut decoder = ctx.decoder().video().map_err(decode_err)?;
+
+    let mut frames = BTreeMap::new();
+    let mut converter = Converter::new(vinfo.rotation);
+    let mut decoded = Video::empty();
+    let mut n = 0usize;
+    let mut done = false;
+    let mut keep = |frame: &Video, n: usize, frames: &mut BTreeMap<usize, RgbImage>| -> Result<bool, MediaError> {
+        let needed = match &wanted {
+            Some(w) => w.contains(&n),
+            None => n < if first_only { 1 } else { keep_cap },
+        };
+        if needed {
+            frames.insert(n, converter.to_rgb(frame, &name)?);
+        }
+        let more = match &wanted {
+            Some(w) => w.iter().next_back().is_some_and(|&last| n < last),
+            None => n + 1 < if first_only { 1 } else { keep_cap },
+        };
+        Ok(more)
+    };
+    let mut packet = ff::Packet::empty();
+    let mut bad_packets = 0;
+    while !done {
+        match packet.read(&mut input) {
+            Ok(()) => {}
+            Err(ff::Error::Eof) => break,
+            Err(ff::Error::InvalidData) if bad_packets < 100 => {
+                bad_packets += 1;
+                continue;
+            }
+            Err(e) if frames.is_empty() && n == 0 => return Err(MediaError::Decode { source_name: name.clone(), reason: e.to_string() }),
+            Err(_) => break, // truncated tail: keep what decoded
+        }
+        if packet.stream() != index {
+            continue;
+        }
+        if decoder.send_packet(&packet).is_err() {
+            continue; // a corrupt packet; the decoder resyncs on the next keyframe
+        }
+        while decoder.receive_frame(&mut decoded).is_ok() {
+            if !keep(&decoded, n, &mut frames)? {
+                done = true;
+            }
+            n += 1;
+            if done {
+                break;
+            }
+        }
+    }
+    if !done {
+        let _ = decoder.send_eof();
+        while decoder.receive_frame(&mut decoded).is_ok() {
+            let more = keep(&decoded, n, &mut frames)?;
+            n += 1;
+            if !more {
+                break;
+            }
+        }
+    }
+    if frames.is_empty() {
+        return Err(MediaError::NoFrames { source_name: name });
+    }
+    // A file's total is its packet count (the selections were computed on it); a stream's
+    // is what was read, up to the cap.
+    let total = total_known.unwrap_or(n);
+    Ok(DecodedFrames { info, total, frames })
+}
+
+/// Frame → rotated → RGB24, with the scaler cached for the stream's format and size.
+struct Converter {
+    rotation: u32,
+    scaler: Option<(Pixel, u32, u32, scaling::Context)>,
+}
+
+impl Converter {
+    fn new(rotation: u32) -> Self {
+        Self { rotation, scaler: None }
+    }
+
+    fn to_rgb(&mut self, frame: &Video, name: &str) -> Result<RgbImage, MediaError> {
+        let rotated;
+        let src = if self.rotation != 0 {
+            rotated = rotate_planes(frame, self.rotation).ok_or_else(|| MediaError::PixelFormat {
+                source_name: name.into(),
+                format: format!("{:?} (rotation)", frame.format()),
+            })?;
+            &rotated
+        } else {
+            frame
+        };
+        let (fmt, w, h) = (src.format(), src.width(), src.height());
+        if !matches!(&self.scaler, Some((f, sw, sh, _)) if *f == fmt && *sw == w && *sh == h) {
+            let ctx = scaling::Context::get(fmt, w, h, Pixel::RGB24, w, h, SCALER_FLAGS)
+                .map_err(|_| MediaError::PixelFormat { source_name: name.into(), format: format!("{fmt:?}") })?;
+            self.scaler = Some((fmt, w, h, ctx));
+        }
+        let (_, _, _, scaler) = self.scaler.as_mut().expect("set above");
+        let mut rgb = Video::empty();
+        scaler.run(src, &mut rgb).map_err(|e| MediaError::Decode { source_name: name.into(), reason: e.to_string() })?;
+        // Rows are padded to the stride (150 px → 480-byte rows): copy row by row.
+        let stride = rgb.stride(0);
+        let row = w as usize * 3;
+        let plane = rgb.data(0);
+        let mut data = Vec::with_capacity(row * h as usize);
+        for y in 0..h as usize {
+            data.extend_from_slice(&plane[y * stride..y * stride + row]);
+        }
+        Ok(RgbImage::new(w, h, data))
+    }
+}
+
+/// Turn every plane of a planar frame for a stream whose `rotate` tag is 90/180/270,
+/// exactly as the ffmpeg CLI's autorotate filters turn it before the conversion to RGB
+/// (tests compare every frame with the CLI). Rotating the planes, not the RGB result,
+/// keeps chroma siting identical. `None` for packed or unevenly subsampled formats.
+fn rotate_planes(src: &Video, rotation: u32) -> Option<Video> {
+    let fmt = src.format();
+    let desc = fmt.descriptor()?;
+    let name = desc.name();
+    if rotation % 180 != 0 && desc.log2_chroma_w() != desc.log2_chroma_h() {
+        return None;
+    }
+    let bytes = if ["10", "12", "14", "16"].iter().any(|d| name.contains(d)) { 2 } else { 1 };
+    let (w, h) = (src.width(), src.height());
+    let (dw, dh) = if rotation % 180 == 0 { (w, h) } else { (h, w) };
+    let mut dst = Video::new(fmt, dw, dh);
+    for p in 0..src.planes() {
+        let (pw, ph) = (src.plane_width(p) as usize, src.plane_height(p) as usize);
+        let (ss, ds) = (src.stride(p), dst.stride(p));
+        let s = src.data(p);
+        let d = dst.data_mut(p);
+        for y in 0..ph {
+            for x in 0..pw {
+                let (dx, dy) = match rotation {
+                    90 => (y, pw - 1 - x),
+                    180 => (pw - 1 - x, ph - 1 - y),
+                    _ => (ph - 1 - y, x),
+                };
+                let so = y * ss + x * bytes;
+                let doff = dy * ds + dx * bytes;
+                d[doff..doff + bytes].copy_from_slice(&s[so..so + bytes]);
+            }
+        }
+    }
+    Some(dst)
+}
