@@ -19,6 +19,11 @@ LCP_SDIST=llama_cpp_python-0.3.36.tar.gz
 LCP_SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 VOCAB_GGUF="$EMOLLAMA_CACHE/vocab/ggml-vocab-llama-spm.gguf"
 
+# MTCNN face-detector weights (and the reference detector code) from facenet-pytorch.
+FACENET_WHEEL=facenet_pytorch-2.6.0-py3-none-any.whl
+FACENET_WHEEL_SHA256=ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca
+FACENET_DIR="$EMOLLAMA_CACHE/facenet-pytorch-2.6.0"
+
 SYNTHETIC_DIR="$EMOLLAMA_CACHE/synthetic"
 MEDIA_DIR="$EMOLLAMA_CACHE/media"
 

@@ -123,7 +123,10 @@ pub enum Role {
     TemporalEngine,
     AudioEngine,
     Llm,
-    FaceDetector,
+    /// MTCNN's three stages (facenet-pytorch weights).
+    FacePnet,
+    FaceRnet,
+    FaceOnet,
     #[serde(untagged)]
     Other(String),
 }
@@ -136,7 +139,9 @@ impl Role {
             Role::TemporalEngine => "temporal_engine",
             Role::AudioEngine => "audio_engine",
             Role::Llm => "llm",
-            Role::FaceDetector => "face_detector",
+            Role::FacePnet => "face_pnet",
+            Role::FaceRnet => "face_rnet",
+            Role::FaceOnet => "face_onet",
             Role::Other(s) => s,
         }
     }
@@ -168,6 +173,9 @@ pub struct FileEntry {
     pub outputs: Vec<TensorSpec>,
     #[serde(default)]
     pub parity: Option<Parity>,
+    /// Where non-synthetic weights came from (package, file, licence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// One axis of a tensor shape: a fixed size or a named dynamic axis.

@@ -10,7 +10,6 @@ usage: python -m emollama_export.media_goldens --out DIR IMAGE...
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m emollama_export.media_goldens", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--facenet-dir", type=Path, required=True, help="extracted facenet-pytorch 2.6.0 wheel")
     ap.add_argument("images", type=Path, nargs="+")
     args = ap.parse_args(argv)
+    from .faces import load_mtcnn, reference_detect
+
+    mtcnn = load_mtcnn(args.facenet_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     mean = np.array(CLIP_MEAN, dtype=np.float32)[:, None, None]
     std = np.array(CLIP_STD, dtype=np.float32)[:, None, None]
@@ -44,7 +47,12 @@ def main(argv=None) -> None:
             t = np.asarray(g, dtype=np.uint8).astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
             t = (t - mean) / std
             (args.out / f"{name}.global.f32").write_bytes(t.astype("<f4").tobytes())
-            cases.append({"name": name, "width": img.size[0], "height": img.size[1]})
+            case = {"name": name, "width": img.size[0], "height": img.size[1]}
+            if tag == "full":
+                boxes, probs, points = reference_detect(mtcnn, np.asarray(img, dtype=np.uint8))
+                case["faces"] = {"boxes": boxes, "probs": probs, "landmarks": points,
+                                 "reference": "facenet-pytorch 2.6.0 MTCNN.detect (defaults, select_largest)"}
+            cases.append(case)
     write_json_atomic(args.out / "index.json", {"cases": cases, "mean": CLIP_MEAN, "std": CLIP_STD})
     print(f"[media-goldens] {len(cases)} cases -> {args.out}")
 

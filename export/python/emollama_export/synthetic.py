@@ -93,7 +93,41 @@ def engine(name, module, cases, bundle: Path, store: TensorStore, input_specs, o
     return entry, golden_cases
 
 
-def build(out: Path, vocab_gguf: Path) -> None:
+def export_face_detector(bundle: Path, facenet_dir: Path) -> list:
+    """MTCNN's three nets (real facenet-pytorch weights) as ONNX, in the bundle."""
+    from .faces import load_mtcnn
+
+    mtcnn = load_mtcnn(facenet_dir)
+    specs = {
+        "pnet": ([tensor_spec("image", ["batch", 3, "height", "width"])],
+                 [tensor_spec("reg", ["batch", 4, "out_h", "out_w"]), tensor_spec("prob", ["batch", 2, "out_h", "out_w"])],
+                 {"image": {0: "batch", 2: "height", 3: "width"}, "reg": {0: "batch", 2: "out_h", 3: "out_w"},
+                  "prob": {0: "batch", 2: "out_h", 3: "out_w"}}, 12),
+        "rnet": ([tensor_spec("image", ["batch", 3, 24, 24])],
+                 [tensor_spec("reg", ["batch", 4]), tensor_spec("prob", ["batch", 2])],
+                 {"image": {0: "batch"}, "reg": {0: "batch"}, "prob": {0: "batch"}}, 24),
+        "onet": ([tensor_spec("image", ["batch", 3, 48, 48])],
+                 [tensor_spec("reg", ["batch", 4]), tensor_spec("landmarks", ["batch", 10]), tensor_spec("prob", ["batch", 2])],
+                 {"image": {0: "batch"}, "reg": {0: "batch"}, "landmarks": {0: "batch"}, "prob": {0: "batch"}}, 48),
+    }
+    entries = []
+    for name, (inputs, outputs, dynamic, size) in specs.items():
+        net = getattr(mtcnn, name).eval()
+        path = bundle / f"face-{name}.onnx"
+        example = torch.rand(2, 3, size + 5 if name == "pnet" else size, size + 9 if name == "pnet" else size) * 2 - 1
+        export_onnx(net, (example,), path, [s["name"] for s in inputs], [s["name"] for s in outputs], dynamic)
+        with torch.no_grad():
+            want = {s["name"]: o.numpy() for s, o in zip(outputs, net(example))}
+        diff = check_parity(path, {"image": example.numpy()}, want)
+        log(f"face {name}: max|onnxruntime - torch| = {diff:.3g}")
+        entries.append(file_entry(bundle, path.name, f"face_{name}", "onnx", "fp32", inputs=inputs, outputs=outputs,
+                                  parity={"reference": "facenet-pytorch 2.6.0 MTCNN (torch fp32 cpu)",
+                                          "max_abs_diff": diff, "tolerance": PARITY_TOLERANCE},
+                                  source="facenet-pytorch 2.6.0 data/" + name + ".pt (MIT)"))
+    return entries
+
+
+def build(out: Path, vocab_gguf: Path, facenet_dir: Path) -> None:
     started = time.time()
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
@@ -143,6 +177,9 @@ def build(out: Path, vocab_gguf: Path) -> None:
                   [tensor_spec("waveform", [1, "samples"])],
                   [tensor_spec("audio_row", [1, 1, d])], {"waveform": {1: "samples"}})
     files.append(e); golden_engines["audio"] = g
+
+    # Face detector: real MTCNN weights (not synthetic: faces must really be found).
+    files.extend(export_face_detector(bundle, facenet_dir))
 
     # Backbone: tiny LLaMA-2 with the real vocabulary, F32 GGUF.
     log("llm: writing GGUF")
@@ -211,13 +248,14 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="output folder (bundle/ and goldens/)")
     ap.add_argument("--vocab-gguf", type=Path, required=True, help="llama.cpp ggml-vocab-llama-spm.gguf")
+    ap.add_argument("--facenet-dir", type=Path, required=True, help="extracted facenet-pytorch 2.6.0 wheel")
     args = ap.parse_args(argv)
     if not args.vocab_gguf.is_file():
         sys.exit(f"vocabulary GGUF not found: {args.vocab_gguf}")
     # The legacy (TorchScript) exporter is chosen on purpose: it keeps dynamic axis names.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    build(args.out.resolve(), args.vocab_gguf)
+    build(args.out.resolve(), args.vocab_gguf, args.facenet_dir)
 
 
 if __name__ == "__main__":

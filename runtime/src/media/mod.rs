@@ -4,6 +4,7 @@
 
 mod audio;
 mod error;
+pub mod faces;
 mod image;
 mod input;
 mod preprocess;
