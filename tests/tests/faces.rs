@@ -51,6 +51,11 @@ fn the_cat_has_no_face() {
     let (img, case) = golden_image("chelsea-full");
     assert!(case["faces"]["boxes"].as_array().unwrap().is_empty());
     assert!(det.detect(&img).unwrap().is_empty());
+    // A clip without any face is reported as such.
+    let pattern = common::media_dir().join("test-pattern.mp4");
+    let decoded = decode_frames(pattern.to_str().unwrap(), &MediaLimits::default(), &[FrameSelection::AllCapped(8)]).unwrap();
+    let crops = det.face_crops(decoded.frames.iter().map(|(i, f)| (*i, f))).unwrap();
+    assert!(crops.is_empty() && crops.frames_examined == 8);
 }
 
 #[test]

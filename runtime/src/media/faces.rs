@@ -383,3 +383,33 @@ mod tests {
         assert_eq!(out, vec![25.0, 25.0, 25.0, 45.0, 45.0, 45.0]);
     }
 }
+
+/// The aligned face crops of a clip, or why there are none.
+#[derive(Debug, Clone)]
+pub struct FaceCrops {
+    /// Frames examined, and the (frame index, 112×112 crop) of the tracked face.
+    pub frames_examined: usize,
+    pub crops: Vec<(usize, RgbImage)>,
+}
+
+impl FaceCrops {
+    /// No face in any frame: the pipeline then uses the official demo's zero inputs for
+    /// the local and temporal rows, and says so.
+    pub fn is_empty(&self) -> bool {
+        self.crops.is_empty()
+    }
+}
+
+impl FaceDetector {
+    /// Detect in every given frame, track the largest face, align each found face.
+    pub fn face_crops<'a>(&self, frames: impl IntoIterator<Item = (usize, &'a RgbImage)>) -> Result<FaceCrops, EngineError> {
+        let frames: Vec<(usize, &RgbImage)> = frames.into_iter().collect();
+        let mut detections = Vec::with_capacity(frames.len());
+        for (i, img) in &frames {
+            detections.push((*i, self.detect(img)?));
+        }
+        let by_index: std::collections::HashMap<usize, &RgbImage> = frames.iter().copied().collect();
+        let crops = track_largest(&detections).into_iter().map(|(i, f)| (i, align_face(by_index[&i], &f))).collect();
+        Ok(FaceCrops { frames_examined: frames.len(), crops })
+    }
+}

@@ -70,7 +70,9 @@ pub fn decode_frames(source: &str, limits: &MediaLimits, selections: &[FrameSele
     let stream = input.streams().best(Type::Video).ok_or_else(|| MediaError::NoVideo { source_name: name.clone() })?;
     let index = stream.index();
     let decode_err = |e: ff::Error| MediaError::Decode { source_name: name.clone(), reason: e.to_string() };
-    let ctx = ff::codec::Context::from_parameters(stream.parameters()).map_err(decode_err)?;
+    let mut ctx = ff::codec::Context::from_parameters(stream.parameters()).map_err(decode_err)?;
+    // Frame threading on all cores, as the CLI does (libavcodec's API default is one thread).
+    ctx.set_threading(ff::codec::threading::Config::kind(ff::codec::threading::Type::Frame));
     let mut decoder = ctx.decoder().video().map_err(decode_err)?;
 
     let mut frames = BTreeMap::new();
