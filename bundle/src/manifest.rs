@@ -127,6 +127,9 @@ pub enum Role {
     FacePnet,
     FaceRnet,
     FaceOnet,
+    /// The rows of an all-zero utterance feature (local, temporal, audio): the
+    /// projector biases, used for the official demo mode and for missing input.
+    ZeroRows,
     #[serde(untagged)]
     Other(String),
 }
@@ -142,6 +145,7 @@ impl Role {
             Role::FacePnet => "face_pnet",
             Role::FaceRnet => "face_rnet",
             Role::FaceOnet => "face_onet",
+            Role::ZeroRows => "zero_rows",
             Role::Other(s) => s,
         }
     }

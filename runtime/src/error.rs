@@ -10,4 +10,12 @@ pub enum RuntimeError {
     NoBundle { installed: PathBuf, synthetic: PathBuf },
     #[error("the LLM file says embedding width {gguf}, the manifest says {manifest}")]
     LlmWidthMismatch { gguf: u64, manifest: u64 },
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

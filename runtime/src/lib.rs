@@ -4,6 +4,9 @@
 pub mod error;
 pub mod locate;
 pub mod media;
+pub mod pipeline;
+pub mod prompt;
 pub mod report;
+pub mod transcript;
 
 pub use error::RuntimeError;

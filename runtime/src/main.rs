@@ -8,13 +8,17 @@ use clap::{Parser, Subcommand};
 use emollama_engines::llm::{quantize, QuantType};
 use emollama_engines::onnx::{Provider, ProviderPolicy};
 use emollama_runtime::locate::{locate_bundle, BundleSource};
+use emollama_runtime::pipeline::{AnalyzeRequest, Mode, Preset, Runtime, RuntimeConfig};
+use emollama_runtime::prompt::{PromptLayout, Task};
 use emollama_runtime::report::inspect_bundle;
+use emollama_runtime::transcript::{sidecar_subtitles, subtitles_text};
 
 #[derive(Parser)]
 #[command(name = "emollama", version, about = "Emotion-LLaMA at the edge: encoders on ONNX Runtime, LLaMA on llama.cpp")]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `emollama=debug,llama.cpp=warn`.
-    #[arg(long, global = true, default_value = "warn")]
+    /// (llama.cpp's warning about the double BOS is silenced: the official prompt has one.)
+    #[arg(long, global = true, default_value = "warn,llama.cpp=error")]
     log: String,
     /// Path to libonnxruntime.so (found automatically otherwise).
     #[arg(long, global = true)]
@@ -37,8 +41,164 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recognise the emotion in a video (or reason about it, or answer a question).
+    Analyze(AnalyzeArgs),
     /// Quantize a GGUF with llama.cpp (f16, q8_0, q4_0, q4_k_m).
     Quantize { input: PathBuf, output: PathBuf, r#type: String },
+}
+
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// Video file, URL, or camera device (/dev/video0).
+    media: String,
+    /// Bundle folder; default: the installed bundle, else the synthetic one from setup.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "emotion")]
+    task: TaskArg,
+    /// The question, with --task question.
+    #[arg(long)]
+    question: Option<String>,
+    /// The MER2023/2024 six-label instruction instead of the nine-label one.
+    #[arg(long)]
+    six_labels: bool,
+    /// Which instruction of the reasoning pool (0-4), with --task reason.
+    #[arg(long, default_value_t = 0)]
+    reason_index: usize,
+    /// What the person says (English), for the prompt's transcript line.
+    #[arg(long, conflicts_with = "transcript_file")]
+    transcript: Option<String>,
+    /// A text, .srt or .vtt file with the transcript (default: MEDIA's .srt/.vtt, if any).
+    #[arg(long)]
+    transcript_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "full")]
+    mode: ModeArg,
+    #[arg(long, value_enum, default_value = "eval")]
+    preset: PresetArg,
+    /// The official prompt to reproduce: eval (benchmark) or demo (two-turn Gradio prompt).
+    #[arg(long, value_enum, default_value = "eval")]
+    layout: LayoutArg,
+    /// Label probabilities for the emotion task (on by default; --scores false turns them off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    scores: bool,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// CPU threads for the encoders and llama.cpp (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Encoder execution provider: auto, tensorrt, cuda, cpu.
+    #[arg(long, default_value = "auto")]
+    provider: String,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Write the preprocessed inputs and prompt ids to this folder (reference checks).
+    #[arg(long, hide = true)]
+    dump_inputs: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TaskArg { Emotion, Reason, Question }
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg { Full, OfficialDemo }
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PresetArg { Eval, Demo, Fast }
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LayoutArg { Eval, Demo }
+
+fn transcript_of(args: &AnalyzeArgs) -> anyhow::Result<Option<String>> {
+    if let Some(t) = &args.transcript {
+        return Ok(Some(t.clone()));
+    }
+    let file = args.transcript_file.clone().or_else(|| sidecar_subtitles(&args.media));
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(&file).with_context(|| format!("transcript file {}", file.display()))?;
+    let is_subtitles = matches!(file.extension().and_then(|e| e.to_str()), Some("srt" | "vtt"));
+    Ok(Some(if is_subtitles { subtitles_text(&text) } else { text.split_whitespace().collect::<Vec<_>>().join(" ") }))
+}
+
+fn analyze(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
+    let (dir, source) = locate_bundle(args.bundle.as_deref())?;
+    if source == BundleSource::SyntheticFallback {
+        eprintln!("warning: no bundle given or installed; using the synthetic bundle at {} (random weights: its answers mean nothing)", dir.display());
+    }
+    let task = match args.task {
+        TaskArg::Emotion => Task::Emotion { six_labels: args.six_labels },
+        TaskArg::Reason => Task::Reason { instruction: args.reason_index },
+        TaskArg::Question => Task::Question {
+            text: args.question.clone().filter(|q| !q.trim().is_empty()).context("--task question needs --question TEXT")?,
+        },
+    };
+    let transcript = transcript_of(&args)?;
+    let mut config = RuntimeConfig { providers: provider_policy(&args.provider)?, ort_library, ..RuntimeConfig::default() };
+    if let Some(t) = args.threads {
+        config.threads = t.max(1);
+    }
+    let runtime = Runtime::new(&dir, config).with_context(|| format!("bundle {}", dir.display()))?;
+    let req = AnalyzeRequest {
+        task,
+        layout: match args.layout { LayoutArg::Eval => PromptLayout::Eval, LayoutArg::Demo => PromptLayout::Demo },
+        transcript: transcript.clone(),
+        mode: match args.mode { ModeArg::Full => Mode::Full, ModeArg::OfficialDemo => Mode::OfficialDemo },
+        preset: match args.preset { PresetArg::Eval => Preset::Eval, PresetArg::Demo => Preset::Demo, PresetArg::Fast => Preset::Fast },
+        scores: args.scores,
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        dump_inputs: args.dump_inputs.clone(),
+        ..AnalyzeRequest::new(args.media.clone())
+    };
+    let json = args.json;
+    if !json && transcript.is_none() {
+        eprintln!("note: no transcript (--transcript, --transcript-file or a .srt/.vtt beside the video): the prompt's transcript line is left out");
+    }
+    let result = runtime.analyze(&req, None, |piece| {
+        if !json {
+            use std::io::Write;
+            print!("{piece}");
+            let _ = std::io::stdout().flush();
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    if !result.text.is_empty() {
+        println!();
+    }
+    for n in &result.notes {
+        eprintln!("note: {n}");
+    }
+    if let Some(label) = &result.label {
+        let p = result.label_scores.as_ref().and_then(|s| s.get(label)).map(|p| format!(" (p = {p:.3})")).unwrap_or_default();
+        println!("label: {label}{p}");
+    }
+    let t = &result.timings_ms;
+    let get = |k: &str| t.get(k).copied().unwrap_or(0.0);
+    println!(
+        "time: {:.0} ms total (media {:.0}, encoders {:.0}, prefill {:.0}, first token {:.0}, {} tokens at {:.1}/s)",
+        get("total"),
+        get("decode_video") + get("decode_audio") + get("faces"),
+        get("global_encoder") + get("local_encoder") + get("temporal_encoder") + get("audio_encoder"),
+        get("prefill"),
+        get("first_token"),
+        result.tokens.generated,
+        result.tokens.decode_per_s
+    );
+    Ok(())
 }
 
 fn provider_policy(name: &str) -> anyhow::Result<ProviderPolicy> {
@@ -67,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", report.render());
             }
         }
+        Command::Analyze(args) => analyze(args, cli.ort_library)?,
         Command::Quantize { input, output, r#type } => {
             let q = QuantType::parse(&r#type).with_context(|| format!("unknown type {type:?}: use f16, q8_0, q4_0 or q4_k_m", type = r#type))?;
             let threads = std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2);

@@ -178,6 +178,9 @@ pub struct LlmContext {
     n_ctx: u32,
     n_past: usize,
     has_logits: bool,
+    /// Logits put back after a truncation (see `continuation_logprobs`), served by
+    /// `logits()` until the next decode.
+    restored_logits: Option<Vec<f32>>,
     token_batch: Batch,
     embd_batch: Option<Batch>,
 }
@@ -221,7 +224,7 @@ impl LlmContext {
         let n_batch = unsafe { sys::llama_n_batch(ptr.as_ptr()) }.min(unsafe { sys::llama_n_ubatch(ptr.as_ptr()) });
         let params = ContextParams { n_batch, ..params };
         let token_batch = Batch::new(n_batch as usize, 0);
-        Ok(Self { model, ptr, params, n_ctx, n_past: 0, has_logits: false, token_batch, embd_batch: None })
+        Ok(Self { model, ptr, params, n_ctx, n_past: 0, has_logits: false, restored_logits: None, token_batch, embd_batch: None })
     }
 
     pub fn model(&self) -> &Arc<LlmModel> {
@@ -332,6 +335,7 @@ impl LlmContext {
     }
 
     fn decode_raw(&mut self, batch: sys::llama_batch) -> Result<(), EngineError> {
+        self.restored_logits = None;
         // SAFETY: batch arrays are filled for n_tokens rows; the context is live.
         let code = unsafe { sys::llama_decode(self.ptr.as_ptr(), batch) };
         if code != 0 {
@@ -349,6 +353,9 @@ impl LlmContext {
 
     /// Logits of the last decoded row (length n_vocab).
     pub fn logits(&self) -> Result<&[f32], EngineError> {
+        if let Some(l) = &self.restored_logits {
+            return Ok(l);
+        }
         if !self.has_logits {
             return Err(EngineError::NoLogits);
         }
@@ -375,6 +382,7 @@ impl LlmContext {
         unsafe { sys::llama_memory_seq_rm(self.memory(), 0, n_keep as i32, -1) };
         self.n_past = n_keep;
         self.has_logits = false;
+        self.restored_logits = None;
     }
 
     /// Empty the KV cache.
@@ -383,6 +391,7 @@ impl LlmContext {
         unsafe { sys::llama_memory_clear(self.memory(), true) };
         self.n_past = 0;
         self.has_logits = false;
+        self.restored_logits = None;
     }
 
     /// Save the KV cache of the current prompt (e.g. a constant prefix).
@@ -416,6 +425,31 @@ impl LlmContext {
         Ok(())
     }
 
+    /// Exact log-probabilities of candidate continuations of the current prompt (e.g. the
+    /// label words): one-token candidates from the prompt's logits alone, longer ones
+    /// by extending the sequence token by token. The prompt's KV cache is reused (never
+    /// recomputed): the cache is truncated back after each candidate, and the prompt's
+    /// logits stay available for generation afterwards.
+    pub fn continuation_logprobs(&mut self, candidates: &[Vec<i32>]) -> Result<Vec<f64>, EngineError> {
+        let prompt_logits = self.logits()?.to_vec();
+        let n_keep = self.n_past;
+        let mut out = Vec::with_capacity(candidates.len());
+        for cand in candidates {
+            let mut lp = 0.0f64;
+            for (k, &t) in cand.iter().enumerate() {
+                let logits = if k == 0 { &prompt_logits[..] } else { self.logits()? };
+                lp += log_softmax_at(logits, t)?;
+                if k + 1 < cand.len() {
+                    self.decode_token(t)?;
+                }
+            }
+            self.truncate(n_keep);
+            out.push(lp);
+        }
+        self.restored_logits = Some(prompt_logits);
+        Ok(out)
+    }
+
     pub fn perf(&self) -> PerfCounters {
         // SAFETY: live context.
         let p = unsafe { sys::llama_perf_context(self.ptr.as_ptr()) };
@@ -426,6 +460,14 @@ impl LlmContext {
         // SAFETY: live context.
         unsafe { sys::llama_perf_context_reset(self.ptr.as_ptr()) }
     }
+}
+
+fn log_softmax_at(logits: &[f32], token: i32) -> Result<f64, EngineError> {
+    let n = logits.len() as i32;
+    let i = usize::try_from(token).ok().filter(|&i| i < logits.len()).ok_or(EngineError::TokenOutOfRange { token, n_vocab: n })?;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    Ok(f64::from(logits[i] - max) - sum.ln())
 }
 
 impl Drop for LlmContext {

@@ -33,6 +33,16 @@ PARITY_TOLERANCE = 1e-4
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
+def build_engines(d: int):
+    """The four engine modules at the synthetic widths (weights random until loaded)."""
+    return {
+        "global": GlobalEngine(EVA, d).eval(),
+        "local": LocalEngine(MAE, d).eval(),
+        "temporal": TemporalEngine(VMAE, d).eval(),
+        "audio": AudioEngine(hubert_config(**HUBERT), d).eval(),
+    }
+
+
 # Tiny widths; every structural constant (image sizes, patch sizes, grouping, tubelets,
 # conv kernels and strides, row counts) is the official one.
 LLM = dict(hidden=64, layers=2, heads=4, intermediate=176)
@@ -178,6 +188,20 @@ def build(out: Path, vocab_gguf: Path, facenet_dir: Path) -> None:
                   [tensor_spec("audio_row", [1, 1, d])], {"waveform": {1: "samples"}})
     files.append(e); golden_engines["audio"] = g
 
+    # The rows of an all-zero utterance feature (= the projector biases): the official
+    # demo feeds zeros for local and temporal, and the runtime uses them for missing input.
+    zero_rows = np.stack([local.feats_llama_proj1.bias.detach().numpy(),
+                          temporal.feats_llama_proj2.bias.detach().numpy(),
+                          audio.feats_llama_proj3.bias.detach().numpy()]).astype("<f4")
+    (bundle / "zero-rows.f32").write_bytes(zero_rows.tobytes())
+    files.append(file_entry(bundle, "zero-rows.f32", "zero_rows", "raw-f32", "fp32",
+                            outputs=[tensor_spec("zero_rows", [3, d])]))
+    # The PyTorch modules themselves, for the end-to-end reference pipeline (tests only).
+    torch_dir = staging / "torch"
+    torch_dir.mkdir()
+    for name, module in (("global", glob), ("local", local), ("temporal", temporal), ("audio", audio)):
+        torch.save(module.state_dict(), torch_dir / f"{name}.pt")
+
     # Face detector: real MTCNN weights (not synthetic: faces must really be found).
     files.extend(export_face_detector(bundle, facenet_dir))
 
@@ -185,6 +209,7 @@ def build(out: Path, vocab_gguf: Path, facenet_dir: Path) -> None:
     log("llm: writing GGUF")
     llm = tiny_llama(seed=SEED, **LLM)
     write_gguf(llm, bundle / "llm-f32.gguf", vocab_gguf, "f32", "emollama synthetic LLaMA-2")
+    llm.save_pretrained(staging / "torch" / "llm")
     files.append(file_entry(bundle, "llm-f32.gguf", "llm", "gguf", "f32",
                             parity={"reference": f"transformers {transformers.__version__} LlamaForCausalLM fp32",
                                     "checked_by": "emollama tests (llama.cpp logits vs goldens)",

@@ -1,0 +1,167 @@
+//! The Emotion-LLaMA prompt at inference (spec §4): the text around the 260 embedding
+//! rows, the tasks and their instructions, and label extraction as the official
+//! evaluation does it.
+
+use serde::{Deserialize, Serialize};
+
+/// The placeholder where all embedding rows go (`get_context_emb` splits on it only).
+pub const PLACEHOLDER: &str = "<VideoHere>";
+
+/// The nine MERR labels, in the instruction's order.
+pub const LABELS_9: [&str; 9] = ["happy", "sad", "neutral", "angry", "worried", "surprise", "fear", "contempt", "doubt"];
+/// MER2023/2024 scoring labels; any other answer scores as neutral.
+pub const LABELS_6: [&str; 6] = ["happy", "sad", "neutral", "angry", "worried", "surprise"];
+
+const EMOTION_9: &str = "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.";
+const EMOTION_6: &str = "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise.";
+/// `first_face.py` reasoning pool (L53-59).
+pub const REASON_POOL: [&str; 5] = [
+    "Please analyze all the clues in the video and reason out the emotional label of the person in the video.",
+    "What is the emotional state of the person in the video? Please tell me the reason.",
+    "What are the facial expressions and vocal tone used in the video? What is the intended meaning behind his words? Which emotion does this reflect?",
+    "Please integrate information from various modalities to infer the emotional category of the person in the video.",
+    "Could you describe the emotion-related features of the individual in the video? What emotional category do they fall into?",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Task {
+    /// Recognition with the 9-label instruction (`six_labels`: the MER2023/2024 variant).
+    Emotion { six_labels: bool },
+    /// Reasoning, with one instruction of the pool.
+    Reason { instruction: usize },
+    /// A free question, asked with no task tag.
+    Question { text: String },
+}
+
+impl Task {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Emotion { .. } => "emotion",
+            Task::Reason { .. } => "reason",
+            Task::Question { .. } => "question",
+        }
+    }
+
+    /// The labels a recognition answer is scored against.
+    pub fn labels(&self) -> &'static [&'static str] {
+        match self {
+            Task::Emotion { six_labels: true } => &LABELS_6,
+            _ => &LABELS_9,
+        }
+    }
+
+    /// `[task] instruction` as the training/eval data writes it.
+    fn tagged_instruction(&self) -> String {
+        match self {
+            Task::Emotion { six_labels } => format!("[emotion] {}", if *six_labels { EMOTION_6 } else { EMOTION_9 }),
+            Task::Reason { instruction } => format!("[reason] {}", REASON_POOL[instruction % REASON_POOL.len()]),
+            Task::Question { text } => text.trim().to_string(),
+        }
+    }
+}
+
+/// Which official prompt to reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptLayout {
+    /// `eval_emotion.py`: `<s>[INST] {instruction} [/INST]` (double BOS with the tokenizer's).
+    Eval,
+    /// The Gradio demo: two user turns without separator, a third BOS mid-sequence.
+    Demo,
+}
+
+/// The prompt text split around the embedding rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PromptText {
+    /// Tokenized with BOS added and special tokens parsed.
+    pub before_rows: String,
+    /// Tokenized without BOS, special tokens parsed.
+    pub after_rows: String,
+}
+
+/// Build the official text. `transcript`: the English sentence spoken, or None (the
+/// "The person in video says" line is then left out; the official format leaves its
+/// surrounding spaces, which this keeps).
+pub fn build_prompt(layout: PromptLayout, task: &Task, transcript: Option<&str>) -> PromptText {
+    let character_line = match transcript.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => format!("The person in video says: {}. ", t.trim_end_matches('.')),
+        None => String::new(),
+    };
+    let video = format!("<video>{PLACEHOLDER}</video> <feature><FeatureHere></feature>");
+    let full = match layout {
+        // first_face.py: "<video><VideoHere></video> <feature><FeatureHere></feature> {character_line} [{task}] {instruction} "
+        // then prepare_texts: "<s>[INST] " + that + " [/INST]".
+        PromptLayout::Eval => match task {
+            Task::Question { .. } => format!("<s>[INST] {video} {character_line} {} [/INST]", task.tagged_instruction()),
+            _ => format!("<s>[INST] {video} {character_line} {}  [/INST]", task.tagged_instruction()),
+        },
+        // Chat.upload_img + Chat.ask: the user turn is a second "<s>[INST] " with no separator.
+        PromptLayout::Demo => format!("<s>[INST] {video}<s>[INST] {character_line}{} [/INST]", task.tagged_instruction()),
+    };
+    let (before, after) = full.split_once(PLACEHOLDER).expect("the template holds the placeholder");
+    PromptText { before_rows: before.to_string(), after_rows: after.to_string() }
+}
+
+/// The answer's label, two ways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExtractedLabel {
+    /// `eval_emotion.py`: the last space-separated word, lower-cased, punctuation
+    /// stripped; for the 6-label scoring anything else becomes `neutral`.
+    pub official: String,
+    /// The last label word found anywhere in the answer (None if there is none).
+    pub robust: Option<String>,
+}
+
+pub fn extract_label(answer: &str, labels: &[&str]) -> ExtractedLabel {
+    let clean = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
+    let last = answer.split_whitespace().last().map(clean).unwrap_or_default();
+    let official = if labels.contains(&last.as_str()) { last } else { "neutral".to_string() };
+    let robust = answer.split_whitespace().map(clean).filter(|w| labels.contains(&w.as_str())).last();
+    ExtractedLabel { official, robust }
+}
+
+/// Sequence log-probabilities → probabilities over the label set (sum 1).
+pub fn normalise_scores(logprobs: &[f64]) -> Vec<f64> {
+    let max = logprobs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = logprobs.iter().map(|l| (l - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_prompt_text_has_the_official_quirks() {
+        let p = build_prompt(PromptLayout::Eval, &Task::Emotion { six_labels: false }, Some("I can't believe we made it"));
+        assert_eq!(p.before_rows, "<s>[INST] <video>");
+        assert_eq!(
+            p.after_rows,
+            "</video> <feature><FeatureHere></feature> The person in video says: I can't believe we made it.  [emotion] Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.  [/INST]"
+        );
+        let no_transcript = build_prompt(PromptLayout::Eval, &Task::Emotion { six_labels: true }, None);
+        assert!(no_transcript.after_rows.starts_with("</video> <feature><FeatureHere></feature>  [emotion]"));
+        assert!(no_transcript.after_rows.ends_with("worried, surprise.  [/INST]"));
+    }
+
+    #[test]
+    fn demo_prompt_has_the_second_turn() {
+        let p = build_prompt(PromptLayout::Demo, &Task::Reason { instruction: 1 }, None);
+        assert_eq!(p.before_rows, "<s>[INST] <video>");
+        assert_eq!(p.after_rows, "</video> <feature><FeatureHere></feature><s>[INST] [reason] What is the emotional state of the person in the video? Please tell me the reason. [/INST]");
+    }
+
+    #[test]
+    fn labels_are_extracted_like_the_official_eval_and_robustly() {
+        let l = extract_label("The person seems happy.", &LABELS_6);
+        assert_eq!((l.official.as_str(), l.robust.as_deref()), ("neutral", Some("happy")));
+        let l = extract_label("happy", &LABELS_6);
+        assert_eq!((l.official.as_str(), l.robust.as_deref()), ("happy", Some("happy")));
+        let l = extract_label("contempt", &LABELS_6);
+        assert_eq!((l.official.as_str(), l.robust), ("neutral", None));
+        let s = normalise_scores(&[-1.0, -2.0, -3.0]);
+        assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-12 && s[0] > s[1]);
+    }
+}

@@ -1,0 +1,203 @@
+//! End to end: `emollama analyze` against the Python reference pipeline (the exporter's
+//! PyTorch modules and transformers' LLaMA on the same preprocessed inputs), label
+//! scores, the CLI's JSON and its errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use emollama_runtime::pipeline::{AnalyzeRequest, Mode, Preset, Runtime, RuntimeConfig};
+use emollama_runtime::prompt::{PromptLayout, Task};
+
+fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        let config = RuntimeConfig { threads: 2, ..RuntimeConfig::default() };
+        Runtime::new(&common::bundle_dir(), config).expect("runtime on the synthetic bundle")
+    })
+}
+
+fn talking_face() -> String {
+    common::media_dir().join("talking-face.mp4").to_str().unwrap().to_string()
+}
+
+fn python() -> PathBuf {
+    emollama_engines::onnx::library::setup_cache_dir().join("venv/bin/python")
+}
+
+/// Run the exporter's reference pipeline on the inputs the runtime dumped.
+fn reference(dump: &Path) -> serde_json::Value {
+    let out = dump.join("reference.json");
+    let export_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../export/python");
+    let status = Command::new(python())
+        .current_dir(export_dir)
+        .args(["-m", "emollama_export.reference", "--torch"])
+        .arg(common::test_data().join("torch"))
+        .arg("--inputs")
+        .arg(dump)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("the exporter's venv python");
+    assert!(status.success(), "reference pipeline failed");
+    serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap()
+}
+
+fn check_against_reference(mode: Mode) {
+    let dump = tempfile::tempdir().unwrap();
+    let req = AnalyzeRequest {
+        mode,
+        max_new_tokens: Some(24),
+        transcript: Some("I can't believe we made it".into()),
+        dump_inputs: Some(dump.path().to_path_buf()),
+        ..AnalyzeRequest::new(talking_face())
+    };
+    let result = runtime().analyze(&req, None, |_| {}).unwrap();
+    let want = reference(dump.path());
+    let greedy: Vec<i32> = want["greedy_tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect();
+    let n = result.answer_tokens.len();
+    assert!(n > 0);
+    assert_eq!(&result.answer_tokens[..], &greedy[..n.min(greedy.len())], "{mode:?}: greedy tokens");
+    if result.stop != Some(emollama_engines::llm::StopReason::StopString) {
+        assert_eq!(n, greedy.len(), "{mode:?}: same length");
+    }
+    // Label scores: the reference's exact sequence log-probabilities, normalised.
+    let ref_lp = want["label_logprobs"].as_object().unwrap();
+    let max = ref_lp.values().map(|v| v.as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max);
+    let z: f64 = ref_lp.values().map(|v| (v.as_f64().unwrap() - max).exp()).sum();
+    let scores = result.label_scores.as_ref().unwrap();
+    assert_eq!(scores.len(), 9);
+    let mut worst = 0.0f64;
+    for (label, p) in scores {
+        let want_p = (ref_lp[label].as_f64().unwrap() - max).exp() / z;
+        worst = worst.max((p - want_p).abs());
+    }
+    println!("{mode:?}: {n} greedy tokens identical to the reference; label probabilities max |diff| {worst:.2e}; notes {:?}", result.notes);
+    assert!(worst < 1e-4, "{mode:?}: label scores {worst}");
+    assert!((scores.values().sum::<f64>() - 1.0).abs() < 1e-9);
+    // A bare-label answer is the arg-max of the scores.
+    if let Some(bare) = result.text.split_whitespace().next().filter(|_| result.text.split_whitespace().count() == 1) {
+        if scores.contains_key(bare) {
+            let best = scores.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+            assert_eq!(best, bare);
+        }
+    }
+}
+
+#[test]
+fn full_mode_matches_the_python_reference() {
+    check_against_reference(Mode::Full);
+}
+
+#[test]
+fn official_demo_mode_matches_the_python_reference() {
+    check_against_reference(Mode::OfficialDemo);
+}
+
+#[test]
+fn a_bare_label_answer_is_the_argmax_of_the_scores() {
+    // One generated token: when it is a label's token, it must be the top-scored label
+    // (a multi-token label's probability never exceeds its first token's).
+    let rt = runtime();
+    let req = AnalyzeRequest { max_new_tokens: Some(1), ..AnalyzeRequest::new(talking_face()) };
+    let r = rt.analyze(&req, None, |_| {}).unwrap();
+    let scores = r.label_scores.unwrap();
+    let best = scores.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0.clone();
+    let first = r.answer_tokens[0];
+    let single_token_labels = [(9796, "happy"), (14610, "sad"), (21104, "neutral"), (26230, "angry"), (16671, "surprise"), (8866, "fear"), (7404, "doubt")];
+    if let Some((_, label)) = single_token_labels.iter().find(|(t, _)| *t == first) {
+        assert_eq!(&best, label);
+    }
+    // And the fast preset's label is that arg-max, with no generation at all.
+    let fast = rt.analyze(&AnalyzeRequest { preset: Preset::Fast, ..AnalyzeRequest::new(talking_face()) }, None, |_| {}).unwrap();
+    assert_eq!(fast.label.as_deref(), Some(best.as_str()));
+    assert!(fast.answer_tokens.is_empty() && fast.text.is_empty());
+    let t = &fast.timings_ms;
+    println!("fast preset: prefill {:.1} ms, label scores {:.1} ms (prompt {} positions)", t["prefill"], t["label_scores"], fast.tokens.prompt);
+}
+
+#[test]
+fn tasks_layouts_and_missing_inputs_are_reported() {
+    let rt = runtime();
+    let no_audio = common::media_dir().join("no-audio.mp4").to_str().unwrap().to_string();
+    let r = rt.analyze(&AnalyzeRequest { max_new_tokens: Some(4), ..AnalyzeRequest::new(no_audio) }, None, |_| {}).unwrap();
+    assert!(r.notes.iter().any(|n| n.contains("no audio")), "{:?}", r.notes);
+    assert!(!r.transcript_used);
+    let pattern = common::media_dir().join("test-pattern.mp4").to_str().unwrap().to_string();
+    let req = AnalyzeRequest {
+        task: Task::Reason { instruction: 2 },
+        layout: PromptLayout::Demo,
+        preset: Preset::Demo,
+        max_new_tokens: Some(6),
+        ..AnalyzeRequest::new(pattern)
+    };
+    let mut streamed = String::new();
+    let r = rt.analyze(&req, None, |p| streamed.push_str(p)).unwrap();
+    assert!(r.notes.iter().any(|n| n.contains("no face")), "{:?}", r.notes);
+    assert!(r.label.is_none() && r.label_scores.is_none(), "reason task: no label scoring");
+    assert_eq!(streamed.trim(), r.text);
+    for stage in ["decode_video", "decode_audio", "faces", "global_encoder", "audio_encoder", "prompt", "prefill", "first_token", "generation", "total"] {
+        assert!(r.timings_ms.contains_key(stage), "missing timing {stage}");
+    }
+    let q = AnalyzeRequest { task: Task::Question { text: "Is the person smiling?".into() }, max_new_tokens: Some(3), ..AnalyzeRequest::new(talking_face()) };
+    assert_eq!(rt.analyze(&q, None, |_| {}).unwrap().task, "question");
+}
+
+/// The `emollama` binary of this workspace (built by `cargo test --workspace --bins`),
+/// next to the test executables' `deps/` folder.
+fn emollama(args: &[&str]) -> std::process::Output {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("emollama");
+    assert!(bin.is_file(), "{} not built: run cargo test --workspace --bins --tests", bin.display());
+    Command::new(bin).args(args).output().unwrap()
+}
+
+#[test]
+fn cli_json_has_every_field_and_bad_input_exits_non_zero() {
+    let bundle = common::bundle_dir();
+    let b = bundle.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let srt = dir.path().join("clip.srt");
+    let clip = dir.path().join("clip.mp4");
+    std::fs::copy(talking_face(), &clip).unwrap();
+    std::fs::write(&srt, "1\n00:00:00,000 --> 00:00:02,000\nWe made it!\n").unwrap();
+    let started = Instant::now();
+    let out = emollama(&["analyze", clip.to_str().unwrap(), "--bundle", b, "--json", "--max-new-tokens", "8"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["label", "label_scores", "text", "task", "mode", "transcript_used", "timings_ms", "tokens", "providers", "bundle", "device"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["transcript_used"], true, "the .srt beside the video is used");
+    for key in ["prompt", "generated", "decode_per_s"] {
+        assert!(v["tokens"].get(key).is_some());
+    }
+    assert!(v["timings_ms"]["total"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["bundle"]["synthetic"], true);
+    println!("cli analyze --json in {:.1} s", started.elapsed().as_secs_f64());
+
+    let one_line_error = |out: &std::process::Output| {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        lines[0].to_string()
+    };
+    let e = one_line_error(&emollama(&["analyze", "/nonexistent/clip.mp4", "--bundle", b]));
+    assert!(e.contains("does not exist"), "{e}");
+    let garbage = dir.path().join("garbage.mp4");
+    std::fs::write(&garbage, vec![7u8; 5000]).unwrap();
+    let e = one_line_error(&emollama(&["analyze", garbage.to_str().unwrap(), "--bundle", b]));
+    assert!(e.contains("cannot open"), "{e}");
+    // A bundle whose LLM does not match its manifest.
+    let bad = dir.path().join("bundle");
+    common::copy_dir(&bundle, &bad);
+    std::fs::write(bad.join("zero-rows.f32"), vec![0u8; 16]).unwrap();
+    let e = one_line_error(&emollama(&["analyze", &talking_face(), "--bundle", bad.to_str().unwrap()]));
+    assert!(e.contains("zero-rows.f32"), "{e}");
+    let e = one_line_error(&emollama(&["analyze", &talking_face(), "--bundle", b, "--task", "question"]));
+    assert!(e.contains("--question"), "{e}");
+}
