@@ -106,8 +106,8 @@ pub fn build_prompt(layout: PromptLayout, task: &Task, transcript: Option<&str>)
 /// The answer's label, two ways.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExtractedLabel {
-    /// `eval_emotion.py`: the last space-separated word, lower-cased, punctuation
-    /// stripped; for the 6-label scoring anything else becomes `neutral`.
+    /// `eval_emotion.py`: the last space-separated word, verbatim; anything that is not
+    /// exactly a label (`"happy."`, `"Happy"`) scores as `neutral`.
     pub official: String,
     /// The last label word found anywhere in the answer (None if there is none).
     pub robust: Option<String>,
@@ -115,8 +115,8 @@ pub struct ExtractedLabel {
 
 pub fn extract_label(answer: &str, labels: &[&str]) -> ExtractedLabel {
     let clean = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
-    let last = answer.split_whitespace().last().map(clean).unwrap_or_default();
-    let official = if labels.contains(&last.as_str()) { last } else { "neutral".to_string() };
+    let last = answer.split(' ').next_back().unwrap_or_default().trim();
+    let official = if labels.contains(&last) { last.to_string() } else { "neutral".to_string() };
     let robust = answer.split_whitespace().map(clean).filter(|w| labels.contains(&w.as_str())).last();
     ExtractedLabel { official, robust }
 }
