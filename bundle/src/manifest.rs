@@ -42,6 +42,11 @@ pub struct LlmInfo {
     pub bos_id: i32,
     pub eos_id: i32,
     pub n_ctx_train: u32,
+    /// Architecture numbers the memory planner needs (KV cache, re-quantised size).
+    pub n_layer: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u32,
+    pub n_params: u64,
 }
 
 /// Embedding rows each modality contributes to the prompt.

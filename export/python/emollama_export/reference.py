@@ -32,26 +32,45 @@ def main(argv=None) -> None:
     ap.add_argument("--torch", type=Path, required=True, help="the torch/ folder written by the synthetic export")
     ap.add_argument("--inputs", type=Path, required=True, help="folder written by emollama analyze --dump-inputs")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--repeat", type=int, default=1, help="run N times and report median timings (benchmarks)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
     index = json.loads((args.inputs / "index.json").read_text())
     modules = build_engines(LLM["hidden"])
     for name, module in modules.items():
         module.load_state_dict(torch.load(args.torch / f"{name}.pt"))
     zero = load(args.inputs, "zero_rows")  # [3, D]: local, temporal, audio biases
 
+    llm = LlamaForCausalLM.from_pretrained(args.torch / "llm", attn_implementation="eager").eval()
+    timings = []
+    for _ in range(max(1, args.repeat)):
+        result, t = run(args, index, modules, zero, llm)
+        timings.append(t)
+    med = {k: float(np.median([t[k] for t in timings])) for k in timings[0]}
+    result["timings_ms"] = med
+    write_json_atomic(args.out, result)
+    print(f"[reference] {len(result['greedy_tokens'])} greedy tokens -> {args.out}; median ms {med}")
+
+
+@torch.no_grad()
+def run(args, index, modules, zero, llm):
+    import time
+
+    t0 = time.perf_counter()
     patches, cls = modules["global"](load(args.inputs, "pixel_values"))
     faces, clip, wave = load(args.inputs, "faces"), load(args.inputs, "clip"), load(args.inputs, "waveform")
     local = modules["local"](faces)[0] if faces is not None else zero[0:1]
     temporal = modules["temporal"](clip)[0] if clip is not None else zero[1:2]
     audio = modules["audio"](wave)[0] if wave is not None else zero[2:3]
     rows = torch.cat([patches[0], local, temporal, audio, cls[0]])  # [260, D]
+    t1 = time.perf_counter()
 
-    llm = LlamaForCausalLM.from_pretrained(args.torch / "llm", attn_implementation="eager").eval()
     embed = llm.get_input_embeddings()
     seg0, seg1 = index["prompt"]["before_rows"], index["prompt"]["after_rows"]
     embeds = torch.cat([embed(torch.tensor(seg0)), rows, embed(torch.tensor(seg1))]).unsqueeze(0)
     out = llm(inputs_embeds=embeds, use_cache=True)
     prompt_logits, past = out.logits[0, -1], out.past_key_values
+    t2 = time.perf_counter()
 
     # Label sequences: log P(label tokens | prompt), exactly, token by token.
     label_logprobs = {}
@@ -63,6 +82,7 @@ def main(argv=None) -> None:
                 o = llm(input_ids=torch.tensor([[t]]), past_key_values=_copy(kv), use_cache=True)
                 logits, kv = o.logits[0, -1], o.past_key_values
         label_logprobs[label] = lp
+    t3 = time.perf_counter()
 
     # Greedy answer (the eval preset), stopping at EOS.
     greedy, logits, kv = [], prompt_logits, past
@@ -73,9 +93,12 @@ def main(argv=None) -> None:
         greedy.append(t)
         o = llm(input_ids=torch.tensor([[t]]), past_key_values=kv, use_cache=True)
         logits, kv = o.logits[0, -1], o.past_key_values
-    write_json_atomic(args.out, {"rows_checksum": float(rows.double().abs().sum()), "greedy_tokens": greedy,
-                                 "label_logprobs": label_logprobs})
-    print(f"[reference] {len(greedy)} greedy tokens -> {args.out}")
+    t4 = time.perf_counter()
+    ms = lambda a, b: (b - a) * 1e3  # noqa: E731
+    timings = {"encoders": ms(t0, t1), "prefill": ms(t1, t2), "label_scores": ms(t2, t3), "generation": ms(t3, t4),
+               "total": ms(t0, t4)}
+    return {"rows_checksum": float(rows.double().abs().sum()), "greedy_tokens": greedy,
+            "label_logprobs": label_logprobs}, timings
 
 
 def _copy(past):

@@ -1,0 +1,168 @@
+//! Device profiles: data files (`devices/profiles/*.toml`, compiled in) plus any the
+//! user adds in `~/.config/emollama/profiles` or `/etc/emollama/profiles`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::DeviceError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Residency {
+    /// All encoders stay loaded.
+    Resident,
+    /// Encoders are loaded one after another, memory released in between.
+    InTurn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderPrecision {
+    Int8,
+    Fp16,
+    Fp32,
+}
+
+impl EncoderPrecision {
+    pub fn bytes_per_param(self) -> f64 {
+        match self {
+            EncoderPrecision::Int8 => 1.0,
+            EncoderPrecision::Fp16 => 2.0,
+            EncoderPrecision::Fp32 => 4.0,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "int8" => Some(Self::Int8),
+            "fp16" | "f16" => Some(Self::Fp16),
+            "fp32" | "f32" => Some(Self::Fp32),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileDefaults {
+    /// GGUF type of the backbone: f16, q8_0, q4_k_m, q3_k_m, iq4_xs, …
+    pub llm_quant: String,
+    pub n_gpu_layers: i32,
+    pub n_ctx: u32,
+    /// KV cache type: f16, q8_0, q4_0, f32.
+    pub kv_cache: String,
+    pub encoder_precision: EncoderPrecision,
+    pub encoder_residency: Residency,
+    /// 0: all cores.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    pub display: String,
+    /// Substrings of `/proc/device-tree/model` that identify the board.
+    pub model_match: Vec<String>,
+    pub memory_total_gb: f64,
+    /// MemTotal range (GB) of this SKU, to tell 8 GB from 16 GB boards of one family.
+    pub sku_memory_gb: [f64; 2],
+    pub usable_headless_gb: f64,
+    pub bandwidth_gb_s: f64,
+    /// `sm_87`, … or `none`.
+    pub gpu_arch: String,
+    pub cuda_cores: u32,
+    pub dla_cores: u32,
+    /// The nvpmodel mode that gives full speed ("" where nvpmodel does not exist).
+    pub max_power_mode: String,
+    pub unified_memory: bool,
+    pub defaults: ProfileDefaults,
+}
+
+impl Profile {
+    pub fn has_gpu(&self) -> bool {
+        self.gpu_arch != "none"
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, DeviceError> {
+        toml::from_str(text).map_err(|e| DeviceError::BadProfile { path: path.into(), reason: e.to_string() })
+    }
+}
+
+const BUILTIN: &[(&str, &str)] = &[
+    ("orin-nano-8gb", include_str!("../profiles/orin-nano-8gb.toml")),
+    ("orin-nano-8gb-super", include_str!("../profiles/orin-nano-8gb-super.toml")),
+    ("orin-nx-8gb", include_str!("../profiles/orin-nx-8gb.toml")),
+    ("orin-nx-16gb", include_str!("../profiles/orin-nx-16gb.toml")),
+    ("agx-orin-32gb", include_str!("../profiles/agx-orin-32gb.toml")),
+    ("agx-orin-64gb", include_str!("../profiles/agx-orin-64gb.toml")),
+    ("agx-thor", include_str!("../profiles/agx-thor.toml")),
+    ("x86-cpu", include_str!("../profiles/x86-cpu.toml")),
+    ("x86-cuda", include_str!("../profiles/x86-cuda.toml")),
+];
+
+/// Where user profiles are read from, in order (a user file overrides a built-in one
+/// of the same name).
+pub fn profile_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/etc/emollama/profiles")];
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(c) = config {
+        dirs.push(c.join("emollama/profiles"));
+    }
+    dirs
+}
+
+/// Built-in profiles, then those in `extra_dirs` (later ones override by name).
+pub fn load_profiles(extra_dirs: &[PathBuf]) -> Result<Vec<Profile>, DeviceError> {
+    let mut out: Vec<Profile> = BUILTIN
+        .iter()
+        .map(|(name, text)| Profile::from_toml(text, Path::new(&format!("builtin:{name}.toml"))))
+        .collect::<Result<_, _>>()?;
+    for dir in extra_dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|e| DeviceError::BadProfile { path: path.clone(), reason: e.to_string() })?;
+            let p = Profile::from_toml(&text, &path)?;
+            out.retain(|q| q.name != p.name);
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+pub fn find<'a>(profiles: &'a [Profile], name: &str) -> Result<&'a Profile, DeviceError> {
+    profiles.iter().find(|p| p.name == name).ok_or_else(|| DeviceError::UnknownProfile {
+        name: name.into(),
+        known: profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_profiles_parse_and_cover_the_family() {
+        let p = load_profiles(&[]).unwrap();
+        assert_eq!(p.len(), 9);
+        let nano = find(&p, "orin-nano-8gb").unwrap();
+        assert_eq!((nano.bandwidth_gb_s, nano.defaults.encoder_residency), (68.0, Residency::InTurn));
+        assert!(find(&p, "nope").is_err());
+    }
+
+    #[test]
+    fn a_user_profile_overrides_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = include_str!("../profiles/x86-cpu.toml").replace("usable_headless_gb = 14.0", "usable_headless_gb = 3.0");
+        std::fs::write(dir.path().join("mine.toml"), text).unwrap();
+        let p = load_profiles(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(find(&p, "x86-cpu").unwrap().usable_headless_gb, 3.0);
+        std::fs::write(dir.path().join("bad.toml"), "name = 3").unwrap();
+        assert!(matches!(load_profiles(&[dir.path().to_path_buf()]), Err(DeviceError::BadProfile { .. })));
+    }
+}

@@ -1,0 +1,74 @@
+//! Detection on files recorded from real boards (written from the formats'
+//! documentation), and the memory planner on the real 7B bundle's manifest.
+
+use std::path::Path;
+
+use emollama_bundle::Bundle;
+use emollama_devices::{detect, find_profile, load_profiles, plan, Outcome};
+
+fn boards() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/boards"))
+}
+
+#[test]
+fn recorded_boards_are_recognised_with_their_software_and_power_mode() {
+    let profiles = load_profiles(&[]).unwrap();
+    let cases = [
+        ("orin-nano-8gb-jp62-maxn-super", "orin-nano-8gb-super", "36.4.3", "6.2", "MAXN_SUPER", 0),
+        ("orin-nano-8gb-jp61-7w", "orin-nano-8gb", "36.4.0", "6.1", "7W", 1),
+        ("orin-nx-16gb-jp61-maxn", "orin-nx-16gb", "36.4.0", "6.1", "MAXN", 0),
+        ("agx-orin-64gb-jp512-maxn", "agx-orin-64gb", "35.4.1", "5.1.2", "MAXN", 0),
+    ];
+    for (dir, profile, l4t, jetpack, mode, problems) in cases {
+        let info = detect(&boards().join(dir), &profiles);
+        assert_eq!(info.profile.as_deref(), Some(profile), "{dir}: {info:?}");
+        assert_eq!(info.l4t.as_deref(), Some(l4t), "{dir}");
+        assert_eq!(info.jetpack.as_deref(), Some(jetpack), "{dir}");
+        assert_eq!(info.power_mode.as_deref(), Some(mode), "{dir}");
+        assert_eq!(info.problems.len(), problems, "{dir}: {:?}", info.problems);
+        assert!(info.cuda.is_some() && info.tensorrt.is_some() && info.gpu_max_mhz.is_some() && info.cpu_cores == 6, "{dir}: {info:?}");
+        assert!(info.cpu_features.contains(&"asimd".to_string()));
+    }
+    let slow = detect(&boards().join("orin-nano-8gb-jp61-7w"), &profiles);
+    assert!(slow.problems[0].contains("nvpmodel") && slow.problems[0].contains("jetson_clocks"), "{:?}", slow.problems);
+}
+
+#[test]
+fn this_machine_is_an_x86_cpu_host() {
+    let profiles = load_profiles(&[]).unwrap();
+    let info = detect(Path::new("/"), &profiles);
+    if std::env::consts::ARCH == "x86_64" && !Path::new("/dev/nvidia0").exists() {
+        assert_eq!(info.profile.as_deref(), Some("x86-cpu"));
+        assert!(info.mem_total_gb.unwrap() > 1.0 && info.cpu_cores >= 1);
+    }
+}
+
+#[test]
+fn the_real_7b_bundle_plans_as_the_spec_says() {
+    let bundle = Bundle::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/emotion-llama-7b"))).unwrap();
+    let profiles = load_profiles(&[]).unwrap();
+    for p in &profiles {
+        let plan = plan(bundle.manifest(), p);
+        println!("{:<20} {:?} {}", p.name, plan.outcome, plan.message);
+    }
+    let nx = plan(bundle.manifest(), find_profile(&profiles, "orin-nx-16gb").unwrap());
+    assert_eq!(nx.outcome, Outcome::FitsResident, "{}", nx.message);
+    assert!(nx.changes.is_empty());
+    let nano = plan(bundle.manifest(), find_profile(&profiles, "orin-nano-8gb").unwrap());
+    assert_eq!(nano.outcome, Outcome::FitsInTurn, "{}", nano.message);
+    assert!(!nano.changes.is_empty(), "a smaller footprint is needed and stated: {}", nano.message);
+    assert!(nano.in_turn_total <= nano.usable_bytes && nano.resident_total > nano.usable_bytes);
+    for big in ["agx-orin-32gb", "agx-orin-64gb", "agx-thor"] {
+        assert_eq!(plan(bundle.manifest(), find_profile(&profiles, big).unwrap()).outcome, Outcome::FitsResident, "{big}");
+    }
+}
+
+#[test]
+fn a_device_too_small_is_refused_with_the_biggest_parts_named() {
+    let bundle = Bundle::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/emotion-llama-7b"))).unwrap();
+    let mut tiny = load_profiles(&[]).unwrap().into_iter().find(|p| p.name == "orin-nano-8gb").unwrap();
+    tiny.usable_headless_gb = 2.0;
+    let plan = plan(bundle.manifest(), &tiny);
+    assert_eq!(plan.outcome, Outcome::DoesNotFit);
+    assert!(plan.message.contains("LLM weights") && plan.message.contains("fix:"), "{}", plan.message);
+}
