@@ -4,7 +4,7 @@
 //! `/var/lib/nvpmodel/status` + `/etc/nvpmodel.conf`, cpufreq and devfreq in `/sys`,
 //! CUDA's `version.json`, TensorRT's `NvInferVersion.h`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 

@@ -7,70 +7,16 @@
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Instant;
 
-use emollama_engines::llm::{ContextParams, GenerateOptions, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams, Segment};
-use llama_cpp_sys_2 as sys;
+use emollama_engines::llm::{raw_greedy_decode, ContextParams, GenerateOptions, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams, Segment};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-/// The reference: what any llama.cpp program does, with no wrapper at all.
 fn raw_loop(model: &LlmModel, params: &ContextParams, prompt: &[i32], n: usize) -> (f64, Vec<i32>) {
-    // SAFETY: plain llama.cpp C API use on a live model; every pointer is checked.
-    unsafe {
-        let mut cp = sys::llama_context_default_params();
-        cp.n_ctx = params.n_ctx;
-        cp.n_batch = params.n_batch;
-        cp.n_ubatch = params.n_batch;
-        cp.n_seq_max = 1;
-        cp.n_threads = params.n_threads;
-        cp.n_threads_batch = params.n_threads_batch;
-        let ctx = sys::llama_init_from_model(raw_model(model), cp);
-        assert!(!ctx.is_null());
-        let mut prompt = prompt.to_vec();
-        assert_eq!(sys::llama_decode(ctx, sys::llama_batch_get_one(prompt.as_mut_ptr(), prompt.len() as i32)), 0);
-        let n_vocab = model.n_vocab() as usize;
-        let mut out = Vec::with_capacity(n);
-        let started = Instant::now();
-        for i in 0..n {
-            let logits = std::slice::from_raw_parts(sys::llama_get_logits_ith(ctx, -1), n_vocab);
-            let mut best = 0usize;
-            for (j, &l) in logits.iter().enumerate() {
-                if l > logits[best] {
-                    best = j;
-                }
-            }
-            let mut tok = best as i32;
-            out.push(tok);
-            if i + 1 < n {
-                assert_eq!(sys::llama_decode(ctx, sys::llama_batch_get_one(&mut tok, 1)), 0);
-            }
-        }
-        let secs = started.elapsed().as_secs_f64();
-        sys::llama_free(ctx);
-        ((n - 1) as f64 / secs, out)
-    }
-}
-
-/// The model pointer, through the only accessor the bench needs (crate-private in the
-/// library): reload the same file with the C API.
-fn raw_model(model: &LlmModel) -> *mut sys::llama_model {
-    use std::sync::OnceLock;
-    struct Ptr(*mut sys::llama_model);
-    unsafe impl Send for Ptr {}
-    unsafe impl Sync for Ptr {}
-    static RAW: OnceLock<Ptr> = OnceLock::new();
-    RAW.get_or_init(|| {
-        let path = std::ffi::CString::new(model.path().as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: default params, valid path; checked for NULL.
-        let m = unsafe { sys::llama_model_load_from_file(path.as_ptr(), sys::llama_model_default_params()) };
-        assert!(!m.is_null());
-        Ptr(m)
-    })
-    .0
+    raw_greedy_decode(model, params, prompt, n).unwrap()
 }
 
 fn wrapper_loop(model: &Arc<LlmModel>, params: &ContextParams, prompt: &[i32], n: usize) -> (f64, Vec<i32>) {

@@ -12,6 +12,10 @@ pub enum RuntimeError {
     LlmWidthMismatch { gguf: u64, manifest: u64 },
     #[error(transparent)]
     Media(#[from] crate::media::MediaError),
+    #[error(transparent)]
+    Device(#[from] emollama_devices::DeviceError),
+    #[error("refusing to load bundle {bundle} on {profile}: {message}")]
+    DoesNotFit { bundle: String, profile: String, message: String },
     #[error("I/O on {path}: {source}")]
     Io {
         path: PathBuf,

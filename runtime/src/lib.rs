@@ -1,6 +1,8 @@
 //! The emollama runtime: finds and opens a bundle, loads its engines, and (in later
 //! layers) runs the media front end, the prompt plan and the pipeline.
 
+pub mod bench;
+pub mod doctor;
 pub mod error;
 pub mod locate;
 pub mod media;

@@ -1,12 +1,15 @@
 //! The `emollama` command-line tool.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use emollama_engines::llm::{quantize, QuantType};
 use emollama_engines::onnx::{Provider, ProviderPolicy};
+use emollama_devices::{detect, find_profile, load_profiles, plan, profile_dirs, Profile};
+use emollama_runtime::bench::{run_bench, write_outputs, BenchOptions, BenchReport};
+use emollama_runtime::doctor::doctor;
 use emollama_runtime::locate::{locate_bundle, BundleSource};
 use emollama_runtime::pipeline::{AnalyzeRequest, Mode, Preset, Runtime, RuntimeConfig};
 use emollama_runtime::prompt::{PromptLayout, Task};
@@ -43,6 +46,56 @@ enum Command {
     },
     /// Recognise the emotion in a video (or reason about it, or answer a question).
     Analyze(AnalyzeArgs),
+    /// List the device profiles (built in, and yours in ~/.config/emollama/profiles).
+    Profiles {
+        #[arg(long)]
+        json: bool,
+    },
+    /// This machine: board, JetPack, power mode, libraries and providers, problems and fixes.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+        /// Read /proc, /etc and /sys under this folder instead of / (recorded boards).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Also plan this bundle on the detected profile.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
+    /// Does a bundle fit a device? The memory plan, and the changes that make it fit.
+    Plan {
+        /// A profile name; default: every profile.
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark the pipeline on this device: cold start, warm stages, decode vs raw llama.cpp.
+    Bench {
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Media to analyze (default: the talking-face sample from setup).
+        #[arg(long)]
+        media: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Folder for bench.md, bench.json and bench.svg.
+        #[arg(long, default_value = "emollama-bench")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// An earlier bench.json: print the differences.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+    },
     /// Quantize a GGUF with llama.cpp (f16, q8_0, q4_0, q4_k_m).
     Quantize { input: PathBuf, output: PathBuf, r#type: String },
 }
@@ -54,6 +107,9 @@ struct AnalyzeArgs {
     /// Bundle folder; default: the installed bundle, else the synthetic one from setup.
     #[arg(long)]
     bundle: Option<PathBuf>,
+    /// Device profile (default: detected); its memory plan runs before loading.
+    #[arg(long)]
+    profile: Option<String>,
     #[arg(long, value_enum, default_value = "emotion")]
     task: TaskArg,
     /// The question, with --task question.
@@ -128,10 +184,7 @@ fn transcript_of(args: &AnalyzeArgs) -> anyhow::Result<Option<String>> {
 }
 
 fn analyze(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
-    let (dir, source) = locate_bundle(args.bundle.as_deref())?;
-    if source == BundleSource::SyntheticFallback {
-        eprintln!("warning: no bundle given or installed; using the synthetic bundle at {} (random weights: its answers mean nothing)", dir.display());
-    }
+    let dir = bundle_dir(args.bundle.as_deref())?;
     let task = match args.task {
         TaskArg::Emotion => Task::Emotion { six_labels: args.six_labels },
         TaskArg::Reason => Task::Reason { instruction: args.reason_index },
@@ -140,7 +193,8 @@ fn analyze(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
         },
     };
     let transcript = transcript_of(&args)?;
-    let mut config = RuntimeConfig { providers: provider_policy(&args.provider)?, ort_library, ..RuntimeConfig::default() };
+    let profile = resolve_profile(args.profile.as_deref())?;
+    let mut config = RuntimeConfig { providers: provider_policy(&args.provider)?, ort_library, ..RuntimeConfig::from_profile(&profile) };
     if let Some(t) = args.threads {
         config.threads = t.max(1);
     }
@@ -201,6 +255,28 @@ fn analyze(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
     Ok(())
 }
 
+fn profiles() -> anyhow::Result<Vec<Profile>> {
+    Ok(load_profiles(&profile_dirs())?)
+}
+
+/// The named profile, else the detected one.
+fn resolve_profile(name: Option<&str>) -> anyhow::Result<Profile> {
+    let all = profiles()?;
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => detect(Path::new("/"), &all).profile.unwrap_or_else(|| "x86-cpu".into()),
+    };
+    Ok(find_profile(&all, &name)?.clone())
+}
+
+fn bundle_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let (dir, source) = locate_bundle(explicit)?;
+    if source == BundleSource::SyntheticFallback {
+        eprintln!("warning: no bundle given or installed; using the synthetic bundle at {} (random weights: its answers mean nothing)", dir.display());
+    }
+    Ok(dir)
+}
+
 fn provider_policy(name: &str) -> anyhow::Result<ProviderPolicy> {
     let one = |p: Provider| ProviderPolicy { order: vec![p], required: Some(p), ..ProviderPolicy::default() };
     Ok(match name {
@@ -228,6 +304,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Analyze(args) => analyze(args, cli.ort_library)?,
+        Command::Profiles { json } => {
+            let all = profiles()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!("{:<20} {:<44} {:>7} {:>8} {:>9} {:<7} {:<8} {:<9}", "name", "device", "memory", "usable", "bandwidth", "gpu", "llm", "encoders");
+                for p in &all {
+                    println!(
+                        "{:<20} {:<44} {:>5.0}GB {:>6.1}GB {:>5.0}GB/s {:<7} {:<8} {:?}/{:?}",
+                        p.name, p.display, p.memory_total_gb, p.usable_headless_gb, p.bandwidth_gb_s, p.gpu_arch, p.defaults.llm_quant,
+                        p.defaults.encoder_precision, p.defaults.encoder_residency
+                    );
+                }
+            }
+        }
+        Command::Doctor { json, root, bundle } => {
+            let all = profiles()?;
+            let report = doctor(&root, &all, cli.ort_library.as_deref(), bundle.as_deref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
+        Command::Plan { profile, bundle, json } => {
+            let dir = bundle_dir(bundle.as_deref())?;
+            let b = emollama_bundle::Bundle::open(&dir)?;
+            let all = profiles()?;
+            let chosen: Vec<&Profile> = match &profile {
+                Some(n) => vec![find_profile(&all, n)?],
+                None => all.iter().collect(),
+            };
+            let plans: Vec<_> = chosen.iter().map(|p| plan(b.manifest(), p)).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plans)?);
+            } else {
+                for p in &plans {
+                    println!("{:<20} {:<13} {}", p.profile, format!("{:?}", p.outcome), p.message);
+                }
+            }
+        }
+        Command::Bench { profile, bundle, media, runs, warmup, max_new_tokens, out, json, compare } => {
+            let dir = bundle_dir(bundle.as_deref())?;
+            let profile = resolve_profile(profile.as_deref())?;
+            let media = if media.is_empty() {
+                vec![emollama_engines::onnx::library::setup_cache_dir().join("media/talking-face.mp4").display().to_string()]
+            } else {
+                media
+            };
+            let host = detect(Path::new("/"), &profiles()?);
+            let config = RuntimeConfig { ort_library: cli.ort_library.clone(), ..RuntimeConfig::from_profile(&profile) };
+            let opts = BenchOptions { bundle: dir, profile, host, media, runs: runs.max(1), warmup, max_new_tokens, config };
+            let exe = std::env::current_exe()?;
+            let report = run_bench(&opts, &exe)?;
+            let written = write_outputs(&report, &out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.markdown());
+                eprintln!("wrote {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+            }
+            if let Some(old) = compare {
+                let text = std::fs::read_to_string(&old).with_context(|| format!("reading {}", old.display()))?;
+                let old: BenchReport = serde_json::from_str(&text).with_context(|| format!("{} is not a bench.json", old.display()))?;
+                eprint!("{}", report.compare(&old));
+            }
+        }
         Command::Quantize { input, output, r#type } => {
             let q = QuantType::parse(&r#type).with_context(|| format!("unknown type {type:?}: use f16, q8_0, q4_0 or q4_k_m", type = r#type))?;
             let threads = std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2);
@@ -236,6 +379,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The error and its causes on one line, skipping a cause its parent already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
 }
 
 fn main() -> ExitCode {
@@ -247,7 +406,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

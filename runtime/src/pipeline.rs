@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use emollama_bundle::{Bundle, Role};
+use emollama_devices::Profile;
 use emollama_engines::llm::{
     ContextParams, FlashAttention, GenerateOptions, KvCacheType, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams,
     Segment, StopReason,
@@ -39,6 +40,30 @@ pub struct RuntimeConfig {
     pub ort_library: Option<PathBuf>,
     /// Shown in results (`device`).
     pub device: String,
+    /// When set, the memory plan runs before anything loads and refuses what cannot fit.
+    pub profile: Option<Profile>,
+}
+
+impl RuntimeConfig {
+    /// The profile's defaults: threads, context, KV cache type, GPU layers.
+    pub fn from_profile(profile: &Profile) -> Self {
+        let base = Self::default();
+        let d = &profile.defaults;
+        Self {
+            threads: if d.threads == 0 { base.threads } else { d.threads },
+            n_ctx: d.n_ctx,
+            n_gpu_layers: if cfg!(feature = "llama-cuda") { d.n_gpu_layers } else { 0 },
+            kv_cache_type: match d.kv_cache.as_str() {
+                "f32" => KvCacheType::F32,
+                "q8_0" => KvCacheType::Q8_0,
+                "q4_0" => KvCacheType::Q4_0,
+                _ => KvCacheType::F16,
+            },
+            device: profile.display.clone(),
+            profile: Some(profile.clone()),
+            ..base
+        }
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -55,6 +80,7 @@ impl Default for RuntimeConfig {
             limits: MediaLimits::default(),
             ort_library: None,
             device: format!("{} CPU, {threads} threads", std::env::consts::ARCH),
+            profile: None,
         }
     }
 }
@@ -194,7 +220,17 @@ fn ms(t: Instant) -> f64 {
 impl Runtime {
     /// Verify the bundle, load every engine and the LLM, warm the encoders up.
     pub fn new(bundle_dir: &Path, config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let bundle = Bundle::open_verified(bundle_dir)?;
+        let bundle = Bundle::open(bundle_dir)?;
+        // Plan before touching the files: a bundle that cannot fit is refused here, not
+        // killed by the OOM killer halfway through loading.
+        if let Some(profile) = &config.profile {
+            let plan = emollama_devices::plan(bundle.manifest(), profile);
+            tracing::info!(profile = %profile.name, outcome = ?plan.outcome, "{}", plan.message);
+            if plan.outcome == emollama_devices::Outcome::DoesNotFit {
+                return Err(RuntimeError::DoesNotFit { bundle: bundle.manifest().id.clone(), profile: profile.display.clone(), message: plan.message });
+            }
+        }
+        bundle.verify_files()?;
         let rt = init_runtime(config.ort_library.as_deref())?;
         let opts = EngineOptions { intra_threads: config.threads, policy: config.providers.clone(), model_sha256: String::new() };
         let load = |role: Role| -> Result<EncoderEngine, RuntimeError> {

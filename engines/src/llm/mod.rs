@@ -13,6 +13,7 @@ mod generate;
 pub mod gguf;
 mod model;
 mod quantize;
+mod raw;
 mod sampling;
 mod text;
 
@@ -21,5 +22,6 @@ pub use context::{ContextParams, FlashAttention, KvCacheType, LlmContext, PerfCo
 pub use generate::{GenerateOptions, Generation, StopReason};
 pub use model::{check_gguf_header, LlmModel, ModelParams};
 pub use quantize::{quantize, QuantType};
+pub use raw::raw_greedy_decode;
 pub use sampling::{apply_repetition_penalty, Sampler, SamplingParams};
 pub use text::TextStream;

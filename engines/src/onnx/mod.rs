@@ -10,4 +10,4 @@ pub mod providers;
 
 pub use encoder::{EncoderEngine, EngineOptions, Outputs};
 pub use library::{init_runtime, OrtRuntime};
-pub use providers::{Provider, ProviderPolicy, TensorRtOptions};
+pub use providers::{available_providers, Provider, ProviderPolicy, TensorRtOptions};

@@ -173,3 +173,26 @@ mod tests {
         assert_ne!(k1, a.cache_key("1.31.1", "abcdef0123456789ffff", &inputs));
     }
 }
+
+/// Providers this binary can use with the loaded library: compiled in, and present in
+/// the library (a CPU-only libonnxruntime has no CUDA/TensorRT even in a GPU build).
+/// Call after `init_runtime`.
+pub fn available_providers() -> Vec<Provider> {
+    let mut out = Vec::new();
+    #[cfg(feature = "tensorrt")]
+    {
+        use ort::ep::ExecutionProvider;
+        if ort::ep::TensorRT::is_available().unwrap_or(false) {
+            out.push(Provider::TensorRt);
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use ort::ep::ExecutionProvider;
+        if ort::ep::CUDA::is_available().unwrap_or(false) {
+            out.push(Provider::Cuda);
+        }
+    }
+    out.push(Provider::Cpu);
+    out
+}
