@@ -162,8 +162,15 @@ fn totals(parts: &PlanParts) -> (u64, u64) {
 /// changes that fit when the defaults do not.
 pub fn plan(m: &Manifest, p: &Profile) -> Plan {
     let usable = (p.usable_headless_gb * GB) as u64;
+    // The bundle's own LLM type is what loads; the profile's type is a proposal.
+    let bundle_quant = m
+        .files
+        .iter()
+        .find(|f| f.role == Role::Llm)
+        .and_then(|f| LlmQuant::parse(&f.precision))
+        .map(|q| q.name().to_string());
     let defaults = PlanSettings {
-        llm_quant: p.defaults.llm_quant.clone(),
+        llm_quant: bundle_quant.unwrap_or_else(|| p.defaults.llm_quant.clone()),
         n_ctx: p.defaults.n_ctx,
         kv_cache: p.defaults.kv_cache.clone(),
         encoder_precision: p.defaults.encoder_precision,
@@ -187,7 +194,7 @@ pub fn plan(m: &Manifest, p: &Profile) -> Plan {
     let kv_opts = [defaults.kv_cache.clone(), "q8_0".into()];
     let ctx_opts = [defaults.n_ctx, 1024, 512];
     let enc_opts = [defaults.encoder_precision, EncoderPrecision::Fp16, EncoderPrecision::Int8];
-    let quant_opts = [defaults.llm_quant.clone(), "q4_k_m".into(), "iq4_xs".into(), "q3_k_m".into()];
+    let quant_opts = [defaults.llm_quant.clone(), p.defaults.llm_quant.clone(), "q4_k_m".into(), "iq4_xs".into(), "q3_k_m".into()];
     for q in &quant_opts {
         for e in &enc_opts {
             for c in &ctx_opts {

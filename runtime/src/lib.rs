@@ -9,6 +9,7 @@ pub mod media;
 pub mod pipeline;
 pub mod prompt;
 pub mod report;
+pub mod serve;
 pub mod transcript;
 
 pub use error::RuntimeError;

@@ -14,6 +14,7 @@ use emollama_runtime::locate::{locate_bundle, BundleSource};
 use emollama_runtime::pipeline::{AnalyzeRequest, Mode, Preset, Runtime, RuntimeConfig};
 use emollama_runtime::prompt::{PromptLayout, Task};
 use emollama_runtime::report::inspect_bundle;
+use emollama_runtime::serve::{AppState, ReadyInfo, ServeConfig};
 use emollama_runtime::transcript::{sidecar_subtitles, subtitles_text};
 
 #[derive(Parser)]
@@ -96,6 +97,8 @@ enum Command {
         #[arg(long)]
         compare: Option<PathBuf>,
     },
+    /// The HTTP service (for systemd): POST /v1/analyze, /healthz, /readyz, /metrics.
+    Serve(ServeArgs),
     /// Quantize a GGUF with llama.cpp (f16, q8_0, q4_0, q4_k_m).
     Quantize { input: PathBuf, output: PathBuf, r#type: String },
 }
@@ -161,6 +164,93 @@ struct AnalyzeArgs {
     /// Write the preprocessed inputs and prompt ids to this folder (reference checks).
     #[arg(long, hide = true)]
     dump_inputs: Option<PathBuf>,
+}
+
+/// Every configuration key, as a flag overriding the file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration (default /etc/emollama/config.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    #[arg(long)]
+    profile: Option<String>,
+    #[arg(long)]
+    token: Option<String>,
+    /// A folder whose media may be named by path (repeatable).
+    #[arg(long = "allowed-dir")]
+    allowed_dirs: Vec<PathBuf>,
+    #[arg(long)]
+    allow_urls: Option<bool>,
+    #[arg(long)]
+    max_upload_bytes: Option<u64>,
+    #[arg(long)]
+    max_concurrency: Option<usize>,
+    #[arg(long)]
+    max_queue: Option<usize>,
+    #[arg(long)]
+    request_timeout_s: Option<f64>,
+    #[arg(long)]
+    drain_timeout_s: Option<f64>,
+    #[arg(long)]
+    upload_dir: Option<PathBuf>,
+    #[arg(long)]
+    max_new_tokens_limit: Option<usize>,
+}
+
+fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<ServeConfig> {
+    let mut c = ServeConfig::load(args.config.as_deref())?;
+    macro_rules! over {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { c.$field = v; } )* };
+    }
+    over!(listen, allow_urls, max_upload_bytes, max_concurrency, max_queue, request_timeout_s, drain_timeout_s, max_new_tokens_limit);
+    if args.bundle.is_some() { c.bundle = args.bundle.clone(); }
+    if args.profile.is_some() { c.profile = args.profile.clone(); }
+    if args.token.is_some() { c.token = args.token.clone(); }
+    if args.upload_dir.is_some() { c.upload_dir = args.upload_dir.clone(); }
+    if !args.allowed_dirs.is_empty() { c.allowed_dirs = args.allowed_dirs.clone(); }
+    if ort_library.is_some() { c.ort_library = ort_library; }
+    c.validate()?;
+    Ok(c)
+}
+
+fn serve(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = serve_config(&args, ort_library)?;
+    let profile = resolve_profile(config.profile.as_deref())?;
+    let bundle = bundle_dir(config.bundle.as_deref())?;
+    if args.check_config {
+        println!("configuration OK: listen {}, bundle {}, profile {}", config.listen, bundle.display(), profile.name);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let runtime_config = RuntimeConfig { ort_library: config.ort_library.clone(), ..RuntimeConfig::from_profile(&profile) };
+        let state = std::sync::Arc::new(AppState::new(config)?);
+        let host = detect(Path::new("/"), &profiles()?);
+        let build = move || {
+            let started = std::time::Instant::now();
+            let runtime = Runtime::new(&bundle, runtime_config).map_err(|e| e.to_string())?;
+            let m = runtime.bundle().manifest();
+            let info = ReadyInfo {
+                bundle: m.id.clone(),
+                synthetic: m.synthetic,
+                profile: profile.name.clone(),
+                providers: runtime.providers(),
+                power_mode: host.power_mode.clone(),
+                warm_up_ms: started.elapsed().as_secs_f64() * 1e3,
+            };
+            Ok((runtime, info))
+        };
+        emollama_runtime::serve::serve(state, listener, build).await?;
+        anyhow::Ok(())
+    })
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -304,6 +394,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Analyze(args) => analyze(args, cli.ort_library)?,
+        Command::Serve(args) => serve(args, cli.ort_library)?,
         Command::Profiles { json } => {
             let all = profiles()?;
             if json {

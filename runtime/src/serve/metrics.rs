@@ -1,0 +1,78 @@
+//! Prometheus text exposition of the service's counters and histograms.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: BTreeMap<&'static str, u64>,
+    stages: BTreeMap<String, Histogram>,
+    decode_tokens_per_second: f64,
+    generated_tokens: u64,
+}
+
+impl Metrics {
+    pub fn request(&mut self, outcome: &'static str) {
+        *self.requests.entry(outcome).or_default() += 1;
+    }
+
+    pub fn stages(&mut self, timings_ms: &BTreeMap<String, f64>, decode_per_s: f64, generated: usize) {
+        for (stage, ms) in timings_ms {
+            self.stages.entry(stage.clone()).or_default().observe(ms / 1e3);
+        }
+        if generated > 1 {
+            self.decode_tokens_per_second = decode_per_s;
+        }
+        self.generated_tokens += generated as u64;
+    }
+
+    pub fn render(&self, queue_depth: usize, in_flight: usize, ready: bool, model_bytes: u64) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# HELP emollama_requests_total Analyze requests by outcome.\n# TYPE emollama_requests_total counter");
+        for outcome in ["ok", "client_error", "server_error", "busy", "cancelled", "timeout"] {
+            let _ = writeln!(s, "emollama_requests_total{{outcome=\"{outcome}\"}} {}", self.requests.get(outcome).unwrap_or(&0));
+        }
+        let _ = writeln!(s, "# HELP emollama_stage_seconds Time per pipeline stage.\n# TYPE emollama_stage_seconds histogram");
+        for (stage, h) in &self.stages {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(s, "emollama_stage_seconds_bucket{{stage=\"{stage}\",le=\"{b}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(s, "emollama_stage_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(s, "emollama_stage_seconds_sum{{stage=\"{stage}\"}} {}", h.sum);
+            let _ = writeln!(s, "emollama_stage_seconds_count{{stage=\"{stage}\"}} {}", h.count);
+        }
+        let gauges = [
+            ("emollama_queue_depth", "Requests waiting for a slot.", queue_depth as f64),
+            ("emollama_in_flight", "Requests running.", in_flight as f64),
+            ("emollama_ready", "1 once the engines are loaded and warmed up.", if ready { 1.0 } else { 0.0 }),
+            ("emollama_decode_tokens_per_second", "Decode speed of the last request that generated.", self.decode_tokens_per_second),
+            ("emollama_model_bytes", "Bytes of the bundle's files.", model_bytes as f64),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let _ = writeln!(s, "# HELP emollama_generated_tokens_total Tokens generated.\n# TYPE emollama_generated_tokens_total counter\nemollama_generated_tokens_total {}", self.generated_tokens);
+        s
+    }
+}
