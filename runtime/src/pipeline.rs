@@ -44,6 +44,15 @@ pub struct RuntimeConfig {
     pub profile: Option<Profile>,
 }
 
+/// Where TensorRT engines and timing caches go: systemd's `CacheDirectory=` (it sets
+/// `$CACHE_DIRECTORY`), else the user's cache.
+pub fn engine_cache_dir() -> PathBuf {
+    std::env::var_os("CACHE_DIRECTORY")
+        .and_then(|v| std::env::split_paths(&v).next())
+        .unwrap_or_else(emollama_engines::onnx::library::setup_cache_dir)
+        .join("engines")
+}
+
 impl RuntimeConfig {
     /// The profile's defaults: threads, context, KV cache type, GPU layers.
     pub fn from_profile(profile: &Profile) -> Self {
@@ -61,6 +70,16 @@ impl RuntimeConfig {
             },
             device: profile.display.clone(),
             profile: Some(profile.clone()),
+            providers: ProviderPolicy {
+                tensorrt: emollama_engines::onnx::TensorRtOptions {
+                    fp16: d.encoder_precision == emollama_devices::EncoderPrecision::Fp16,
+                    int8: d.encoder_precision == emollama_devices::EncoderPrecision::Int8,
+                    cache_root: Some(engine_cache_dir()),
+                    device_key: profile.name.clone(),
+                    ..Default::default()
+                },
+                ..base.providers.clone()
+            },
             ..base
         }
     }

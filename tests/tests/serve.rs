@@ -1,0 +1,333 @@
+//! `emollama serve` as a real process on a free port: analyze by upload and by path,
+//! SSE, readiness, metrics, bad requests, load, SIGTERM drain and systemd notify.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn emollama_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("emollama");
+    assert!(bin.is_file(), "{} not built: run cargo test --workspace --bins --tests", bin.display());
+    bin
+}
+
+fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(emollama_bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--bundle", common::bundle_dir().to_str().unwrap(), "--profile", "x86-cpu"])
+        .args(["--allowed-dir", common::media_dir().to_str().unwrap()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while out.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    let line = String::from_utf8(line).unwrap();
+    let port = line.rsplit(':').next().unwrap().trim().parse().unwrap_or_else(|_| panic!("no port in {line:?}"));
+    Server { child, port }
+}
+
+struct Resp {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    let _ = s.write_all(req.as_bytes());
+    let _ = s.write_all(body);
+    read_response(&mut s)
+}
+
+fn read_response(s: &mut TcpStream) -> Resp {
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    Resp { status, headers: head.to_string(), body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn wait_ready(port: u16) {
+    let started = Instant::now();
+    loop {
+        let r = http(port, "GET", "/readyz", &[], b"");
+        if r.status == 200 {
+            return;
+        }
+        assert_eq!(r.status, 503, "readyz before warm-up: {}", r.body);
+        assert!(started.elapsed() < Duration::from_secs(60), "not ready in 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A JSON request naming a local file; `extra` adds fields (`, "preset": "fast"`).
+fn json_path(path: &Path, max_new_tokens: usize, extra: &str) -> Vec<u8> {
+    format!("{{\"path\": \"{}\", \"max_new_tokens\": {max_new_tokens}{extra}}}", path.display()).into_bytes()
+}
+
+const BOUNDARY: &str = "emollamaBoundary7MA4YWxk";
+
+fn multipart_ct() -> String {
+    format!("multipart/form-data; boundary={BOUNDARY}")
+}
+
+/// A multipart body with text `fields` and the `media` file.
+fn multipart(file: &[u8], fields: &[(&str, &str)]) -> Vec<u8> {
+    let boundary = BOUNDARY;
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes());
+    }
+    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"clip.mp4\"\r\nContent-Type: video/mp4\r\n\r\n").as_bytes());
+    body.extend(file);
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+#[test]
+fn analyze_by_upload_and_path_with_sse_readiness_and_metrics() {
+    let srv = start(&[], &[]);
+    assert_eq!(http(srv.port, "GET", "/healthz", &[], b"").status, 200, "alive at once");
+    wait_ready(srv.port);
+    let ready: serde_json::Value = serde_json::from_str(&http(srv.port, "GET", "/readyz", &[], b"").body).unwrap();
+    for key in ["bundle", "profile", "providers", "power_mode"] {
+        assert!(ready["ready"].get(key).is_some(), "readyz {key}");
+    }
+    // By path.
+    let clip = common::media_dir().join("talking-face.mp4");
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 8, ""));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    for key in ["label", "label_scores", "text", "task", "mode", "timings_ms", "tokens", "providers", "bundle", "device"] {
+        assert!(v.get(key).is_some(), "{key}");
+    }
+    // By upload.
+    let body = multipart(&std::fs::read(common::media_dir().join("test-pattern.mp4")).unwrap(), &[("max_new_tokens", "6"), ("preset", "eval")]);
+    let r = http(srv.port, "POST", "/v1/analyze", &[("Content-Type", &multipart_ct())], &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // SSE: pieces, then the final result.
+    let r = http(srv.port, "POST", "/v1/analyze?stream=true", &[JSON], &json_path(&clip, 12, ""));
+    assert_eq!(r.status, 200);
+    assert!(r.headers.to_ascii_lowercase().contains("text/event-stream"));
+    let events: Vec<&str> = r.body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let first_result = events.iter().position(|e| *e == "result").expect("a final result event");
+    assert!(first_result > 0 && events[..first_result].iter().all(|e| *e == "piece"), "{events:?}");
+    assert_eq!(first_result, events.len() - 1);
+    // Metrics parse as Prometheus text.
+    let m = http(srv.port, "GET", "/metrics", &[], b"");
+    assert_eq!(m.status, 200);
+    let mut samples = 0;
+    for line in m.body.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (name_labels, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = name_labels.split('{').next().unwrap();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+        if let Some(labels) = name_labels.split_once('{').map(|x| x.1) {
+            assert!(labels.ends_with('}'), "{line}");
+        }
+        samples += 1;
+    }
+    assert!(samples > 20 && m.body.contains("emollama_requests_total{outcome=\"ok\"} 3"), "{}", m.body);
+    assert!(m.body.contains("emollama_stage_seconds_bucket{stage=\"prefill\",le=\"+Inf\"} 3"));
+}
+
+#[test]
+fn bad_requests_get_the_right_status_and_the_server_keeps_serving() {
+    let srv = start(&["--max-upload-bytes", "1000000", "--token", "s3cret"], &[]);
+    wait_ready(srv.port);
+    let auth = ("Authorization", "Bearer s3cret");
+    let clip = common::media_dir().join("talking-face.mp4");
+    // Missing token (and a wrong one): 401; health needs none.
+    assert_eq!(http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 8, "")).status, 401);
+    assert_eq!(http(srv.port, "POST", "/v1/analyze", &[JSON, ("Authorization", "Bearer nope")], &json_path(&clip, 8, "")).status, 401);
+    assert_eq!(http(srv.port, "GET", "/healthz", &[], b"").status, 200);
+    let json = || vec![("Content-Type", "application/json".to_string())];
+    let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let cases: Vec<(&str, u16, Vec<(&str, String)>, Vec<u8>)> = vec![
+        ("garbage media", 422, vec![("Content-Type", multipart_ct())], multipart(&garbage, &[])),
+        ("empty upload", 400, vec![("Content-Type", multipart_ct())], multipart(b"", &[])),
+        ("wrong content type", 415, vec![("Content-Type", "text/plain".into())], b"hello".to_vec()),
+        ("malformed JSON", 400, json(), b"{\"path\": ".to_vec()),
+        ("unknown field", 400, json(), b"{\"pth\": \"/x\"}".to_vec()),
+        ("path outside the allowed dirs", 403, json(), b"{\"path\": \"/etc/passwd\"}".to_vec()),
+        ("traversal out of an allowed dir", 403, json(), format!("{{\"path\": \"{}/../../../../etc/passwd\"}}", common::media_dir().display()).into_bytes()),
+        ("missing file in an allowed dir", 404, json(), format!("{{\"path\": \"{}/nope.mp4\"}}", common::media_dir().display()).into_bytes()),
+        ("URLs not allowed", 403, json(), b"{\"url\": \"http://127.0.0.1:9/x.mp4\"}".to_vec()),
+        ("bad preset", 400, json(), json_path(&clip, 8, ", \"preset\": \"turbo\"")),
+    ];
+    for (what, status, headers, body) in cases {
+        let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        h.push(auth);
+        let r = http(srv.port, "POST", "/v1/analyze", &h, &body);
+        assert_eq!(r.status, status, "{what}: {}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_else(|_| panic!("{what}: not JSON: {}", r.body));
+        assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "{what}");
+        println!("{what}: {status} {}", v["error"]["code"]);
+        assert_eq!(http(srv.port, "GET", "/healthz", &[], b"").status, 200, "alive after {what}");
+    }
+    assert_eq!(http(srv.port, "GET", "/nowhere", &[], b"").status, 404);
+    // An oversized upload is refused before it is fully sent.
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!("POST /v1/analyze HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer s3cret\r\nContent-Type: {}\r\nContent-Length: 100000000\r\n\r\n", multipart_ct());
+    s.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; 64 << 10];
+    let mut sent = 0usize;
+    while sent < (3 << 20) {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(sent < 100_000_000);
+    // Still serving.
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON, auth], &json_path(&clip, 8, ""));
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn load_gets_only_200_and_503_and_memory_stays_put() {
+    let srv = start(&["--max-concurrency", "1", "--max-queue", "2"], &[]);
+    wait_ready(srv.port);
+    let clip = common::media_dir().join("test-pattern.mp4");
+    let body = json_path(&clip, 8, "");
+    assert_eq!(http(srv.port, "POST", "/v1/analyze", &[JSON], &body).status, 200, "warm-up");
+    let before = rss_kb(srv.child.id());
+    let port = srv.port;
+    let (clients, rounds) = (8, 3);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                (0..rounds)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let r = http(port, "POST", "/v1/analyze", &[JSON], &body);
+                        if r.status == 503 {
+                            assert!(r.headers.to_ascii_lowercase().contains("retry-after"), "503 with Retry-After");
+                        }
+                        (r.status, t.elapsed().as_secs_f64() * 1e3)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<(u16, f64)> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let wall = started.elapsed();
+    let after = rss_kb(srv.child.id());
+    let ok: Vec<f64> = results.iter().filter(|r| r.0 == 200).map(|r| r.1).collect();
+    let busy = results.iter().filter(|r| r.0 == 503).count();
+    assert!(results.iter().all(|r| r.0 == 200 || r.0 == 503), "{results:?}");
+    assert!(!ok.is_empty() && busy > 0, "{} ok, {busy} busy", ok.len());
+    let mut sorted = ok.clone();
+    sorted.sort_by(f64::total_cmp);
+    let pct = |q: f64| sorted[((q * (sorted.len() - 1) as f64).round()) as usize];
+    println!(
+        "load: {} requests from {clients} clients in {:.1} s: {} x 200, {busy} x 503; latency of 200s p50 {:.0} ms p99 {:.0} ms; RSS {} MB before, {} MB after",
+        results.len(), wall.as_secs_f64(), ok.len(), pct(0.5), pct(0.99), before / 1024, after / 1024
+    );
+    // Stated margin: 25 % + 32 MB (allocator caches), no growth per request beyond it.
+    assert!(after <= before + before / 4 + 32 * 1024, "RSS {before} kB -> {after} kB");
+    let m = http(port, "GET", "/metrics", &[], b"").body;
+    assert!(m.contains(&format!("emollama_requests_total{{outcome=\"busy\"}} {busy}")), "{m}");
+}
+
+#[test]
+fn sigterm_lets_the_running_request_finish_and_exits_zero() {
+    let mut srv = start(&[], &[]);
+    wait_ready(srv.port);
+    let port = srv.port;
+    let clip = common::media_dir().join("talking-face.mp4");
+    let body = json_path(&clip, 64, "");
+    let req = std::thread::spawn(move || http(port, "POST", "/v1/analyze", &[JSON], &body));
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("kill").args(["-TERM", &srv.child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let r = req.join().unwrap();
+    assert_eq!(r.status, 200, "the in-flight request finishes: {}", r.body);
+    let code = srv.child.wait().unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    srv.port = 0;
+}
+
+#[test]
+fn systemd_gets_ready_and_watchdog_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let _srv = start(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")]);
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while !(seen.iter().any(|m: &String| m == "READY=1") && seen.iter().any(|m| m == "WATCHDOG=1")) {
+        assert!(started.elapsed() < Duration::from_secs(60), "got {seen:?}");
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    println!("notifications: {seen:?}");
+    assert!(seen.iter().any(|m| m.starts_with("STATUS=")));
+}
