@@ -146,13 +146,8 @@ fn tasks_layouts_and_missing_inputs_are_reported() {
     assert_eq!(rt.analyze(&q, None, |_| {}).unwrap().task, "question");
 }
 
-/// The `emollama` binary of this workspace (built by `cargo test --workspace --bins`),
-/// next to the test executables' `deps/` folder.
 fn emollama(args: &[&str]) -> std::process::Output {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("emollama");
-    assert!(bin.is_file(), "{} not built: run cargo test --workspace --bins --tests", bin.display());
-    Command::new(bin).args(args).output().unwrap()
+    Command::new(common::emollama_bin()).args(args).output().unwrap()
 }
 
 #[test]

@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn emollama(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("emollama");
-    assert!(bin.is_file(), "{} not built: run cargo test --workspace --bins --tests", bin.display());
-    let mut cmd = Command::new(bin);
+    let mut cmd = Command::new(common::emollama_bin());
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);

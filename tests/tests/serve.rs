@@ -22,15 +22,8 @@ impl Drop for Server {
     }
 }
 
-fn emollama_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("emollama");
-    assert!(bin.is_file(), "{} not built: run cargo test --workspace --bins --tests", bin.display());
-    bin
-}
-
 fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut cmd = Command::new(emollama_bin());
+    let mut cmd = Command::new(common::emollama_bin());
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--bundle", common::bundle_dir().to_str().unwrap(), "--profile", "x86-cpu"])
         .args(["--allowed-dir", common::media_dir().to_str().unwrap()])
         .args(extra)

@@ -74,6 +74,29 @@ impl Default for ContextParams {
     }
 }
 
+impl ContextParams {
+    /// llama.cpp's parameters for one sequence, perf counters on.
+    pub(crate) fn to_sys(&self) -> sys::llama_context_params {
+        // SAFETY: default params are plain data; we only set scalar fields.
+        let mut cp = unsafe { sys::llama_context_default_params() };
+        cp.n_ctx = self.n_ctx;
+        cp.n_batch = self.n_batch;
+        cp.n_ubatch = self.n_batch;
+        cp.n_seq_max = 1;
+        cp.n_threads = self.n_threads;
+        cp.n_threads_batch = self.n_threads_batch;
+        cp.flash_attn_type = match self.flash_attention {
+            FlashAttention::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttention::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttention::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
+        cp.type_k = self.kv_cache_type.ggml();
+        cp.type_v = self.kv_cache_type.ggml();
+        cp.no_perf = false; // perf counters read zeros otherwise
+        cp
+    }
+}
+
 /// One run of prompt rows: token ids, or embedding rows (row-major, `n_embd` floats each)
 /// that go in through `llama_batch.embd` exactly where the tokens' embeddings would.
 #[derive(Debug, Clone, Copy)]
@@ -197,22 +220,7 @@ impl std::fmt::Debug for LlmContext {
 
 impl LlmContext {
     pub fn new(model: Arc<LlmModel>, params: ContextParams) -> Result<Self, EngineError> {
-        // SAFETY: default params are plain data; we only set scalar fields.
-        let mut cp = unsafe { sys::llama_context_default_params() };
-        cp.n_ctx = params.n_ctx;
-        cp.n_batch = params.n_batch;
-        cp.n_ubatch = params.n_batch;
-        cp.n_seq_max = 1;
-        cp.n_threads = params.n_threads;
-        cp.n_threads_batch = params.n_threads_batch;
-        cp.flash_attn_type = match params.flash_attention {
-            FlashAttention::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
-            FlashAttention::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            FlashAttention::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        };
-        cp.type_k = params.kv_cache_type.ggml();
-        cp.type_v = params.kv_cache_type.ggml();
-        cp.no_perf = false; // perf counters read zeros otherwise
+        let cp = params.to_sys();
         // SAFETY: model is live for the context's lifetime (we hold the Arc).
         let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), cp) };
         let ptr = NonNull::new(raw).ok_or(EngineError::ContextCreate { n_ctx: params.n_ctx, n_batch: params.n_batch })?;

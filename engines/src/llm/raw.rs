@@ -10,18 +10,11 @@ use super::model::LlmModel;
 use crate::EngineError;
 
 /// Decode `n` greedy tokens after `prompt`; returns (tokens/s over the decode part,
-/// tokens). Its own context, default llama.cpp settings apart from the given ones.
+/// tokens). Its own context, with the same llama.cpp parameters as an `LlmContext`.
 pub fn raw_greedy_decode(model: &LlmModel, params: &ContextParams, prompt: &[i32], n: usize) -> Result<(f64, Vec<i32>), EngineError> {
     // SAFETY: plain C API use on a live model; the context is freed on every path.
     unsafe {
-        let mut cp = sys::llama_context_default_params();
-        cp.n_ctx = params.n_ctx;
-        cp.n_batch = params.n_batch;
-        cp.n_ubatch = params.n_batch;
-        cp.n_seq_max = 1;
-        cp.n_threads = params.n_threads;
-        cp.n_threads_batch = params.n_threads_batch;
-        let ctx = sys::llama_init_from_model(model.as_ptr(), cp);
+        let ctx = sys::llama_init_from_model(model.as_ptr(), params.to_sys());
         if ctx.is_null() {
             return Err(EngineError::ContextCreate { n_ctx: params.n_ctx, n_batch: params.n_batch });
         }

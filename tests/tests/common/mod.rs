@@ -67,3 +67,12 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// The `emollama` binary of this workspace (built by `cargo test --workspace --bins`),
+/// next to the test executables' `deps/` folder.
+pub fn emollama_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("emollama");
+    assert!(bin.is_file(), "{} not built: run cargo test --workspace --bins --tests", bin.display());
+    bin
+}
