@@ -231,9 +231,9 @@ fn serve(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        let runtime_config = RuntimeConfig { ort_library: config.ort_library.clone(), ..RuntimeConfig::from_profile(&profile) };
-        let state = std::sync::Arc::new(AppState::new(config)?);
         let host = detect(Path::new("/"), &profiles()?);
+        let runtime_config = RuntimeConfig { ort_library: config.ort_library.clone(), ..RuntimeConfig::from_profile(&profile).with_host(&host) };
+        let state = std::sync::Arc::new(AppState::new(config)?);
         let build = move || {
             let started = std::time::Instant::now();
             let runtime = Runtime::new(&bundle, runtime_config).map_err(|e| e.to_string())?;
@@ -284,7 +284,11 @@ fn analyze(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
     };
     let transcript = transcript_of(&args)?;
     let profile = resolve_profile(args.profile.as_deref())?;
-    let mut config = RuntimeConfig { providers: provider_policy(&args.provider)?, ort_library, ..RuntimeConfig::from_profile(&profile) };
+    let host = detect(Path::new("/"), &profiles()?);
+    let base = RuntimeConfig::from_profile(&profile).with_host(&host);
+    let mut providers = provider_policy(&args.provider)?;
+    providers.tensorrt = base.providers.tensorrt.clone();
+    let mut config = RuntimeConfig { providers, ort_library, ..base };
     if let Some(t) = args.threads {
         config.threads = t.max(1);
     }
@@ -445,7 +449,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 media
             };
             let host = detect(Path::new("/"), &profiles()?);
-            let config = RuntimeConfig { ort_library: cli.ort_library.clone(), ..RuntimeConfig::from_profile(&profile) };
+            let config = RuntimeConfig { ort_library: cli.ort_library.clone(), ..RuntimeConfig::from_profile(&profile).with_host(&host) };
             let opts = BenchOptions { bundle: dir, profile, host, media, runs: runs.max(1), warmup, max_new_tokens, config };
             let exe = std::env::current_exe()?;
             let report = run_bench(&opts, &exe)?;

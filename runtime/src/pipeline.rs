@@ -14,7 +14,8 @@ use emollama_engines::llm::{
     ContextParams, FlashAttention, GenerateOptions, KvCacheType, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams,
     Segment, StopReason,
 };
-use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, ProviderPolicy};
+use emollama_bundle::TensorSpec;
+use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, OrtRuntime, Outputs, ProviderPolicy};
 use ndarray::{ArrayD, ArrayViewD};
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +54,36 @@ pub fn engine_cache_dir() -> PathBuf {
         .join("engines")
 }
 
+/// TensorRT optimisation-profile ranges (min, opt, max) for the manifest's named
+/// dynamic axes, from the media limits.
+fn default_dynamic_ranges(limits: &MediaLimits) -> std::collections::BTreeMap<String, [u64; 3]> {
+    let max_samples = (limits.max_duration_s * 16000.0) as u64;
+    [
+        ("batch", [1, 1, 2]),
+        ("frames", [1, 16, limits.max_face_frames.max(1) as u64]),
+        ("samples", [1600, 160_000.min(max_samples), max_samples.max(1600)]),
+        ("height", [12, 360, u64::from(limits.max_height)]),
+        ("width", [12, 640, u64::from(limits.max_width)]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 impl RuntimeConfig {
+    /// Key TensorRT engine caches on the board's software too: an engine built under
+    /// another L4T or TensorRT is rebuilt, never loaded.
+    pub fn with_host(mut self, host: &emollama_devices::HostInfo) -> Self {
+        let tensorrt = &mut self.providers.tensorrt;
+        tensorrt.device_key = format!(
+            "{}-L4T{}-trt{}",
+            tensorrt.device_key,
+            host.l4t.as_deref().unwrap_or("none"),
+            host.tensorrt.as_deref().unwrap_or("none")
+        );
+        self
+    }
+
     /// The profile's defaults: threads, context, KV cache type, GPU layers.
     pub fn from_profile(profile: &Profile) -> Self {
         let base = Self::default();
@@ -76,7 +106,7 @@ impl RuntimeConfig {
                     int8: d.encoder_precision == emollama_devices::EncoderPrecision::Int8,
                     cache_root: Some(engine_cache_dir()),
                     device_key: profile.name.clone(),
-                    ..Default::default()
+                    dynamic_ranges: default_dynamic_ranges(&base.limits),
                 },
                 ..base.providers.clone()
             },
@@ -218,14 +248,42 @@ pub struct AnalyzeResult {
     pub device: String,
 }
 
+/// An encoder kept loaded, or, when the memory plan says the encoders only fit one at a
+/// time, loaded for each use and released right after.
+enum EncoderSlot {
+    Resident(EncoderEngine),
+    InTurn { rt: &'static OrtRuntime, name: String, path: PathBuf, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>, opts: EngineOptions, provider: String },
+}
+
+impl EncoderSlot {
+    fn run(&self, inputs: &[(&str, ArrayViewD<'_, f32>)]) -> Result<Outputs, RuntimeError> {
+        match self {
+            EncoderSlot::Resident(e) => Ok(e.run(inputs)?),
+            EncoderSlot::InTurn { rt, name, path, inputs: i, outputs: o, opts, .. } => {
+                let engine = EncoderEngine::load(rt, name, path, i.clone(), o.clone(), opts)?;
+                Ok(engine.run(inputs)?) // the session is released here
+            }
+        }
+    }
+
+    fn provider(&self) -> String {
+        match self {
+            EncoderSlot::Resident(e) => e.provider().to_string(),
+            EncoderSlot::InTurn { provider, .. } => provider.clone(),
+        }
+    }
+}
+
 /// Loaded once, shared by every request.
 pub struct Runtime {
     bundle: Bundle,
     config: RuntimeConfig,
-    global: EncoderEngine,
-    local: EncoderEngine,
-    temporal: EncoderEngine,
-    audio: EncoderEngine,
+    /// Loaded one after another (the plan's "fits with encoders loaded in turn").
+    in_turn: bool,
+    global: EncoderSlot,
+    local: EncoderSlot,
+    temporal: EncoderSlot,
+    audio: EncoderSlot,
     faces: Option<FaceDetector>,
     /// Rows of zero features, [local, temporal, audio] × width.
     zero_rows: Vec<f32>,
@@ -241,26 +299,43 @@ impl Runtime {
     pub fn new(bundle_dir: &Path, config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let bundle = Bundle::open(bundle_dir)?;
         // Plan before touching the files: a bundle that cannot fit is refused here, not
-        // killed by the OOM killer halfway through loading.
+        // killed by the OOM killer halfway through loading; one that fits only with the
+        // encoders loaded in turn gets them that way.
+        let mut in_turn = false;
         if let Some(profile) = &config.profile {
             let plan = emollama_devices::plan(bundle.manifest(), profile);
             tracing::info!(profile = %profile.name, outcome = ?plan.outcome, "{}", plan.message);
-            if plan.outcome == emollama_devices::Outcome::DoesNotFit {
-                return Err(RuntimeError::DoesNotFit { bundle: bundle.manifest().id.clone(), profile: profile.display.clone(), message: plan.message });
+            match plan.outcome {
+                emollama_devices::Outcome::DoesNotFit => {
+                    return Err(RuntimeError::DoesNotFit { bundle: bundle.manifest().id.clone(), profile: profile.display.clone(), message: plan.message })
+                }
+                emollama_devices::Outcome::FitsInTurn => in_turn = true,
+                emollama_devices::Outcome::FitsResident => {}
             }
         }
         bundle.verify_files()?;
         let rt = init_runtime(config.ort_library.as_deref())?;
         let opts = EngineOptions { intra_threads: config.threads, policy: config.providers.clone(), model_sha256: String::new() };
-        let load = |role: Role| -> Result<EncoderEngine, RuntimeError> {
+        let m = bundle.manifest();
+        let sr = m.preprocess.audio.sample_rate as usize;
+        // Each encoder is loaded and warmed up once (which also checks it); in turn, it
+        // is then released until a request needs it.
+        let load = |role: Role| -> Result<EncoderSlot, RuntimeError> {
             let e = bundle.file(&role).ok_or(emollama_bundle::BundleError::MissingRole(role.clone()))?;
             let opts = EngineOptions { model_sha256: e.sha256.clone(), ..opts.clone() };
-            Ok(EncoderEngine::load(rt, role.as_str(), &bundle.path_of(e), e.inputs.clone(), e.outputs.clone(), &opts)?)
+            let path = bundle.path_of(e);
+            let engine = EncoderEngine::load(rt, role.as_str(), &path, e.inputs.clone(), e.outputs.clone(), &opts)?;
+            engine.warm_up(&|axis| if axis == "samples" { sr } else { 1 })?;
+            Ok(if in_turn {
+                let provider = engine.provider().to_string();
+                EncoderSlot::InTurn { rt, name: role.as_str().into(), path, inputs: e.inputs.clone(), outputs: e.outputs.clone(), opts, provider }
+            } else {
+                EncoderSlot::Resident(engine)
+            })
         };
         let (global, local, temporal, audio) =
             (load(Role::GlobalEngine)?, load(Role::LocalEngine)?, load(Role::TemporalEngine)?, load(Role::AudioEngine)?);
         let faces = FaceDetector::from_bundle(rt, &bundle, &opts)?;
-        let m = bundle.manifest();
         let width = m.llm.embedding_width as usize;
         let zero_rows = match bundle.file(&Role::ZeroRows) {
             Some(e) => {
@@ -280,11 +355,7 @@ impl Runtime {
         if llm.n_embd() != width {
             return Err(RuntimeError::LlmWidthMismatch { gguf: llm.n_embd() as u64, manifest: width as u64 });
         }
-        let sr = m.preprocess.audio.sample_rate as usize;
-        for engine in [&global, &local, &temporal, &audio] {
-            engine.warm_up(&|axis| if axis == "samples" { sr } else { 1 })?;
-        }
-        Ok(Self { bundle, config, global, local, temporal, audio, faces, zero_rows, llm })
+        Ok(Self { bundle, config, in_turn, global, local, temporal, audio, faces, zero_rows, llm })
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -292,10 +363,15 @@ impl Runtime {
     }
 
     pub fn providers(&self) -> BTreeMap<String, String> {
-        [&self.global, &self.local, &self.temporal, &self.audio]
+        [("global", &self.global), ("local", &self.local), ("temporal", &self.temporal), ("audio", &self.audio)]
             .iter()
-            .map(|e| (e.name().trim_end_matches("_engine").to_string(), e.provider().to_string()))
+            .map(|(n, e)| (n.to_string(), e.provider()))
             .collect()
+    }
+
+    /// Whether the encoders are loaded one after another (memory plan).
+    pub fn encoders_in_turn(&self) -> bool {
+        self.in_turn
     }
 
     fn context_params(&self) -> ContextParams {

@@ -196,3 +196,23 @@ fn cli_json_has_every_field_and_bad_input_exits_non_zero() {
     let e = one_line_error(&emollama(&["analyze", &talking_face(), "--bundle", b, "--task", "question"]));
     assert!(e.contains("--question"), "{e}");
 }
+
+#[test]
+fn a_bundle_that_fits_only_in_turn_loads_encoders_one_at_a_time_with_the_same_answer() {
+    let bundle = emollama_bundle::Bundle::open(&common::bundle_dir()).unwrap();
+    let mut profile = emollama_devices::load_profiles(&[]).unwrap().into_iter().find(|p| p.name == "x86-cpu").unwrap();
+    let plan = emollama_devices::plan(bundle.manifest(), &profile);
+    // Usable memory between "encoders in turn" and "all resident".
+    profile.usable_headless_gb = (plan.in_turn_total + plan.resident_total) as f64 / 2.0 / 1e9;
+    profile.defaults.encoder_residency = emollama_devices::Residency::InTurn;
+    assert_eq!(emollama_devices::plan(bundle.manifest(), &profile).outcome, emollama_devices::Outcome::FitsInTurn);
+    let config = RuntimeConfig { threads: 2, ..RuntimeConfig::from_profile(&profile) };
+    let in_turn = Runtime::new(&common::bundle_dir(), config.clone()).unwrap();
+    assert!(in_turn.encoders_in_turn());
+    let resident = Runtime::new(&common::bundle_dir(), RuntimeConfig { profile: None, ..config }).unwrap();
+    assert!(!resident.encoders_in_turn());
+    let req = AnalyzeRequest { max_new_tokens: Some(8), ..AnalyzeRequest::new(talking_face()) };
+    let (a, b) = (in_turn.analyze(&req, None, |_| {}).unwrap(), resident.analyze(&req, None, |_| {}).unwrap());
+    assert_eq!(a.answer_tokens, b.answer_tokens);
+    assert_eq!(a.label, b.label);
+}

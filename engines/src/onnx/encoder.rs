@@ -60,53 +60,40 @@ impl EncoderEngine {
         if !path.is_file() {
             return Err(EngineError::ModelFileMissing { engine: name.into(), path: path.into() });
         }
+        // A required provider is the only one tried; otherwise the policy's order, with
+        // CPU as the last resort.
+        let order = match opts.policy.required {
+            Some(p) => vec![p],
+            None => {
+                let mut o = opts.policy.order.clone();
+                if !o.contains(&Provider::Cpu) {
+                    o.push(Provider::Cpu);
+                }
+                o
+            }
+        };
         let mut fallbacks = Vec::new();
-        let mut order = opts.policy.order.clone();
-        if !order.contains(&Provider::Cpu) && opts.policy.required.is_none() {
-            order.push(Provider::Cpu);
-        }
-        let mut last_error = None;
         for provider in order {
             match build_session(rt, name, path, &inputs, provider, opts) {
                 Ok(session) => {
-                    if let Some(required) = opts.policy.required {
-                        if required != provider {
-                            return Err(EngineError::ProviderUnavailable {
-                                engine: name.into(),
-                                provider: required.name(),
-                                reason: fallbacks.join("; "),
-                            });
-                        }
-                    }
                     for reason in &fallbacks {
                         tracing::warn!(engine = name, "{reason}; running on {provider}");
                     }
                     tracing::info!(engine = name, %provider, "encoder engine ready");
-                    return Ok(Self {
-                        name: name.into(),
-                        path: path.into(),
-                        inputs,
-                        outputs,
-                        provider,
-                        fallbacks,
-                        session: Mutex::new(session),
-                    });
+                    return Ok(Self { name: name.into(), path: path.into(), inputs, outputs, provider, fallbacks, session: Mutex::new(session) });
                 }
                 Err(Skip::Unavailable(reason)) => fallbacks.push(format!("{provider} unavailable: {reason}")),
-                Err(Skip::Fatal(e)) => last_error = Some(e),
-            }
-            if last_error.is_some() {
-                break;
+                Err(Skip::Fatal(e)) => return Err(e),
             }
         }
-        if let (Some(required), None) = (opts.policy.required, &last_error) {
-            return Err(EngineError::ProviderUnavailable { engine: name.into(), provider: required.name(), reason: fallbacks.join("; ") });
-        }
-        Err(last_error.unwrap_or_else(|| EngineError::SessionCreate {
-            engine: name.into(),
-            path: path.into(),
-            message: format!("no execution provider could run it: {}", fallbacks.join("; ")),
-        }))
+        Err(match opts.policy.required {
+            Some(p) => EngineError::ProviderUnavailable { engine: name.into(), provider: p.name(), reason: fallbacks.join("; ") },
+            None => EngineError::SessionCreate {
+                engine: name.into(),
+                path: path.into(),
+                message: format!("no execution provider could run it: {}", fallbacks.join("; ")),
+            },
+        })
     }
 
     pub fn name(&self) -> &str {

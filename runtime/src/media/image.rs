@@ -17,8 +17,7 @@ impl RgbImage {
         Self { width, height, data }
     }
 
-    /// Crop and rotate helpers are not needed by the official pipeline; faces are
-    /// produced by warping (see faces).
+    /// The RGB value at (x, y).
     pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
         let i = (y as usize * self.width as usize + x as usize) * 3;
         [self.data[i], self.data[i + 1], self.data[i + 2]]
