@@ -324,3 +324,37 @@ fn systemd_gets_ready_and_watchdog_notifications() {
     println!("notifications: {seen:?}");
     assert!(seen.iter().any(|m| m.starts_with("STATUS=")));
 }
+
+#[test]
+fn a_client_that_disconnects_cancels_its_generation() {
+    let srv = start(&[], &[]);
+    wait_ready(srv.port);
+    let clip = common::media_dir().join("test-pattern.mp4");
+    // A long sampled answer, streamed; the client leaves after the first piece.
+    let body = json_path(&clip, 500, ", \"preset\": \"demo\", \"temperature\": 1.5, \"scores\": false");
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!("POST /v1/analyze?stream=true HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("event: piece") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended before a piece");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let started = Instant::now();
+    loop {
+        let m = http(srv.port, "GET", "/metrics", &[], b"").body;
+        if m.contains("emollama_requests_total{outcome=\"cancelled\"} 1") {
+            let generated: f64 = m.lines().find(|l| l.starts_with("emollama_generated_tokens_total ")).unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+            println!("cancelled after {generated} of 500 tokens");
+            assert!(generated < 500.0);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no cancellation recorded: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
