@@ -216,3 +216,28 @@ fn a_bundle_that_fits_only_in_turn_loads_encoders_one_at_a_time_with_the_same_an
     assert_eq!(a.answer_tokens, b.answer_tokens);
     assert_eq!(a.label, b.label);
 }
+
+#[test]
+fn prompt_plans_tokenize_to_the_spec_golden_ids() {
+    use emollama_engines::llm::{LlmModel, ModelParams};
+    use emollama_runtime::prompt::build_prompt;
+    let m = LlmModel::load(&common::bundle_dir().join("llm-f32.gguf"), &ModelParams::default()).unwrap();
+    let task = Task::Emotion { six_labels: false };
+    // Eval: double BOS, "▁[INST] ▁<video>", then the rows, then the suffix of spec §4.3.
+    let eval = build_prompt(PromptLayout::Eval, &task, Some("We made it"));
+    assert_eq!(m.tokenize(&eval.before_rows, true, true).unwrap(), vec![1, 1, 518, 25580, 29962, 529, 9641, 29958]);
+    let after = m.tokenize(&eval.after_rows, false, true).unwrap();
+    assert_eq!(&after[..17], &[1533, 9641, 29958, 529, 14394, 5299, 19132, 10605, 2565, 14394, 29958, 450, 2022, 297, 4863, 4083, 29901]);
+    assert!(after.windows(7).any(|w| w == [29871, 518, 331, 8194, 29962, 3529, 8161]), "{after:?}");
+    assert!(after.ends_with(&[29871, 518, 29914, 25580, 29962]));
+    // Demo: the second user turn brings a third BOS mid-sequence, right before "[INST]".
+    let demo = build_prompt(PromptLayout::Demo, &task, None);
+    assert_eq!(m.tokenize(&demo.before_rows, true, true).unwrap(), vec![1, 1, 518, 25580, 29962, 529, 9641, 29958]);
+    let after = m.tokenize(&demo.after_rows, false, true).unwrap();
+    let bos = after.iter().position(|&t| t == 1).expect("a BOS after the rows");
+    assert_eq!(&after[..bos], &[1533, 9641, 29958, 529, 14394, 5299, 19132, 10605, 2565, 14394, 29958]);
+    assert_eq!(after.iter().filter(|&&t| t == 1).count(), 1);
+    let inst = m.tokenize("[INST]", false, false).unwrap();
+    assert_eq!(&after[bos + 1..bos + 1 + inst.len()], &inst[..], "[INST] follows the BOS");
+    assert!(after.ends_with(&[518, 29914, 25580, 29962]), "' [/INST]'");
+}
