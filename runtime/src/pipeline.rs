@@ -19,7 +19,7 @@ use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, OrtRunt
 use ndarray::{ArrayD, ArrayViewD};
 use serde::{Deserialize, Serialize};
 
-use crate::media::faces::FaceDetector;
+use crate::media::faces::{face_crops, FaceDetector};
 use crate::media::{
     decode_audio_16k_mono, decode_frames, face_tensor, global_tensor, temporal_tensor, videomae_indices, FrameSelection, MediaError,
     MediaLimits, RgbImage,
@@ -284,7 +284,8 @@ pub struct Runtime {
     local: EncoderSlot,
     temporal: EncoderSlot,
     audio: EncoderSlot,
-    faces: Option<FaceDetector>,
+    /// One MTCNN per worker thread (empty when the bundle ships no face detector).
+    faces: Vec<FaceDetector>,
     /// Rows of zero features, [local, temporal, audio] × width.
     zero_rows: Vec<f32>,
     llm: Arc<LlmModel>,
@@ -335,7 +336,15 @@ impl Runtime {
         };
         let (global, local, temporal, audio) =
             (load(Role::GlobalEngine)?, load(Role::LocalEngine)?, load(Role::TemporalEngine)?, load(Role::AudioEngine)?);
-        let faces = FaceDetector::from_bundle(rt, &bundle, &opts)?;
+        // Face detection is per frame: one detector per core, single-threaded each.
+        let face_opts = EngineOptions { intra_threads: 1, ..opts.clone() };
+        let mut faces = Vec::new();
+        for _ in 0..config.threads.clamp(1, 8) {
+            match FaceDetector::from_bundle(rt, &bundle, &face_opts)? {
+                Some(d) => faces.push(d),
+                None => break,
+            }
+        }
         let width = m.llm.embedding_width as usize;
         let zero_rows = match bundle.file(&Role::ZeroRows) {
             Some(e) => {
@@ -436,18 +445,18 @@ impl Runtime {
         let (mut local_row, mut temporal_row) = (zero(0), zero(1));
         if req.mode == Mode::Full {
             let t = Instant::now();
-            let crops = match &self.faces {
-                Some(det) => {
+            let crops = match self.faces.is_empty() {
+                false => {
                     let idx = FrameSelection::AllCapped(limits.max_face_frames).indices(decoded.total);
-                    det.face_crops(idx.iter().filter_map(|i| decoded.frames.get(i).map(|f| (*i, f))))?.crops
+                    face_crops(&self.faces, idx.iter().filter_map(|i| decoded.frames.get(i).map(|f| (*i, f))))?.crops
                 }
-                None => {
+                true => {
                     notes.push("the bundle has no face detector: local and temporal rows are the zero-feature rows".into());
                     Vec::new()
                 }
             };
             timings.insert("faces".into(), ms(t));
-            if crops.is_empty() && self.faces.is_some() {
+            if crops.is_empty() && !self.faces.is_empty() {
                 notes.push("no face found: local and temporal rows are the zero-feature rows (as the official demo)".into());
             }
             if !crops.is_empty() {

@@ -403,13 +403,38 @@ impl FaceCrops {
 impl FaceDetector {
     /// Detect in every given frame, track the largest face, align each found face.
     pub fn face_crops<'a>(&self, frames: impl IntoIterator<Item = (usize, &'a RgbImage)>) -> Result<FaceCrops, EngineError> {
-        let frames: Vec<(usize, &RgbImage)> = frames.into_iter().collect();
-        let mut detections = Vec::with_capacity(frames.len());
-        for (i, img) in &frames {
-            detections.push((*i, self.detect(img)?));
-        }
-        let by_index: std::collections::HashMap<usize, &RgbImage> = frames.iter().copied().collect();
-        let crops = track_largest(&detections).into_iter().map(|(i, f)| (i, align_face(by_index[&i], &f))).collect();
-        Ok(FaceCrops { frames_examined: frames.len(), crops })
+        face_crops(std::slice::from_ref(self), frames)
     }
+}
+
+/// [`FaceDetector::face_crops`] with several detectors working on frames in parallel
+/// (one thread each; every frame is detected independently, so the result is the same
+/// as with one detector).
+pub fn face_crops<'a>(detectors: &[FaceDetector], frames: impl IntoIterator<Item = (usize, &'a RgbImage)>) -> Result<FaceCrops, EngineError> {
+    let frames: Vec<(usize, &RgbImage)> = frames.into_iter().collect();
+    let workers = detectors.len().clamp(1, frames.len().max(1));
+    let mut detections: Vec<(usize, Vec<Face>)> = if workers <= 1 {
+        let det = detectors.first().expect("at least one detector");
+        frames.iter().map(|(i, img)| Ok((*i, det.detect(img)?))).collect::<Result<_, EngineError>>()?
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = detectors[..workers]
+                .iter()
+                .enumerate()
+                .map(|(w, det)| {
+                    let mine: Vec<(usize, &RgbImage)> = frames.iter().skip(w).step_by(workers).copied().collect();
+                    scope.spawn(move || mine.into_iter().map(|(i, img)| Ok((i, det.detect(img)?))).collect::<Result<Vec<_>, EngineError>>())
+                })
+                .collect();
+            let mut all = Vec::with_capacity(frames.len());
+            for h in handles {
+                all.extend(h.join().expect("face detection thread panicked")?);
+            }
+            Ok::<_, EngineError>(all)
+        })?
+    };
+    detections.sort_by_key(|(i, _)| *i);
+    let by_index: std::collections::HashMap<usize, &RgbImage> = frames.iter().copied().collect();
+    let crops = track_largest(&detections).into_iter().map(|(i, f)| (i, align_face(by_index[&i], &f))).collect();
+    Ok(FaceCrops { frames_examined: frames.len(), crops })
 }
