@@ -296,7 +296,12 @@ fn sigterm_lets_the_running_request_finish_and_exits_zero() {
     let clip = common::media_dir().join("talking-face.mp4");
     let body = json_path(&clip, 64, "");
     let req = std::thread::spawn(move || http(port, "POST", "/v1/analyze", &[JSON], &body));
-    std::thread::sleep(Duration::from_millis(300));
+    // Signal once the request is running.
+    let started = Instant::now();
+    while !http(port, "GET", "/metrics", &[], b"").body.contains("emollama_in_flight 1") {
+        assert!(started.elapsed() < Duration::from_secs(30), "the request never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let st = Command::new("kill").args(["-TERM", &srv.child.id().to_string()]).status().unwrap();
     assert!(st.success());
     let r = req.join().unwrap();

@@ -58,6 +58,13 @@ pub fn init_runtime(explicit: Option<&Path>) -> Result<&'static OrtRuntime, Engi
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
+    // ONNX Runtime allows one environment per process: threads that arrive together
+    // must not both build one.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
     let candidates = candidate_paths(explicit);
     let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
         return Err(EngineError::OrtLibraryNotFound { searched: candidates });
