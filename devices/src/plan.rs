@@ -24,6 +24,7 @@ pub enum LlmQuant {
     Q6K,
     Q5KM,
     Q4KM,
+    Q4_0,
     Iq4Xs,
     Q3KM,
 }
@@ -37,6 +38,7 @@ impl LlmQuant {
             "q6_k" => Self::Q6K,
             "q5_k_m" => Self::Q5KM,
             "q4_k_m" => Self::Q4KM,
+            "q4_0" => Self::Q4_0,
             "iq4_xs" => Self::Iq4Xs,
             "q3_k_m" => Self::Q3KM,
             _ => return None,
@@ -51,6 +53,7 @@ impl LlmQuant {
             Self::Q6K => "q6_k",
             Self::Q5KM => "q5_k_m",
             Self::Q4KM => "q4_k_m",
+            Self::Q4_0 => "q4_0",
             Self::Iq4Xs => "iq4_xs",
             Self::Q3KM => "q3_k_m",
         }
@@ -65,6 +68,7 @@ impl LlmQuant {
             Self::Q6K => 6.56,
             Self::Q5KM => 5.69,
             Self::Q4KM => 4.85,
+            Self::Q4_0 => 4.5,
             Self::Iq4Xs => 4.25,
             Self::Q3KM => 3.91,
         }

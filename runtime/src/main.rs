@@ -99,8 +99,16 @@ enum Command {
     },
     /// The HTTP service (for systemd): POST /v1/analyze, /healthz, /readyz, /metrics.
     Serve(ServeArgs),
-    /// Quantize a GGUF with llama.cpp (f16, q8_0, q4_0, q4_k_m).
-    Quantize { input: PathBuf, output: PathBuf, r#type: String },
+    /// Quantize a GGUF with llama.cpp (f16, q8_0, q4_0, q4_k_m); with --bundle, write a
+    /// new bundle (OUTPUT folder) whose LLM has that type and whose manifest is updated.
+    Quantize {
+        /// A GGUF file, or with --bundle the bundle folder.
+        input: PathBuf,
+        output: PathBuf,
+        r#type: String,
+        #[arg(long)]
+        bundle: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -466,11 +474,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprint!("{}", report.compare(&old));
             }
         }
-        Command::Quantize { input, output, r#type } => {
+        Command::Quantize { input, output, r#type, bundle } => {
             let q = QuantType::parse(&r#type).with_context(|| format!("unknown type {type:?}: use f16, q8_0, q4_0 or q4_k_m", type = r#type))?;
             let threads = std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2);
-            quantize(&input, &output, q, threads)?;
-            println!("wrote {}", output.display());
+            if bundle {
+                let m = emollama_export::requantize_bundle(&input, &output, q, threads)?;
+                println!("wrote bundle {} ({}) at {}", m.id, r#type, output.display());
+            } else {
+                quantize(&input, &output, q, threads)?;
+                println!("wrote {}", output.display());
+            }
         }
     }
     Ok(())

@@ -241,3 +241,20 @@ fn prompt_plans_tokenize_to_the_spec_golden_ids() {
     assert_eq!(&after[bos + 1..bos + 1 + inst.len()], &inst[..], "[INST] follows the BOS");
     assert!(after.ends_with(&[518, 29914, 25580, 29962]), "' [/INST]'");
 }
+
+#[test]
+fn a_requantized_bundle_verifies_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q8");
+    let m = emollama_export::requantize_bundle(&common::bundle_dir(), &out, emollama_engines::llm::QuantType::Q8_0, 2).unwrap();
+    let llm = m.files.iter().find(|f| f.role == emollama_bundle::Role::Llm).unwrap();
+    assert_eq!((llm.precision.as_str(), llm.path.as_str()), ("q8_0", "llm-q8_0.gguf"));
+    let bundle = emollama_bundle::Bundle::open_verified(&out).unwrap();
+    assert!(bundle.file(&emollama_bundle::Role::Llm).unwrap().size < std::fs::metadata(common::bundle_dir().join("llm-f32.gguf")).unwrap().len());
+    // Refuses to overwrite; nothing half-written is left beside it.
+    assert!(matches!(emollama_export::requantize_bundle(&common::bundle_dir(), &out, emollama_engines::llm::QuantType::Q8_0, 2), Err(emollama_export::ExportError::OutputExists(_))));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let rt = Runtime::new(&out, RuntimeConfig { threads: 2, ..RuntimeConfig::default() }).unwrap();
+    let r = rt.analyze(&AnalyzeRequest { preset: Preset::Fast, mode: Mode::OfficialDemo, ..AnalyzeRequest::new(talking_face()) }, None, |_| {}).unwrap();
+    assert!(r.label.is_some());
+}
