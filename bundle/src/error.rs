@@ -25,7 +25,9 @@ pub enum BundleError {
     MissingFile { path: PathBuf, role: String },
     #[error("bundle file {path} has {actual} bytes, the manifest says {expected} (truncated or replaced)")]
     SizeMismatch { path: PathBuf, expected: u64, actual: u64 },
-    #[error("bundle file {path} fails its checksum: sha256 {actual}, the manifest says {expected} (corrupt or tampered)")]
+    #[error(
+        "bundle file {path} fails its checksum: sha256 {actual}, the manifest says {expected} (corrupt or tampered)"
+    )]
     ChecksumMismatch { path: PathBuf, expected: String, actual: String },
     #[error("bundle file {path} cannot be read: {source}")]
     FileUnreadable {

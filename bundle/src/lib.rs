@@ -12,8 +12,7 @@ mod verify;
 
 pub use error::BundleError;
 pub use manifest::{
-    AudioPreprocess, Dim, FaceConfig, FileEntry, GlobalPreprocess, LlmInfo, Manifest, Parity,
-    Preprocess, PromptLayout, Provenance, Role, Rows, TemporalPreprocess, TensorSpec,
-    FORMAT, FORMAT_VERSION,
+    AudioPreprocess, Dim, FaceConfig, FileEntry, GlobalPreprocess, LlmInfo, Manifest, Parity, Preprocess, PromptLayout,
+    Provenance, Role, Rows, TemporalPreprocess, TensorSpec, FORMAT, FORMAT_VERSION,
 };
 pub use verify::{sha256_file, Bundle};

@@ -155,8 +155,7 @@ impl Role {
         }
     }
 
-    pub const ENGINES: [Role; 4] =
-        [Role::GlobalEngine, Role::LocalEngine, Role::TemporalEngine, Role::AudioEngine];
+    pub const ENGINES: [Role; 4] = [Role::GlobalEngine, Role::LocalEngine, Role::TemporalEngine, Role::AudioEngine];
 }
 
 impl std::fmt::Display for Role {

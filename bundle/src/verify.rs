@@ -82,25 +82,15 @@ impl Bundle {
             let path = self.path_of(entry);
             let meta = match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => m,
-                _ => {
-                    return Err(BundleError::MissingFile { path, role: entry.role.to_string() })
-                }
+                _ => return Err(BundleError::MissingFile { path, role: entry.role.to_string() }),
             };
             if meta.len() != entry.size {
-                return Err(BundleError::SizeMismatch {
-                    path,
-                    expected: entry.size,
-                    actual: meta.len(),
-                });
+                return Err(BundleError::SizeMismatch { path, expected: entry.size, actual: meta.len() });
             }
-            let actual = sha256_file(&path)
-                .map_err(|source| BundleError::FileUnreadable { path: path.clone(), source })?;
+            let actual =
+                sha256_file(&path).map_err(|source| BundleError::FileUnreadable { path: path.clone(), source })?;
             if !actual.eq_ignore_ascii_case(&entry.sha256) {
-                return Err(BundleError::ChecksumMismatch {
-                    path,
-                    expected: entry.sha256.clone(),
-                    actual,
-                });
+                return Err(BundleError::ChecksumMismatch { path, expected: entry.sha256.clone(), actual });
             }
             tracing::debug!(file = %entry.path, "verified");
         }

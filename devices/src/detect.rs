@@ -87,15 +87,20 @@ fn power_mode(root: &Path) -> (Option<u32>, Option<String>) {
 
 fn number_after(text: &str, key: &str) -> Option<String> {
     let rest = text.split(key).nth(1)?;
-    let v: String = rest.chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let v: String =
+        rest.chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_digit() || *c == '.').collect();
     (!v.is_empty()).then_some(v)
 }
 
 fn tensorrt_version(root: &Path) -> Option<String> {
     for dir in ["/usr/include/aarch64-linux-gnu", "/usr/include/x86_64-linux-gnu", "/usr/include"] {
         if let Some(h) = read(root, &format!("{dir}/NvInferVersion.h")) {
-            let get = |k: &str| number_after(&h, &format!("#define {k} ")).or_else(|| number_after(&h, &format!("#define TRT_{k} ")));
-            if let (Some(a), Some(b), Some(c)) = (get("NV_TENSORRT_MAJOR"), get("NV_TENSORRT_MINOR"), get("NV_TENSORRT_PATCH")) {
+            let get = |k: &str| {
+                number_after(&h, &format!("#define {k} ")).or_else(|| number_after(&h, &format!("#define TRT_{k} ")))
+            };
+            if let (Some(a), Some(b), Some(c)) =
+                (get("NV_TENSORRT_MAJOR"), get("NV_TENSORRT_MINOR"), get("NV_TENSORRT_PATCH"))
+            {
                 return Some(format!("{a}.{b}.{c}"));
             }
         }
@@ -118,7 +123,9 @@ fn gpu_max_mhz(root: &Path) -> Option<u32> {
 
 /// Read everything about the host under `root` and match a profile.
 pub fn detect(root: &Path, profiles: &[Profile]) -> HostInfo {
-    let model = read(root, "/proc/device-tree/model").map(|m| m.trim_end_matches('\0').trim().to_string()).filter(|m| !m.is_empty());
+    let model = read(root, "/proc/device-tree/model")
+        .map(|m| m.trim_end_matches('\0').trim().to_string())
+        .filter(|m| !m.is_empty());
     let mem_total_gb = read(root, "/proc/meminfo")
         .and_then(|m| number_after(&m, "MemTotal:"))
         .and_then(|kb| kb.parse::<f64>().ok())
@@ -129,14 +136,18 @@ pub fn detect(root: &Path, profiles: &[Profile]) -> HostInfo {
     let cpuinfo = read(root, "/proc/cpuinfo").unwrap_or_default();
     let cpu_cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
     let flags_line = cpuinfo.lines().find(|l| l.starts_with("flags") || l.starts_with("Features")).unwrap_or("");
-    let wanted = ["avx2", "avx512f", "avx512_vnni", "amx_tile", "fma", "f16c", "asimd", "asimdhp", "asimddp", "sve", "i8mm"];
+    let wanted =
+        ["avx2", "avx512f", "avx512_vnni", "amx_tile", "fma", "f16c", "asimd", "asimdhp", "asimddp", "sve", "i8mm"];
     let cpu_features = flags_line.split_whitespace().filter(|f| wanted.contains(f)).map(String::from).collect();
-    let cpu_max_mhz = read(root, "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").and_then(|k| k.trim().parse::<u64>().ok()).map(|k| (k / 1000) as u32);
+    let cpu_max_mhz = read(root, "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+        .and_then(|k| k.trim().parse::<u64>().ok())
+        .map(|k| (k / 1000) as u32);
     let cuda = read(root, "/usr/local/cuda/version.json").and_then(|v| {
         let rest = v.split("\"cuda\"").nth(1)?;
         number_after(rest, "\"version\"")
     });
-    let nvidia_gpu = root.join("dev/nvidia0").exists() || root.join("proc/driver/nvidia/version").exists() || l4t.is_some();
+    let nvidia_gpu =
+        root.join("dev/nvidia0").exists() || root.join("proc/driver/nvidia/version").exists() || l4t.is_some();
     let mut info = HostInfo {
         arch: std::env::consts::ARCH.to_string(),
         model,
@@ -193,8 +204,8 @@ fn problems(info: &HostInfo, profiles: &[Profile]) -> Vec<String> {
             info.model.as_deref().unwrap_or("?"),
             info.mem_total_gb.unwrap_or(0.0)
         )),
-        Some(p) if info.is_jetson() && !p.max_power_mode.is_empty() => {
-            if info.power_mode.as_deref() != Some(p.max_power_mode.as_str()) {
+        Some(p) if info.is_jetson() && !p.max_power_mode.is_empty()
+            && info.power_mode.as_deref() != Some(p.max_power_mode.as_str()) => {
                 out.push(format!(
                     "power mode is {}, not {}: decode runs below the board's bandwidth; fix: `sudo nvpmodel -m <id of {}>` (see /etc/nvpmodel.conf) and `sudo jetson_clocks` (again after every boot)",
                     info.power_mode.as_deref().unwrap_or("unknown"),
@@ -202,7 +213,6 @@ fn problems(info: &HostInfo, profiles: &[Profile]) -> Vec<String> {
                     p.max_power_mode
                 ));
             }
-        }
         _ => {}
     }
     if info.is_jetson() && info.tensorrt.is_none() {
@@ -225,4 +235,3 @@ mod tests {
         assert_eq!(jetpack_for_l4t("12.0"), None);
     }
 }
-

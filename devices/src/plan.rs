@@ -138,9 +138,12 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings, n_batch: u32) -> PlanParts
         }
     };
     let kv_width = f64::from(llm.n_head_kv) * f64::from(llm.head_dim);
-    let kv_cache = (2.0 * f64::from(llm.n_layer) * f64::from(s.n_ctx) * kv_width * kv_bytes_per_element(&s.kv_cache)) as u64;
+    let kv_cache =
+        (2.0 * f64::from(llm.n_layer) * f64::from(s.n_ctx) * kv_width * kv_bytes_per_element(&s.kv_cache)) as u64;
     let nb = f64::from(n_batch.min(s.n_ctx));
-    let compute_buffers = (64.0 * 1024.0 * 1024.0 + llm.vocab_size as f64 * nb * 4.0 + 6.0 * llm.embedding_width as f64 * nb * 4.0) as u64;
+    let compute_buffers = (64.0 * 1024.0 * 1024.0
+        + llm.vocab_size as f64 * nb * 4.0
+        + 6.0 * llm.embedding_width as f64 * nb * 4.0) as u64;
     let encoders = Role::ENGINES
         .iter()
         .filter_map(|r| m.files.iter().find(|f| &f.role == r))
@@ -198,17 +201,37 @@ pub fn plan(m: &Manifest, p: &Profile) -> Plan {
     let kv_opts = [defaults.kv_cache.clone(), "q8_0".into()];
     let ctx_opts = [defaults.n_ctx, 1024, 512];
     let enc_opts = [defaults.encoder_precision, EncoderPrecision::Fp16, EncoderPrecision::Int8];
-    let quant_opts = [defaults.llm_quant.clone(), p.defaults.llm_quant.clone(), "q4_k_m".into(), "iq4_xs".into(), "q3_k_m".into()];
+    let quant_opts =
+        [defaults.llm_quant.clone(), p.defaults.llm_quant.clone(), "q4_k_m".into(), "iq4_xs".into(), "q3_k_m".into()];
     for q in &quant_opts {
         for e in &enc_opts {
             for c in &ctx_opts {
                 for k in &kv_opts {
-                    let s = PlanSettings { llm_quant: q.clone(), n_ctx: (*c).min(defaults.n_ctx), kv_cache: k.clone(), encoder_precision: (*e).min(defaults.encoder_precision) };
+                    let s = PlanSettings {
+                        llm_quant: q.clone(),
+                        n_ctx: (*c).min(defaults.n_ctx),
+                        kv_cache: k.clone(),
+                        encoder_precision: (*e).min(defaults.encoder_precision),
+                    };
                     let mut changes = Vec::new();
-                    if s.kv_cache != defaults.kv_cache { changes.push(format!("KV cache {} instead of {}", s.kv_cache, defaults.kv_cache)); }
-                    if s.n_ctx != defaults.n_ctx { changes.push(format!("n_ctx {} instead of {}", s.n_ctx, defaults.n_ctx)); }
-                    if s.encoder_precision != defaults.encoder_precision { changes.push(format!("encoders in {:?} instead of {:?}", s.encoder_precision, defaults.encoder_precision).to_lowercase()); }
-                    if s.llm_quant != defaults.llm_quant { changes.push(format!("LLM as {} instead of {}", s.llm_quant, defaults.llm_quant)); }
+                    if s.kv_cache != defaults.kv_cache {
+                        changes.push(format!("KV cache {} instead of {}", s.kv_cache, defaults.kv_cache));
+                    }
+                    if s.n_ctx != defaults.n_ctx {
+                        changes.push(format!("n_ctx {} instead of {}", s.n_ctx, defaults.n_ctx));
+                    }
+                    if s.encoder_precision != defaults.encoder_precision {
+                        changes.push(
+                            format!(
+                                "encoders in {:?} instead of {:?}",
+                                s.encoder_precision, defaults.encoder_precision
+                            )
+                            .to_lowercase(),
+                        );
+                    }
+                    if s.llm_quant != defaults.llm_quant {
+                        changes.push(format!("LLM as {} instead of {}", s.llm_quant, defaults.llm_quant));
+                    }
                     if !candidates.iter().any(|(c, _)| c == &s) {
                         candidates.push((s, changes));
                     }

@@ -123,10 +123,14 @@ pub fn load_profiles(extra_dirs: &[PathBuf]) -> Result<Vec<Profile>, DeviceError
         .collect::<Result<_, _>>()?;
     for dir in extra_dirs {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
         files.sort();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|e| DeviceError::BadProfile { path: path.clone(), reason: e.to_string() })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| DeviceError::BadProfile { path: path.clone(), reason: e.to_string() })?;
             let p = Profile::from_toml(&text, &path)?;
             out.retain(|q| q.name != p.name);
             out.push(p);
@@ -158,7 +162,8 @@ mod tests {
     #[test]
     fn a_user_profile_overrides_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let text = include_str!("../profiles/x86-cpu.toml").replace("usable_headless_gb = 14.0", "usable_headless_gb = 3.0");
+        let text =
+            include_str!("../profiles/x86-cpu.toml").replace("usable_headless_gb = 14.0", "usable_headless_gb = 3.0");
         std::fs::write(dir.path().join("mine.toml"), text).unwrap();
         let p = load_profiles(&[dir.path().to_path_buf()]).unwrap();
         assert_eq!(find(&p, "x86-cpu").unwrap().usable_headless_gb, 3.0);

@@ -26,7 +26,10 @@ fn recorded_boards_are_recognised_with_their_software_and_power_mode() {
         assert_eq!(info.jetpack.as_deref(), Some(jetpack), "{dir}");
         assert_eq!(info.power_mode.as_deref(), Some(mode), "{dir}");
         assert_eq!(info.problems.len(), problems, "{dir}: {:?}", info.problems);
-        assert!(info.cuda.is_some() && info.tensorrt.is_some() && info.gpu_max_mhz.is_some() && info.cpu_cores == 6, "{dir}: {info:?}");
+        assert!(
+            info.cuda.is_some() && info.tensorrt.is_some() && info.gpu_max_mhz.is_some() && info.cpu_cores == 6,
+            "{dir}: {info:?}"
+        );
         assert!(info.cpu_features.contains(&"asimd".to_string()));
     }
     let slow = detect(&boards().join("orin-nano-8gb-jp61-7w"), &profiles);
@@ -59,7 +62,11 @@ fn the_real_7b_bundle_plans_as_the_spec_says() {
     assert!(!nano.changes.is_empty(), "a smaller footprint is needed and stated: {}", nano.message);
     assert!(nano.in_turn_total <= nano.usable_bytes && nano.resident_total > nano.usable_bytes);
     for big in ["agx-orin-32gb", "agx-orin-64gb", "agx-thor"] {
-        assert_eq!(plan(bundle.manifest(), find_profile(&profiles, big).unwrap()).outcome, Outcome::FitsResident, "{big}");
+        assert_eq!(
+            plan(bundle.manifest(), find_profile(&profiles, big).unwrap()).outcome,
+            Outcome::FitsResident,
+            "{big}"
+        );
     }
 }
 

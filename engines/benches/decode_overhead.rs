@@ -8,7 +8,10 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use emollama_engines::llm::{raw_greedy_decode, ContextParams, GenerateOptions, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams, Segment};
+use emollama_engines::llm::{
+    raw_greedy_decode, ContextParams, GenerateOptions, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams,
+    Segment,
+};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -25,7 +28,12 @@ fn wrapper_loop(model: &Arc<LlmModel>, params: &ContextParams, prompt: &[i32], n
     let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
     let opts = GenerateOptions { max_new_tokens: n, stop_strings: vec!["</s>".into()] };
     let mut pieces = 0usize;
-    let g = ctx.generate(&mut sampler, &opts, None, |_| { pieces += 1; ControlFlow::Continue(()) }).unwrap();
+    let g = ctx
+        .generate(&mut sampler, &opts, None, |_| {
+            pieces += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!(g.tokens.len(), n, "greedy random model hit a stop early: {:?}", g.stop);
     (g.decode_per_s(), g.tokens)
 }
@@ -37,9 +45,20 @@ fn main() {
     let runs: usize = args.get(2).map_or(7, |s| s.parse().unwrap());
     let threads: i32 = args.get(3).map_or(2, |s| s.parse().unwrap());
     let model = Arc::new(LlmModel::load(std::path::Path::new(path), &ModelParams::default()).unwrap());
-    let params = ContextParams { n_ctx: 1024, n_batch: 512, n_threads: threads, n_threads_batch: threads, ..Default::default() };
-    let prompt = model.tokenize("<s>[INST] The person in video says: we made it.  [emotion] Please determine the emotion. [/INST]", true, true).unwrap();
-    println!("model {} ({} parameters), {n} greedy tokens, {runs} runs each, {threads} threads", model.description(), model.n_params());
+    let params =
+        ContextParams { n_ctx: 1024, n_batch: 512, n_threads: threads, n_threads_batch: threads, ..Default::default() };
+    let prompt = model
+        .tokenize(
+            "<s>[INST] The person in video says: we made it.  [emotion] Please determine the emotion. [/INST]",
+            true,
+            true,
+        )
+        .unwrap();
+    println!(
+        "model {} ({} parameters), {n} greedy tokens, {runs} runs each, {threads} threads",
+        model.description(),
+        model.n_params()
+    );
     // Warm-up both paths once (page cache, thread pools).
     let (_, want) = raw_loop(&model, &params, &prompt, 8);
     let (_, got) = wrapper_loop(&model, &params, &prompt, 8);

@@ -31,7 +31,9 @@ pub enum EngineError {
     GgufInvalid { path: PathBuf, reason: String },
     #[error("llama.cpp could not load {path} (see the log above for llama.cpp's reason)")]
     ModelLoad { path: PathBuf },
-    #[error("llama.cpp could not create a context (n_ctx {n_ctx}, n_batch {n_batch}): out of memory or invalid parameters")]
+    #[error(
+        "llama.cpp could not create a context (n_ctx {n_ctx}, n_batch {n_batch}): out of memory or invalid parameters"
+    )]
     ContextCreate { n_ctx: u32, n_batch: u32 },
     #[error("embedding rows have width {actual}, the model's embedding width is {expected}")]
     EmbeddingWidth { expected: usize, actual: usize },

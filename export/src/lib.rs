@@ -48,7 +48,8 @@ pub fn requantize_bundle(src: &Path, dst: &Path, qtype: QuantType, threads: i32)
         return Err(ExportError::OutputExists(dst.into()));
     }
     let bundle = Bundle::open_verified(src)?;
-    let staging = dst.with_file_name(format!(".{}.partial", dst.file_name().map_or("bundle".into(), |n| n.to_string_lossy())));
+    let staging =
+        dst.with_file_name(format!(".{}.partial", dst.file_name().map_or("bundle".into(), |n| n.to_string_lossy())));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
     let mut manifest = bundle.manifest().clone();
@@ -63,7 +64,11 @@ pub fn requantize_bundle(src: &Path, dst: &Path, qtype: QuantType, threads: i32)
             entry.size = std::fs::metadata(&to).map_err(io(&to))?.len();
             entry.sha256 = sha256_file(&to).map_err(io(&to))?;
             if let Some(p) = entry.parity.as_mut() {
-                p.reference = format!("{} (requantized from {} by llama.cpp; parity not re-measured)", p.reference, from.display());
+                p.reference = format!(
+                    "{} (requantized from {} by llama.cpp; parity not re-measured)",
+                    p.reference,
+                    from.display()
+                );
             }
         } else {
             let to = staging.join(&entry.path);

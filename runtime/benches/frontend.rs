@@ -15,7 +15,11 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn ffmpeg(args: &[&str]) {
-    let st = Command::new("ffmpeg").args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]).args(args).status().unwrap();
+    let st = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -24,13 +28,25 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("720p-10s.mp4");
     let clip_s = clip.to_str().unwrap();
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25:duration=10", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", clip_s]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=25:duration=10",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        clip_s,
+    ]);
     let limits = MediaLimits::default();
     let sels = [FrameSelection::First, FrameSelection::VideoMae];
     let total = 250;
     let idx = FrameSelection::VideoMae.indices(total);
     let mean = [0.48145466, 0.4578275, 0.40821073];
-    let std = [0.26862954, 0.26130258, 0.27577711];
+    let std = [0.26862954, 0.261_302_6, 0.275_777_1];
 
     // Ours: both decodes (count + decode), frame selection, 448 bicubic + CLIP norm for the
     // first frame, 16 frames at 224 bilinear for the clip tensor.
@@ -62,7 +78,9 @@ fn main() {
         b.push(cli());
     }
     let (ma, mb) = (median(&mut a), median(&mut b));
-    println!("10 s 720p H.264 (250 frames), first frame -> 448 bicubic + 16 VideoMAE frames -> 224 bilinear, {runs} runs");
+    println!(
+        "10 s 720p H.264 (250 frames), first frame -> 448 bicubic + 16 VideoMAE frames -> 224 bilinear, {runs} runs"
+    );
     println!("emollama front end : median {:.0} ms", ma * 1e3);
     println!("ffmpeg CLI         : median {:.0} ms", mb * 1e3);
     println!("ratio ours/CLI     : {:.2}", ma / mb);

@@ -8,7 +8,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use emollama_devices::{HostInfo, Profile};
-use emollama_engines::llm::{raw_greedy_decode, ContextParams, GenerateOptions, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams, Segment};
+use emollama_engines::llm::{
+    raw_greedy_decode, ContextParams, GenerateOptions, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams,
+    Segment,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::{AnalyzeRequest, Runtime, RuntimeConfig};
@@ -90,13 +93,16 @@ pub struct BenchOptions {
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// One line of tegrastats, when the tool exists (Jetson only).
 fn tegrastats_sample() -> Option<String> {
-    let mut child = Command::new("tegrastats").args(["--interval", "200"]).stdout(std::process::Stdio::piped()).spawn().ok()?;
+    let mut child =
+        Command::new("tegrastats").args(["--interval", "200"]).stdout(std::process::Stdio::piped()).spawn().ok()?;
     let mut line = String::new();
     let out = child.stdout.take()?;
     std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).ok()?;
@@ -147,7 +153,10 @@ pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchRepo
 
     // Decode: the wrapper against a raw llama.cpp loop on the same GGUF and threads.
     let llm_entry = rt.bundle().file(&emollama_bundle::Role::Llm).expect("bundle has an llm");
-    let model = std::sync::Arc::new(LlmModel::load(&rt.bundle().path_of(llm_entry), &ModelParams { n_gpu_layers: opts.config.n_gpu_layers, use_mmap: true })?);
+    let model = std::sync::Arc::new(LlmModel::load(
+        &rt.bundle().path_of(llm_entry),
+        &ModelParams { n_gpu_layers: opts.config.n_gpu_layers, use_mmap: true },
+    )?);
     let params = ContextParams {
         n_ctx: 1024,
         n_batch: 512,
@@ -155,14 +164,23 @@ pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchRepo
         n_threads_batch: opts.config.threads as i32,
         ..ContextParams::default()
     };
-    let prompt = model.tokenize("<s>[INST] The person in video says: we made it.  [emotion] Please determine the emotion. [/INST]", true, true)?;
+    let prompt = model.tokenize(
+        "<s>[INST] The person in video says: we made it.  [emotion] Please determine the emotion. [/INST]",
+        true,
+        true,
+    )?;
     let n = 64;
     let (mut raw, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..opts.runs.max(3) {
         raw.push(raw_greedy_decode(&model, &params, &prompt, n)?.0);
         let mut ctx = LlmContext::new(model.clone(), params.clone())?;
         ctx.prefill(&[Segment::Tokens(&prompt)], false)?;
-        let g = ctx.generate(&mut Sampler::new(SamplingParams::greedy())?, &GenerateOptions { max_new_tokens: n, stop_strings: vec![] }, None, |_| std::ops::ControlFlow::Continue(()))?;
+        let g = ctx.generate(
+            &mut Sampler::new(SamplingParams::greedy())?,
+            &GenerateOptions { max_new_tokens: n, stop_strings: vec![] },
+            None,
+            |_| std::ops::ControlFlow::Continue(()),
+        )?;
         ours.push(g.decode_per_s());
     }
     let (raw_tok_s, our_tok_s) = (Percentiles::of(&raw).p50, Percentiles::of(&ours).p50);
@@ -201,13 +219,29 @@ pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchRepo
         bandwidth_gb_s: opts.profile.bandwidth_gb_s,
         decode_ceiling_tok_s: ceiling,
         decode_pct_of_ceiling: 100.0 * decode_tok_s / ceiling,
-        raw_llama_cpp: RawComparison { raw_llama_cpp_tok_s: raw_tok_s, emollama_tok_s: our_tok_s, ratio: our_tok_s / raw_tok_s, tokens: n, runs: raw.len() },
+        raw_llama_cpp: RawComparison {
+            raw_llama_cpp_tok_s: raw_tok_s,
+            emollama_tok_s: our_tok_s,
+            ratio: our_tok_s / raw_tok_s,
+            tokens: n,
+            runs: raw.len(),
+        },
     })
 }
 
 const STAGE_ORDER: [&str; 12] = [
-    "decode_video", "decode_audio", "faces", "global_encoder", "local_encoder", "temporal_encoder", "audio_encoder", "prompt", "prefill",
-    "label_scores", "generation", "total",
+    "decode_video",
+    "decode_audio",
+    "faces",
+    "global_encoder",
+    "local_encoder",
+    "temporal_encoder",
+    "audio_encoder",
+    "prompt",
+    "prefill",
+    "label_scores",
+    "generation",
+    "total",
 ];
 
 impl BenchReport {
@@ -257,13 +291,23 @@ impl BenchReport {
 
     /// A stacked bar of the p50 stage times (without `total`).
     pub fn svg(&self) -> String {
-        let colors = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac", "#86bcb6"];
-        let stages: Vec<(&str, f64)> = STAGE_ORDER.iter().filter(|k| **k != "total").filter_map(|k| self.stages_ms.get(*k).map(|p| (*k, p.p50))).collect();
+        let colors = [
+            "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+            "#bab0ac", "#86bcb6",
+        ];
+        let stages: Vec<(&str, f64)> = STAGE_ORDER
+            .iter()
+            .filter(|k| **k != "total")
+            .filter_map(|k| self.stages_ms.get(*k).map(|p| (*k, p.p50)))
+            .collect();
         let total: f64 = stages.iter().map(|s| s.1).sum::<f64>().max(1e-9);
         let (w, bar_h) = (800.0, 40.0);
         let mut x = 10.0;
         let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"820\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n", 80 + 18 * stages.len());
-        s += &format!("<text x=\"10\" y=\"16\">emollama analyze, p50 per stage, {} ({:.0} ms total)</text>\n", self.profile, total);
+        s += &format!(
+            "<text x=\"10\" y=\"16\">emollama analyze, p50 per stage, {} ({:.0} ms total)</text>\n",
+            self.profile, total
+        );
         for (i, (name, v)) in stages.iter().enumerate() {
             let bw = w * v / total;
             let c = colors[i % colors.len()];
@@ -277,15 +321,33 @@ impl BenchReport {
 
     /// Deltas of the stage p50s and the rates against an earlier report.
     pub fn compare(&self, old: &BenchReport) -> String {
-        let mut s = format!("| vs earlier ({}) | before | now | change |\n|---|---:|---:|---:|\n", if old.git_revision.is_empty() { "-" } else { &old.git_revision });
+        let mut s = format!(
+            "| vs earlier ({}) | before | now | change |\n|---|---:|---:|---:|\n",
+            if old.git_revision.is_empty() { "-" } else { &old.git_revision }
+        );
         let pct = |a: f64, b: f64| if a > 0.0 { 100.0 * (b - a) / a } else { 0.0 };
         for (k, now) in &self.stages_ms {
             if let Some(before) = old.stages_ms.get(k) {
-                s += &format!("| {k} p50 ms | {:.1} | {:.1} | {:+.1} % |\n", before.p50, now.p50, pct(before.p50, now.p50));
+                s += &format!(
+                    "| {k} p50 ms | {:.1} | {:.1} | {:+.1} % |\n",
+                    before.p50,
+                    now.p50,
+                    pct(before.p50, now.p50)
+                );
             }
         }
-        s += &format!("| decode tok/s | {:.1} | {:.1} | {:+.1} % |\n", old.decode_tok_s, self.decode_tok_s, pct(old.decode_tok_s, self.decode_tok_s));
-        s += &format!("| cold start ms | {:.0} | {:.0} | {:+.1} % |\n", old.cold_start_ms, self.cold_start_ms, pct(old.cold_start_ms, self.cold_start_ms));
+        s += &format!(
+            "| decode tok/s | {:.1} | {:.1} | {:+.1} % |\n",
+            old.decode_tok_s,
+            self.decode_tok_s,
+            pct(old.decode_tok_s, self.decode_tok_s)
+        );
+        s += &format!(
+            "| cold start ms | {:.0} | {:.0} | {:+.1} % |\n",
+            old.cold_start_ms,
+            self.cold_start_ms,
+            pct(old.cold_start_ms, self.cold_start_ms)
+        );
         s
     }
 }

@@ -32,11 +32,15 @@ pub struct DoctorReport {
 pub fn doctor(root: &Path, profiles: &[Profile], ort_library: Option<&Path>, bundle: Option<&Path>) -> DoctorReport {
     let host = detect(root, profiles);
     let mut problems = host.problems.clone();
-    let compiled: Vec<String> = [emollama_engines::onnx::Provider::TensorRt, emollama_engines::onnx::Provider::Cuda, emollama_engines::onnx::Provider::Cpu]
-        .into_iter()
-        .filter(|p| p.compiled_in())
-        .map(|p| p.to_string())
-        .collect();
+    let compiled: Vec<String> = [
+        emollama_engines::onnx::Provider::TensorRt,
+        emollama_engines::onnx::Provider::Cuda,
+        emollama_engines::onnx::Provider::Cpu,
+    ]
+    .into_iter()
+    .filter(|p| p.compiled_in())
+    .map(|p| p.to_string())
+    .collect();
     let onnxruntime = match init_runtime(ort_library) {
         Ok(rt) => OrtReport {
             version: Some(rt.version.clone()),
@@ -47,19 +51,31 @@ pub fn doctor(root: &Path, profiles: &[Profile], ort_library: Option<&Path>, bun
         },
         Err(e) => {
             problems.push(format!("ONNX Runtime: {e}"));
-            OrtReport { version: None, library: None, providers_compiled: compiled, providers_available: Vec::new(), error: Some(e.to_string()) }
+            OrtReport {
+                version: None,
+                library: None,
+                providers_compiled: compiled,
+                providers_available: Vec::new(),
+                error: Some(e.to_string()),
+            }
         }
     };
     let profile = host.profile.as_deref().and_then(|n| profiles.iter().find(|p| p.name == n));
     if let Some(p) = profile {
-        if p.has_gpu() && host.nvidia_gpu && !onnxruntime.providers_available.iter().any(|x| x == "tensorrt" || x == "cuda") {
+        if p.has_gpu()
+            && host.nvidia_gpu
+            && !onnxruntime.providers_available.iter().any(|x| x == "tensorrt" || x == "cuda")
+        {
             problems.push("the encoders will run on the CPU: build with `--features tensorrt` and use the GPU build of ONNX Runtime for this JetPack (its CUDA/TensorRT provider libraries next to libonnxruntime.so)".into());
         }
     }
     let system = emollama_engines::llm::system_info();
     let backend = if system.contains("CUDA") { "cuda" } else { "cpu" }.to_string();
     if host.nvidia_gpu && backend == "cpu" {
-        problems.push("llama.cpp runs on the CPU: build with `--features llama-cuda` (CMAKE_CUDA_ARCHITECTURES=87 on Orin)".into());
+        problems.push(
+            "llama.cpp runs on the CPU: build with `--features llama-cuda` (CMAKE_CUDA_ARCHITECTURES=87 on Orin)"
+                .into(),
+        );
     }
     let plan = match (bundle, profile) {
         (Some(b), Some(p)) => match Bundle::open(b) {
@@ -98,7 +114,12 @@ impl DoctorReport {
         s += &format!("profile    {}\n", opt(&self.profile));
         s += &format!("L4T        {} (JetPack {})\n", opt(&h.l4t), opt(&h.jetpack));
         s += &format!("power      {}\n", opt(&h.power_mode));
-        s += &format!("clocks     CPU {} MHz × {} cores, GPU {} MHz\n", h.cpu_max_mhz.map_or("-".into(), |v| v.to_string()), h.cpu_cores, h.gpu_max_mhz.map_or("-".into(), |v| v.to_string()));
+        s += &format!(
+            "clocks     CPU {} MHz × {} cores, GPU {} MHz\n",
+            h.cpu_max_mhz.map_or("-".into(), |v| v.to_string()),
+            h.cpu_cores,
+            h.gpu_max_mhz.map_or("-".into(), |v| v.to_string())
+        );
         s += &format!("CUDA       {}   TensorRT {}\n", opt(&h.cuda), opt(&h.tensorrt));
         let o = &self.onnxruntime;
         s += &format!(

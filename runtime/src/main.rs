@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use emollama_devices::{detect, find_profile, load_profiles, plan, profile_dirs, Profile};
 use emollama_engines::llm::{quantize, QuantType};
 use emollama_engines::onnx::{Provider, ProviderPolicy};
-use emollama_devices::{detect, find_profile, load_profiles, plan, profile_dirs, Profile};
 use emollama_runtime::bench::{run_bench, write_outputs, BenchOptions, BenchReport};
 use emollama_runtime::doctor::doctor;
 use emollama_runtime::locate::{locate_bundle, BundleSource};
@@ -18,7 +18,11 @@ use emollama_runtime::serve::{AppState, ReadyInfo, ServeConfig};
 use emollama_runtime::transcript::{sidecar_subtitles, subtitles_text};
 
 #[derive(Parser)]
-#[command(name = "emollama", version, about = "Emotion-LLaMA at the edge: encoders on ONNX Runtime, LLaMA on llama.cpp")]
+#[command(
+    name = "emollama",
+    version,
+    about = "Emotion-LLaMA at the edge: encoders on ONNX Runtime, LLaMA on llama.cpp"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `emollama=debug,llama.cpp=warn`.
     /// (llama.cpp's warning about the double BOS is silenced: the official prompt has one.)
@@ -217,13 +221,34 @@ fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Resul
     macro_rules! over {
         ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { c.$field = v; } )* };
     }
-    over!(listen, allow_urls, max_upload_bytes, max_concurrency, max_queue, request_timeout_s, drain_timeout_s, max_new_tokens_limit);
-    if args.bundle.is_some() { c.bundle = args.bundle.clone(); }
-    if args.profile.is_some() { c.profile = args.profile.clone(); }
-    if args.token.is_some() { c.token = args.token.clone(); }
-    if args.upload_dir.is_some() { c.upload_dir = args.upload_dir.clone(); }
-    if !args.allowed_dirs.is_empty() { c.allowed_dirs = args.allowed_dirs.clone(); }
-    if ort_library.is_some() { c.ort_library = ort_library; }
+    over!(
+        listen,
+        allow_urls,
+        max_upload_bytes,
+        max_concurrency,
+        max_queue,
+        request_timeout_s,
+        drain_timeout_s,
+        max_new_tokens_limit
+    );
+    if args.bundle.is_some() {
+        c.bundle = args.bundle.clone();
+    }
+    if args.profile.is_some() {
+        c.profile = args.profile.clone();
+    }
+    if args.token.is_some() {
+        c.token = args.token.clone();
+    }
+    if args.upload_dir.is_some() {
+        c.upload_dir = args.upload_dir.clone();
+    }
+    if !args.allowed_dirs.is_empty() {
+        c.allowed_dirs = args.allowed_dirs.clone();
+    }
+    if ort_library.is_some() {
+        c.ort_library = ort_library;
+    }
     c.validate()?;
     Ok(c)
 }
@@ -238,9 +263,13 @@ fn serve(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let host = detect(Path::new("/"), &profiles()?);
-        let runtime_config = RuntimeConfig { ort_library: config.ort_library.clone(), ..RuntimeConfig::from_profile(&profile).with_host(&host) };
+        let runtime_config = RuntimeConfig {
+            ort_library: config.ort_library.clone(),
+            ..RuntimeConfig::from_profile(&profile).with_host(&host)
+        };
         let state = std::sync::Arc::new(AppState::new(config)?);
         let build = move || {
             let started = std::time::Instant::now();
@@ -262,13 +291,27 @@ fn serve(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum TaskArg { Emotion, Reason, Question }
+enum TaskArg {
+    Emotion,
+    Reason,
+    Question,
+}
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum ModeArg { Full, OfficialDemo }
+enum ModeArg {
+    Full,
+    OfficialDemo,
+}
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum PresetArg { Eval, Demo, Fast }
+enum PresetArg {
+    Eval,
+    Demo,
+    Fast,
+}
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum LayoutArg { Eval, Demo }
+enum LayoutArg {
+    Eval,
+    Demo,
+}
 
 fn transcript_of(args: &AnalyzeArgs) -> anyhow::Result<Option<String>> {
     if let Some(t) = &args.transcript {
@@ -287,7 +330,11 @@ fn analyze(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
         TaskArg::Emotion => Task::Emotion { six_labels: args.six_labels },
         TaskArg::Reason => Task::Reason { instruction: args.reason_index },
         TaskArg::Question => Task::Question {
-            text: args.question.clone().filter(|q| !q.trim().is_empty()).context("--task question needs --question TEXT")?,
+            text: args
+                .question
+                .clone()
+                .filter(|q| !q.trim().is_empty())
+                .context("--task question needs --question TEXT")?,
         },
     };
     let transcript = transcript_of(&args)?;
@@ -303,10 +350,20 @@ fn analyze(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
     let runtime = Runtime::new(&dir, config).with_context(|| format!("bundle {}", dir.display()))?;
     let req = AnalyzeRequest {
         task,
-        layout: match args.layout { LayoutArg::Eval => PromptLayout::Eval, LayoutArg::Demo => PromptLayout::Demo },
+        layout: match args.layout {
+            LayoutArg::Eval => PromptLayout::Eval,
+            LayoutArg::Demo => PromptLayout::Demo,
+        },
         transcript: transcript.clone(),
-        mode: match args.mode { ModeArg::Full => Mode::Full, ModeArg::OfficialDemo => Mode::OfficialDemo },
-        preset: match args.preset { PresetArg::Eval => Preset::Eval, PresetArg::Demo => Preset::Demo, PresetArg::Fast => Preset::Fast },
+        mode: match args.mode {
+            ModeArg::Full => Mode::Full,
+            ModeArg::OfficialDemo => Mode::OfficialDemo,
+        },
+        preset: match args.preset {
+            PresetArg::Eval => Preset::Eval,
+            PresetArg::Demo => Preset::Demo,
+            PresetArg::Fast => Preset::Fast,
+        },
         scores: args.scores,
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -339,7 +396,12 @@ fn analyze(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
         eprintln!("note: {n}");
     }
     if let Some(label) = &result.label {
-        let p = result.label_scores.as_ref().and_then(|s| s.get(label)).map(|p| format!(" (p = {p:.3})")).unwrap_or_default();
+        let p = result
+            .label_scores
+            .as_ref()
+            .and_then(|s| s.get(label))
+            .map(|p| format!(" (p = {p:.3})"))
+            .unwrap_or_default();
         println!("label: {label}{p}");
     }
     let t = &result.timings_ms;
@@ -395,7 +457,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info { bundle, provider, json } => {
             let (dir, source) = locate_bundle(bundle.as_deref())?;
             if source == BundleSource::SyntheticFallback {
-                eprintln!("warning: no bundle given or installed; using the synthetic bundle at {} (random weights)", dir.display());
+                eprintln!(
+                    "warning: no bundle given or installed; using the synthetic bundle at {} (random weights)",
+                    dir.display()
+                );
             }
             let report = inspect_bundle(&dir, &provider_policy(&provider)?, cli.ort_library.as_deref())
                 .with_context(|| format!("bundle {}", dir.display()))?;
@@ -412,12 +477,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
-                println!("{:<20} {:<44} {:>7} {:>8} {:>9} {:<7} {:<8} {:<9}", "name", "device", "memory", "usable", "bandwidth", "gpu", "llm", "encoders");
+                println!(
+                    "{:<20} {:<44} {:>7} {:>8} {:>9} {:<7} {:<8} {:<9}",
+                    "name", "device", "memory", "usable", "bandwidth", "gpu", "llm", "encoders"
+                );
                 for p in &all {
                     println!(
                         "{:<20} {:<44} {:>5.0}GB {:>6.1}GB {:>5.0}GB/s {:<7} {:<8} {:?}/{:?}",
-                        p.name, p.display, p.memory_total_gb, p.usable_headless_gb, p.bandwidth_gb_s, p.gpu_arch, p.defaults.llm_quant,
-                        p.defaults.encoder_precision, p.defaults.encoder_residency
+                        p.name,
+                        p.display,
+                        p.memory_total_gb,
+                        p.usable_headless_gb,
+                        p.bandwidth_gb_s,
+                        p.gpu_arch,
+                        p.defaults.llm_quant,
+                        p.defaults.encoder_precision,
+                        p.defaults.encoder_residency
                     );
                 }
             }
@@ -452,13 +527,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = bundle_dir(bundle.as_deref())?;
             let profile = resolve_profile(profile.as_deref())?;
             let media = if media.is_empty() {
-                vec![emollama_engines::onnx::library::setup_cache_dir().join("media/talking-face.mp4").display().to_string()]
+                vec![emollama_engines::onnx::library::setup_cache_dir()
+                    .join("media/talking-face.mp4")
+                    .display()
+                    .to_string()]
             } else {
                 media
             };
             let host = detect(Path::new("/"), &profiles()?);
-            let config = RuntimeConfig { ort_library: cli.ort_library.clone(), ..RuntimeConfig::from_profile(&profile).with_host(&host) };
-            let opts = BenchOptions { bundle: dir, profile, host, media, runs: runs.max(1), warmup, max_new_tokens, config };
+            let config = RuntimeConfig {
+                ort_library: cli.ort_library.clone(),
+                ..RuntimeConfig::from_profile(&profile).with_host(&host)
+            };
+            let opts =
+                BenchOptions { bundle: dir, profile, host, media, runs: runs.max(1), warmup, max_new_tokens, config };
             let exe = std::env::current_exe()?;
             let report = run_bench(&opts, &exe)?;
             let written = write_outputs(&report, &out)?;
@@ -470,12 +552,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(old) = compare {
                 let text = std::fs::read_to_string(&old).with_context(|| format!("reading {}", old.display()))?;
-                let old: BenchReport = serde_json::from_str(&text).with_context(|| format!("{} is not a bench.json", old.display()))?;
+                let old: BenchReport =
+                    serde_json::from_str(&text).with_context(|| format!("{} is not a bench.json", old.display()))?;
                 eprint!("{}", report.compare(&old));
             }
         }
         Command::Quantize { input, output, r#type, bundle } => {
-            let q = QuantType::parse(&r#type).with_context(|| format!("unknown type {type:?}: use f16, q8_0, q4_0 or q4_k_m", type = r#type))?;
+            let q = QuantType::parse(&r#type)
+                .with_context(|| format!("unknown type {type:?}: use f16, q8_0, q4_0 or q4_k_m", type = r#type))?;
             let threads = std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2);
             if bundle {
                 let m = emollama_export::requantize_bundle(&input, &output, q, threads)?;

@@ -8,21 +8,21 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+use emollama_bundle::TensorSpec;
 use emollama_bundle::{Bundle, Role};
 use emollama_devices::Profile;
 use emollama_engines::llm::{
-    ContextParams, FlashAttention, GenerateOptions, KvCacheType, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams,
-    Segment, StopReason,
+    ContextParams, FlashAttention, GenerateOptions, KvCacheType, LlmContext, LlmModel, ModelParams, Sampler,
+    SamplingParams, Segment, StopReason,
 };
-use emollama_bundle::TensorSpec;
 use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, OrtRuntime, Outputs, ProviderPolicy};
 use ndarray::{ArrayD, ArrayViewD};
 use serde::{Deserialize, Serialize};
 
 use crate::media::faces::{face_crops, FaceDetector};
 use crate::media::{
-    decode_audio_16k_mono, decode_frames, face_tensor, global_tensor, temporal_tensor, videomae_indices, FrameSelection, MediaError,
-    MediaLimits, RgbImage,
+    decode_audio_16k_mono, decode_frames, face_tensor, global_tensor, temporal_tensor, videomae_indices,
+    FrameSelection, MediaError, MediaLimits, RgbImage,
 };
 use crate::prompt::{build_prompt, extract_label, normalise_scores, PromptLayout, Task};
 use crate::RuntimeError;
@@ -197,7 +197,9 @@ impl AnalyzeRequest {
 
     fn sampling(&self) -> SamplingParams {
         let base = match self.preset {
-            Preset::Demo => SamplingParams { temperature: 0.2, top_k: 50, top_p: 0.9, repetition_penalty: 1.05, seed: self.seed },
+            Preset::Demo => {
+                SamplingParams { temperature: 0.2, top_k: 50, top_p: 0.9, repetition_penalty: 1.05, seed: self.seed }
+            }
             _ => SamplingParams { seed: self.seed, ..SamplingParams::greedy() },
         };
         SamplingParams {
@@ -252,7 +254,15 @@ pub struct AnalyzeResult {
 /// time, loaded for each use and released right after.
 enum EncoderSlot {
     Resident(EncoderEngine),
-    InTurn { rt: &'static OrtRuntime, name: String, path: PathBuf, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>, opts: EngineOptions, provider: String },
+    InTurn {
+        rt: &'static OrtRuntime,
+        name: String,
+        path: PathBuf,
+        inputs: Vec<TensorSpec>,
+        outputs: Vec<TensorSpec>,
+        opts: EngineOptions,
+        provider: String,
+    },
 }
 
 impl EncoderSlot {
@@ -308,7 +318,11 @@ impl Runtime {
             tracing::info!(profile = %profile.name, outcome = ?plan.outcome, "{}", plan.message);
             match plan.outcome {
                 emollama_devices::Outcome::DoesNotFit => {
-                    return Err(RuntimeError::DoesNotFit { bundle: bundle.manifest().id.clone(), profile: profile.display.clone(), message: plan.message })
+                    return Err(RuntimeError::DoesNotFit {
+                        bundle: bundle.manifest().id.clone(),
+                        profile: profile.display.clone(),
+                        message: plan.message,
+                    })
                 }
                 emollama_devices::Outcome::FitsInTurn => in_turn = true,
                 emollama_devices::Outcome::FitsResident => {}
@@ -316,7 +330,11 @@ impl Runtime {
         }
         bundle.verify_files()?;
         let rt = init_runtime(config.ort_library.as_deref())?;
-        let opts = EngineOptions { intra_threads: config.threads, policy: config.providers.clone(), model_sha256: String::new() };
+        let opts = EngineOptions {
+            intra_threads: config.threads,
+            policy: config.providers.clone(),
+            model_sha256: String::new(),
+        };
         let m = bundle.manifest();
         let sr = m.preprocess.audio.sample_rate as usize;
         // Each encoder is loaded and warmed up once (which also checks it); in turn, it
@@ -329,13 +347,25 @@ impl Runtime {
             engine.warm_up(&|axis| if axis == "samples" { sr } else { 1 })?;
             Ok(if in_turn {
                 let provider = engine.provider().to_string();
-                EncoderSlot::InTurn { rt, name: role.as_str().into(), path, inputs: e.inputs.clone(), outputs: e.outputs.clone(), opts, provider }
+                EncoderSlot::InTurn {
+                    rt,
+                    name: role.as_str().into(),
+                    path,
+                    inputs: e.inputs.clone(),
+                    outputs: e.outputs.clone(),
+                    opts,
+                    provider,
+                }
             } else {
                 EncoderSlot::Resident(engine)
             })
         };
-        let (global, local, temporal, audio) =
-            (load(Role::GlobalEngine)?, load(Role::LocalEngine)?, load(Role::TemporalEngine)?, load(Role::AudioEngine)?);
+        let (global, local, temporal, audio) = (
+            load(Role::GlobalEngine)?,
+            load(Role::LocalEngine)?,
+            load(Role::TemporalEngine)?,
+            load(Role::AudioEngine)?,
+        );
         // Face detection is per frame: one detector per core, single-threaded each.
         let face_opts = EngineOptions { intra_threads: 1, ..opts.clone() };
         let mut faces = Vec::new();
@@ -351,16 +381,25 @@ impl Runtime {
                 let path = bundle.path_of(e);
                 let bytes = std::fs::read(&path)
                     .map_err(|source| emollama_bundle::BundleError::FileUnreadable { path: path.clone(), source })?;
-                let rows: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let rows: Vec<f32> =
+                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
                 if rows.len() != 3 * width {
-                    return Err(emollama_bundle::BundleError::Inconsistent(format!("zero rows hold {} floats, expected {}", rows.len(), 3 * width)).into());
+                    return Err(emollama_bundle::BundleError::Inconsistent(format!(
+                        "zero rows hold {} floats, expected {}",
+                        rows.len(),
+                        3 * width
+                    ))
+                    .into());
                 }
                 rows
             }
             None => return Err(emollama_bundle::BundleError::MissingRole(Role::ZeroRows).into()),
         };
         let llm_entry = bundle.file(&Role::Llm).expect("open() checked the llm role");
-        let llm = Arc::new(LlmModel::load(&bundle.path_of(llm_entry), &ModelParams { n_gpu_layers: config.n_gpu_layers, use_mmap: true })?);
+        let llm = Arc::new(LlmModel::load(
+            &bundle.path_of(llm_entry),
+            &ModelParams { n_gpu_layers: config.n_gpu_layers, use_mmap: true },
+        )?);
         if llm.n_embd() != width {
             return Err(RuntimeError::LlmWidthMismatch { gguf: llm.n_embd() as u64, manifest: width as u64 });
         }
@@ -451,13 +490,17 @@ impl Runtime {
                     face_crops(&self.faces, idx.iter().filter_map(|i| decoded.frames.get(i).map(|f| (*i, f))))?.crops
                 }
                 true => {
-                    notes.push("the bundle has no face detector: local and temporal rows are the zero-feature rows".into());
+                    notes.push(
+                        "the bundle has no face detector: local and temporal rows are the zero-feature rows".into(),
+                    );
                     Vec::new()
                 }
             };
             timings.insert("faces".into(), ms(t));
             if crops.is_empty() && !self.faces.is_empty() {
-                notes.push("no face found: local and temporal rows are the zero-feature rows (as the official demo)".into());
+                notes.push(
+                    "no face found: local and temporal rows are the zero-feature rows (as the official demo)".into(),
+                );
             }
             if !crops.is_empty() {
                 let images: Vec<RgbImage> = crops.into_iter().map(|(_, c)| c).collect();
@@ -469,10 +512,11 @@ impl Runtime {
                 timings.insert("local_encoder".into(), ms(t));
                 let t = Instant::now();
                 let tp = &m.preprocess.temporal;
-                let picks: Vec<RgbImage> = videomae_indices(images.len(), tp.segments as usize, tp.frames_per_segment as usize)
-                    .into_iter()
-                    .map(|i| images[i].clone())
-                    .collect();
+                let picks: Vec<RgbImage> =
+                    videomae_indices(images.len(), tp.segments as usize, tp.frames_per_segment as usize)
+                        .into_iter()
+                        .map(|i| images[i].clone())
+                        .collect();
                 let clip = temporal_tensor(&picks, tp.image_size, f.scale).into_dyn();
                 dump.tensor("clip", &clip)?;
                 temporal_row = self.temporal.run(&[("clip", clip.view())])?[0].1.iter().copied().collect();
@@ -509,7 +553,8 @@ impl Runtime {
         let before = self.llm.tokenize(&prompt.before_rows, true, true)?;
         let after = self.llm.tokenize(&prompt.after_rows, false, true)?;
         let labels = req.task.labels();
-        let label_ids: Vec<Vec<i32>> = labels.iter().map(|l| self.llm.tokenize(l, false, false)).collect::<Result<_, _>>()?;
+        let label_ids: Vec<Vec<i32>> =
+            labels.iter().map(|l| self.llm.tokenize(l, false, false)).collect::<Result<_, _>>()?;
         let prompt_len = before.len() + rows.len() / width + after.len();
         timings.insert("prompt".into(), ms(t));
         let max_new = req.max_new_tokens.unwrap_or(500);
@@ -613,7 +658,14 @@ impl<'a> Dump<'a> {
         Ok(())
     }
 
-    fn prompt(&self, before: &[i32], after: &[i32], labels: &[&str], ids: &[Vec<i32>], max_new: usize) -> Result<(), RuntimeError> {
+    fn prompt(
+        &self,
+        before: &[i32],
+        after: &[i32],
+        labels: &[&str],
+        ids: &[Vec<i32>],
+        max_new: usize,
+    ) -> Result<(), RuntimeError> {
         let Some(dir) = self.dir else { return Ok(()) };
         let labels: serde_json::Map<String, serde_json::Value> =
             labels.iter().zip(ids).map(|(l, i)| (l.to_string(), serde_json::json!(i))).collect();

@@ -8,12 +8,14 @@ use serde::{Deserialize, Serialize};
 pub const PLACEHOLDER: &str = "<VideoHere>";
 
 /// The nine MERR labels, in the instruction's order.
-pub const LABELS_9: [&str; 9] = ["happy", "sad", "neutral", "angry", "worried", "surprise", "fear", "contempt", "doubt"];
+pub const LABELS_9: [&str; 9] =
+    ["happy", "sad", "neutral", "angry", "worried", "surprise", "fear", "contempt", "doubt"];
 /// MER2023/2024 scoring labels; any other answer scores as neutral.
 pub const LABELS_6: [&str; 6] = ["happy", "sad", "neutral", "angry", "worried", "surprise"];
 
 const EMOTION_9: &str = "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.";
-const EMOTION_6: &str = "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise.";
+const EMOTION_6: &str =
+    "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise.";
 /// `first_face.py` reasoning pool (L53-59).
 pub const REASON_POOL: [&str; 5] = [
     "Please analyze all the clues in the video and reason out the emotional label of the person in the video.",
@@ -93,11 +95,15 @@ pub fn build_prompt(layout: PromptLayout, task: &Task, transcript: Option<&str>)
         // first_face.py: "<video><VideoHere></video> <feature><FeatureHere></feature> {character_line} [{task}] {instruction} "
         // then prepare_texts: "<s>[INST] " + that + " [/INST]".
         PromptLayout::Eval => match task {
-            Task::Question { .. } => format!("<s>[INST] {video} {character_line} {} [/INST]", task.tagged_instruction()),
+            Task::Question { .. } => {
+                format!("<s>[INST] {video} {character_line} {} [/INST]", task.tagged_instruction())
+            }
             _ => format!("<s>[INST] {video} {character_line} {}  [/INST]", task.tagged_instruction()),
         },
         // Chat.upload_img + Chat.ask: the user turn is a second "<s>[INST] " with no separator.
-        PromptLayout::Demo => format!("<s>[INST] {video}<s>[INST] {character_line}{} [/INST]", task.tagged_instruction()),
+        PromptLayout::Demo => {
+            format!("<s>[INST] {video}<s>[INST] {character_line}{} [/INST]", task.tagged_instruction())
+        }
     };
     let (before, after) = full.split_once(PLACEHOLDER).expect("the template holds the placeholder");
     PromptText { before_rows: before.to_string(), after_rows: after.to_string() }
@@ -117,7 +123,7 @@ pub fn extract_label(answer: &str, labels: &[&str]) -> ExtractedLabel {
     let clean = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
     let last = answer.split(' ').next_back().unwrap_or_default().trim();
     let official = if labels.contains(&last) { last.to_string() } else { "neutral".to_string() };
-    let robust = answer.split_whitespace().map(clean).filter(|w| labels.contains(&w.as_str())).last();
+    let robust = answer.split_whitespace().map(clean).rfind(|w| labels.contains(&w.as_str()));
     ExtractedLabel { official, robust }
 }
 
@@ -135,7 +141,8 @@ mod tests {
 
     #[test]
     fn eval_prompt_text_has_the_official_quirks() {
-        let p = build_prompt(PromptLayout::Eval, &Task::Emotion { six_labels: false }, Some("I can't believe we made it"));
+        let p =
+            build_prompt(PromptLayout::Eval, &Task::Emotion { six_labels: false }, Some("I can't believe we made it"));
         assert_eq!(p.before_rows, "<s>[INST] <video>");
         assert_eq!(
             p.after_rows,

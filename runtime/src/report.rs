@@ -57,7 +57,11 @@ pub struct BundleReport {
 }
 
 /// Verify checksums, load each encoder (running one warm-up) and the LLM.
-pub fn inspect_bundle(dir: &Path, policy: &ProviderPolicy, ort_library: Option<&Path>) -> Result<BundleReport, RuntimeError> {
+pub fn inspect_bundle(
+    dir: &Path,
+    policy: &ProviderPolicy,
+    ort_library: Option<&Path>,
+) -> Result<BundleReport, RuntimeError> {
     let bundle = Bundle::open_verified(dir)?;
     let m = bundle.manifest();
     let rt = init_runtime(ort_library)?;
@@ -66,7 +70,14 @@ pub fn inspect_bundle(dir: &Path, policy: &ProviderPolicy, ort_library: Option<&
         let entry = bundle.file(role).expect("open() checked every engine role");
         let opts = EngineOptions { intra_threads: 0, policy: policy.clone(), model_sha256: entry.sha256.clone() };
         let t = Instant::now();
-        let engine = EncoderEngine::load(rt, role.as_str(), &bundle.path_of(entry), entry.inputs.clone(), entry.outputs.clone(), &opts)?;
+        let engine = EncoderEngine::load(
+            rt,
+            role.as_str(),
+            &bundle.path_of(entry),
+            entry.inputs.clone(),
+            entry.outputs.clone(),
+            &opts,
+        )?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         // Smallest sensible sizes for dynamic axes: one item, one second of audio.
@@ -131,7 +142,12 @@ impl BundleReport {
             s += "         SYNTHETIC: exact architectures with RANDOM weights; its answers mean nothing\n";
         }
         s += &format!("source   {} (exporter {})\n", self.source, self.exporter_version);
-        s += &format!("size     {:.1} MB, {} embedding rows of width {} per video\n", mb(self.total_bytes), self.rows, self.embedding_width);
+        s += &format!(
+            "size     {:.1} MB, {} embedding rows of width {} per video\n",
+            mb(self.total_bytes),
+            self.rows,
+            self.embedding_width
+        );
         s += &format!("onnx     ONNX Runtime {} from {}\n", self.onnxruntime, self.onnxruntime_library.display());
         s += "engines  (verified sha256, loaded, warmed up)\n";
         for e in &self.engines {
@@ -147,7 +163,13 @@ impl BundleReport {
         let l = &self.llm;
         s += &format!(
             "llm      {} ({:.1} MB): {}, {} parameters, width {}, vocabulary {}; loaded in {:.0} ms\n",
-            l.file, mb(l.bytes), l.description, l.parameters, l.embedding_width, l.vocab, l.load_ms
+            l.file,
+            mb(l.bytes),
+            l.description,
+            l.parameters,
+            l.embedding_width,
+            l.vocab,
+            l.load_ms
         );
         s += &format!("llama.cpp {}\n", self.llama_cpp_system);
         s

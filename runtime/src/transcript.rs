@@ -56,7 +56,8 @@ mod tests {
     fn srt_and_vtt_are_reduced_to_their_words() {
         let srt = "1\n00:00:00,000 --> 00:00:01,500\nI can't believe it.\n\n2\n00:00:01,500 --> 00:00:03,000\n<i>We made it!</i>\n";
         assert_eq!(subtitles_text(srt), "I can't believe it. We made it!");
-        let vtt = "WEBVTT\n\nNOTE a comment\nspanning lines\n\n00:00.000 --> 00:01.000 align:start\n<v Ann>Hello there.\n";
+        let vtt =
+            "WEBVTT\n\nNOTE a comment\nspanning lines\n\n00:00.000 --> 00:01.000 align:start\n<v Ann>Hello there.\n";
         assert_eq!(subtitles_text(vtt), "Hello there.");
     }
 }

@@ -57,7 +57,8 @@ fn check_against_reference(mode: Mode) {
     };
     let result = runtime().analyze(&req, None, |_| {}).unwrap();
     let want = reference(dump.path());
-    let greedy: Vec<i32> = want["greedy_tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect();
+    let greedy: Vec<i32> =
+        want["greedy_tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect();
     let n = result.answer_tokens.len();
     assert!(n > 0);
     assert_eq!(&result.answer_tokens[..], &greedy[..n.min(greedy.len())], "{mode:?}: greedy tokens");
@@ -107,23 +108,37 @@ fn a_bare_label_answer_is_the_argmax_of_the_scores() {
     let scores = r.label_scores.unwrap();
     let best = scores.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0.clone();
     let first = r.answer_tokens[0];
-    let single_token_labels = [(9796, "happy"), (14610, "sad"), (21104, "neutral"), (26230, "angry"), (16671, "surprise"), (8866, "fear"), (7404, "doubt")];
+    let single_token_labels = [
+        (9796, "happy"),
+        (14610, "sad"),
+        (21104, "neutral"),
+        (26230, "angry"),
+        (16671, "surprise"),
+        (8866, "fear"),
+        (7404, "doubt"),
+    ];
     if let Some((_, label)) = single_token_labels.iter().find(|(t, _)| *t == first) {
         assert_eq!(&best, label);
     }
     // And the fast preset's label is that arg-max, with no generation at all.
-    let fast = rt.analyze(&AnalyzeRequest { preset: Preset::Fast, ..AnalyzeRequest::new(talking_face()) }, None, |_| {}).unwrap();
+    let fast = rt
+        .analyze(&AnalyzeRequest { preset: Preset::Fast, ..AnalyzeRequest::new(talking_face()) }, None, |_| {})
+        .unwrap();
     assert_eq!(fast.label.as_deref(), Some(best.as_str()));
     assert!(fast.answer_tokens.is_empty() && fast.text.is_empty());
     let t = &fast.timings_ms;
-    println!("fast preset: prefill {:.1} ms, label scores {:.1} ms (prompt {} positions)", t["prefill"], t["label_scores"], fast.tokens.prompt);
+    println!(
+        "fast preset: prefill {:.1} ms, label scores {:.1} ms (prompt {} positions)",
+        t["prefill"], t["label_scores"], fast.tokens.prompt
+    );
 }
 
 #[test]
 fn tasks_layouts_and_missing_inputs_are_reported() {
     let rt = runtime();
     let no_audio = common::media_dir().join("no-audio.mp4").to_str().unwrap().to_string();
-    let r = rt.analyze(&AnalyzeRequest { max_new_tokens: Some(4), ..AnalyzeRequest::new(no_audio) }, None, |_| {}).unwrap();
+    let r =
+        rt.analyze(&AnalyzeRequest { max_new_tokens: Some(4), ..AnalyzeRequest::new(no_audio) }, None, |_| {}).unwrap();
     assert!(r.notes.iter().any(|n| n.contains("no audio")), "{:?}", r.notes);
     assert!(!r.transcript_used);
     let pattern = common::media_dir().join("test-pattern.mp4").to_str().unwrap().to_string();
@@ -139,10 +154,25 @@ fn tasks_layouts_and_missing_inputs_are_reported() {
     assert!(r.notes.iter().any(|n| n.contains("no face")), "{:?}", r.notes);
     assert!(r.label.is_none() && r.label_scores.is_none(), "reason task: no label scoring");
     assert_eq!(streamed.trim(), r.text);
-    for stage in ["decode_video", "decode_audio", "faces", "global_encoder", "audio_encoder", "prompt", "prefill", "first_token", "generation", "total"] {
+    for stage in [
+        "decode_video",
+        "decode_audio",
+        "faces",
+        "global_encoder",
+        "audio_encoder",
+        "prompt",
+        "prefill",
+        "first_token",
+        "generation",
+        "total",
+    ] {
         assert!(r.timings_ms.contains_key(stage), "missing timing {stage}");
     }
-    let q = AnalyzeRequest { task: Task::Question { text: "Is the person smiling?".into() }, max_new_tokens: Some(3), ..AnalyzeRequest::new(talking_face()) };
+    let q = AnalyzeRequest {
+        task: Task::Question { text: "Is the person smiling?".into() },
+        max_new_tokens: Some(3),
+        ..AnalyzeRequest::new(talking_face())
+    };
     assert_eq!(rt.analyze(&q, None, |_| {}).unwrap().task, "question");
 }
 
@@ -163,7 +193,19 @@ fn cli_json_has_every_field_and_bad_input_exits_non_zero() {
     let out = emollama(&["analyze", clip.to_str().unwrap(), "--bundle", b, "--json", "--max-new-tokens", "8"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in ["label", "label_scores", "text", "task", "mode", "transcript_used", "timings_ms", "tokens", "providers", "bundle", "device"] {
+    for key in [
+        "label",
+        "label_scores",
+        "text",
+        "task",
+        "mode",
+        "transcript_used",
+        "timings_ms",
+        "tokens",
+        "providers",
+        "bundle",
+        "device",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     assert_eq!(v["transcript_used"], true, "the .srt beside the video is used");
@@ -227,7 +269,10 @@ fn prompt_plans_tokenize_to_the_spec_golden_ids() {
     let eval = build_prompt(PromptLayout::Eval, &task, Some("We made it"));
     assert_eq!(m.tokenize(&eval.before_rows, true, true).unwrap(), vec![1, 1, 518, 25580, 29962, 529, 9641, 29958]);
     let after = m.tokenize(&eval.after_rows, false, true).unwrap();
-    assert_eq!(&after[..17], &[1533, 9641, 29958, 529, 14394, 5299, 19132, 10605, 2565, 14394, 29958, 450, 2022, 297, 4863, 4083, 29901]);
+    assert_eq!(
+        &after[..17],
+        &[1533, 9641, 29958, 529, 14394, 5299, 19132, 10605, 2565, 14394, 29958, 450, 2022, 297, 4863, 4083, 29901]
+    );
     assert!(after.windows(7).any(|w| w == [29871, 518, 331, 8194, 29962, 3529, 8161]), "{after:?}");
     assert!(after.ends_with(&[29871, 518, 29914, 25580, 29962]));
     // Demo: the second user turn brings a third BOS mid-sequence, right before "[INST]".
@@ -246,15 +291,28 @@ fn prompt_plans_tokenize_to_the_spec_golden_ids() {
 fn a_requantized_bundle_verifies_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q8");
-    let m = emollama_export::requantize_bundle(&common::bundle_dir(), &out, emollama_engines::llm::QuantType::Q8_0, 2).unwrap();
+    let m = emollama_export::requantize_bundle(&common::bundle_dir(), &out, emollama_engines::llm::QuantType::Q8_0, 2)
+        .unwrap();
     let llm = m.files.iter().find(|f| f.role == emollama_bundle::Role::Llm).unwrap();
     assert_eq!((llm.precision.as_str(), llm.path.as_str()), ("q8_0", "llm-q8_0.gguf"));
     let bundle = emollama_bundle::Bundle::open_verified(&out).unwrap();
-    assert!(bundle.file(&emollama_bundle::Role::Llm).unwrap().size < std::fs::metadata(common::bundle_dir().join("llm-f32.gguf")).unwrap().len());
+    assert!(
+        bundle.file(&emollama_bundle::Role::Llm).unwrap().size
+            < std::fs::metadata(common::bundle_dir().join("llm-f32.gguf")).unwrap().len()
+    );
     // Refuses to overwrite; nothing half-written is left beside it.
-    assert!(matches!(emollama_export::requantize_bundle(&common::bundle_dir(), &out, emollama_engines::llm::QuantType::Q8_0, 2), Err(emollama_export::ExportError::OutputExists(_))));
+    assert!(matches!(
+        emollama_export::requantize_bundle(&common::bundle_dir(), &out, emollama_engines::llm::QuantType::Q8_0, 2),
+        Err(emollama_export::ExportError::OutputExists(_))
+    ));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     let rt = Runtime::new(&out, RuntimeConfig { threads: 2, ..RuntimeConfig::default() }).unwrap();
-    let r = rt.analyze(&AnalyzeRequest { preset: Preset::Fast, mode: Mode::OfficialDemo, ..AnalyzeRequest::new(talking_face()) }, None, |_| {}).unwrap();
+    let r = rt
+        .analyze(
+            &AnalyzeRequest { preset: Preset::Fast, mode: Mode::OfficialDemo, ..AnalyzeRequest::new(talking_face()) },
+            None,
+            |_| {},
+        )
+        .unwrap();
     assert!(r.label.is_some());
 }

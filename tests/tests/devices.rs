@@ -28,11 +28,24 @@ fn repo() -> PathBuf {
 fn profiles_and_doctor() {
     let all = json(&emollama(&["profiles", "--json"], &[]));
     let names: Vec<&str> = all.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    for want in ["orin-nano-8gb", "orin-nano-8gb-super", "orin-nx-8gb", "orin-nx-16gb", "agx-orin-32gb", "agx-orin-64gb", "agx-thor", "x86-cpu", "x86-cuda"] {
+    for want in [
+        "orin-nano-8gb",
+        "orin-nano-8gb-super",
+        "orin-nx-8gb",
+        "orin-nx-16gb",
+        "agx-orin-32gb",
+        "agx-orin-64gb",
+        "agx-thor",
+        "x86-cpu",
+        "x86-cuda",
+    ] {
         assert!(names.contains(&want), "{want}");
     }
     let here = json(&emollama(&["doctor", "--json"], &[]));
-    println!("doctor: profile {} ONNX Runtime {} providers {}", here["profile"], here["onnxruntime"]["version"], here["onnxruntime"]["providers_available"]);
+    println!(
+        "doctor: profile {} ONNX Runtime {} providers {}",
+        here["profile"], here["onnxruntime"]["version"], here["onnxruntime"]["providers_available"]
+    );
     if std::env::consts::ARCH == "x86_64" && !Path::new("/dev/nvidia0").exists() {
         assert_eq!(here["profile"], "x86-cpu");
     }
@@ -40,10 +53,21 @@ fn profiles_and_doctor() {
     assert!(here["onnxruntime"]["providers_available"].as_array().unwrap().iter().any(|p| p == "cpu"));
     assert_eq!(here["llama_cpp_backend"], "cpu");
     let board = repo().join("devices/tests/boards/orin-nano-8gb-jp61-7w");
-    let nano = json(&emollama(&["doctor", "--json", "--root", board.to_str().unwrap(), "--bundle", repo().join("devices/manifests/emotion-llama-7b").to_str().unwrap()], &[]));
+    let nano = json(&emollama(
+        &[
+            "doctor",
+            "--json",
+            "--root",
+            board.to_str().unwrap(),
+            "--bundle",
+            repo().join("devices/manifests/emotion-llama-7b").to_str().unwrap(),
+        ],
+        &[],
+    ));
     assert_eq!(nano["profile"], "orin-nano-8gb");
     assert_eq!(nano["host"]["jetpack"], "6.1");
-    let problems: Vec<String> = nano["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let problems: Vec<String> =
+        nano["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
     assert!(problems.iter().any(|p| p.contains("power mode is 7W")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("llama.cpp runs on the CPU")), "{problems:?}");
     assert_eq!(nano["plan"]["outcome"], "fits_in_turn");
@@ -54,8 +78,13 @@ fn plan_every_profile_for_the_synthetic_and_the_real_bundle() {
     let synthetic = json(&emollama(&["plan", "--json", "--bundle", common::bundle_dir().to_str().unwrap()], &[]));
     assert_eq!(synthetic.as_array().unwrap().len(), 9);
     assert!(synthetic.as_array().unwrap().iter().all(|p| p["outcome"] == "fits_resident"));
-    let real = json(&emollama(&["plan", "--json", "--bundle", repo().join("devices/manifests/emotion-llama-7b").to_str().unwrap()], &[]));
-    let outcome = |name: &str| real.as_array().unwrap().iter().find(|p| p["profile"] == name).unwrap()["outcome"].as_str().unwrap().to_string();
+    let real = json(&emollama(
+        &["plan", "--json", "--bundle", repo().join("devices/manifests/emotion-llama-7b").to_str().unwrap()],
+        &[],
+    ));
+    let outcome = |name: &str| {
+        real.as_array().unwrap().iter().find(|p| p["profile"] == name).unwrap()["outcome"].as_str().unwrap().to_string()
+    };
     assert_eq!(outcome("orin-nx-16gb"), "fits_resident");
     assert_eq!(outcome("orin-nano-8gb"), "fits_in_turn");
     for p in real.as_array().unwrap() {
@@ -70,13 +99,24 @@ fn startup_plan_refuses_a_bundle_that_cannot_fit() {
     let config = tempfile::tempdir().unwrap();
     let dir = config.path().join("emollama/profiles");
     std::fs::create_dir_all(&dir).unwrap();
-    let tiny = std::fs::read_to_string(repo().join("devices/profiles/x86-cpu.toml")).unwrap()
+    let tiny = std::fs::read_to_string(repo().join("devices/profiles/x86-cpu.toml"))
+        .unwrap()
         .replace("name = \"x86-cpu\"", "name = \"tiny-board\"")
         .replace("memory_total_gb = 16.0", "memory_total_gb = 0.5")
         .replace("usable_headless_gb = 14.0", "usable_headless_gb = 0.01");
     std::fs::write(dir.join("tiny.toml"), tiny).unwrap();
     let media = common::media_dir().join("talking-face.mp4");
-    let out = emollama(&["analyze", media.to_str().unwrap(), "--bundle", common::bundle_dir().to_str().unwrap(), "--profile", "tiny-board"], &[("XDG_CONFIG_HOME", config.path())]);
+    let out = emollama(
+        &[
+            "analyze",
+            media.to_str().unwrap(),
+            "--bundle",
+            common::bundle_dir().to_str().unwrap(),
+            "--profile",
+            "tiny-board",
+        ],
+        &[("XDG_CONFIG_HOME", config.path())],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     println!("{err}");
@@ -89,13 +129,47 @@ fn bench_reports_every_field_and_writes_markdown_json_svg() {
     let out_dir = tempfile::tempdir().unwrap();
     let media = common::media_dir().join("test-pattern.mp4");
     let v = json(&emollama(
-        &["bench", "--json", "--profile", "x86-cpu", "--bundle", common::bundle_dir().to_str().unwrap(), "--media", media.to_str().unwrap(),
-          "--runs", "3", "--warmup", "1", "--max-new-tokens", "16", "--out", out_dir.path().to_str().unwrap()],
+        &[
+            "bench",
+            "--json",
+            "--profile",
+            "x86-cpu",
+            "--bundle",
+            common::bundle_dir().to_str().unwrap(),
+            "--media",
+            media.to_str().unwrap(),
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--max-new-tokens",
+            "16",
+            "--out",
+            out_dir.path().to_str().unwrap(),
+        ],
         &[],
     ));
-    for key in ["profile", "device", "power_mode", "emollama_version", "git_revision", "onnxruntime", "llama_cpp_system", "bundle", "providers",
-        "cold_start_ms", "stages_ms", "time_to_first_token_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "bandwidth_gb_s",
-        "decode_ceiling_tok_s", "decode_pct_of_ceiling", "raw_llama_cpp"] {
+    for key in [
+        "profile",
+        "device",
+        "power_mode",
+        "emollama_version",
+        "git_revision",
+        "onnxruntime",
+        "llama_cpp_system",
+        "bundle",
+        "providers",
+        "cold_start_ms",
+        "stages_ms",
+        "time_to_first_token_ms",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "peak_rss_mb",
+        "bandwidth_gb_s",
+        "decode_ceiling_tok_s",
+        "decode_pct_of_ceiling",
+        "raw_llama_cpp",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     let ratio = v["raw_llama_cpp"]["ratio"].as_f64().unwrap();
@@ -118,8 +192,25 @@ fn bench_reports_every_field_and_writes_markdown_json_svg() {
     let old = out_dir.path().join("old.json");
     std::fs::copy(out_dir.path().join("bench.json"), &old).unwrap();
     let again = emollama(
-        &["bench", "--profile", "x86-cpu", "--bundle", common::bundle_dir().to_str().unwrap(), "--media", media.to_str().unwrap(),
-          "--runs", "1", "--warmup", "0", "--max-new-tokens", "4", "--out", out_dir.path().to_str().unwrap(), "--compare", old.to_str().unwrap()],
+        &[
+            "bench",
+            "--profile",
+            "x86-cpu",
+            "--bundle",
+            common::bundle_dir().to_str().unwrap(),
+            "--media",
+            media.to_str().unwrap(),
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            out_dir.path().to_str().unwrap(),
+            "--compare",
+            old.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));

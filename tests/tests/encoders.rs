@@ -37,12 +37,8 @@ fn every_engine_matches_pytorch_at_both_golden_sizes() {
         let cases = goldens["engines"][engine_name(role)].as_array().unwrap();
         assert_eq!(cases.len(), 2, "two input sizes per engine");
         for (i, case) in cases.iter().enumerate() {
-            let inputs: Vec<(String, ArrayD<f32>)> = case["inputs"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), common::tensor(v)))
-                .collect();
+            let inputs: Vec<(String, ArrayD<f32>)> =
+                case["inputs"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), common::tensor(v))).collect();
             let feeds: Vec<(&str, ArrayViewD<'_, f32>)> = inputs.iter().map(|(k, a)| (k.as_str(), a.view())).collect();
             let outputs = engine.run(&feeds).unwrap();
             for (name, got) in &outputs {

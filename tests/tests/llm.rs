@@ -11,8 +11,8 @@ use std::sync::{Arc, OnceLock};
 
 use emollama_engines::llm::gguf::GgufFile;
 use emollama_engines::llm::{
-    apply_repetition_penalty, quantize, ContextParams, FlashAttention, KvCacheType, GenerateOptions, LlmContext, LlmModel, ModelParams, QuantType,
-    Sampler, SamplingParams, Segment, StopReason,
+    apply_repetition_penalty, quantize, ContextParams, FlashAttention, GenerateOptions, KvCacheType, LlmContext,
+    LlmModel, ModelParams, QuantType, Sampler, SamplingParams, Segment, StopReason,
 };
 use emollama_engines::EngineError;
 
@@ -60,17 +60,30 @@ fn eval_prompt_tokenizes_to_the_spec_golden_ids() {
     // Segment 0 with add_special (BOS) and parse_special (the literal "<s>" → id 1).
     assert_eq!(m.tokenize("<s>[INST] <video>", true, true).unwrap(), vec![1, 1, 518, 25580, 29962, 529, 9641, 29958]);
     let seg1 = m.tokenize(EVAL_SUFFIX, false, true).unwrap();
-    let head = [1533, 9641, 29958, 529, 14394, 5299, 19132, 10605, 2565, 14394, 29958, 450, 2022, 297, 4863, 4083, 29901];
+    let head =
+        [1533, 9641, 29958, 529, 14394, 5299, 19132, 10605, 2565, 14394, 29958, 450, 2022, 297, 4863, 4083, 29901];
     assert_eq!(&seg1[..head.len()], &head);
     let task = [29871, 518, 331, 8194, 29962, 3529, 8161];
     assert!(seg1.windows(task.len()).any(|w| w == task), "'  [emotion] Please determine' ids in {seg1:?}");
     assert!(seg1.ends_with(&[29871, 518, 29914, 25580, 29962]), "trailing '  [/INST]': {seg1:?}");
     // Label tokens of spec §4.3.
-    for (label, ids) in [("happy", vec![9796]), ("sad", vec![14610]), ("neutral", vec![21104]), ("angry", vec![26230]),
-        ("surprise", vec![16671]), ("fear", vec![8866]), ("doubt", vec![7404]), ("worried", vec![6365, 1255]), ("contempt", vec![640, 3456])] {
+    for (label, ids) in [
+        ("happy", vec![9796]),
+        ("sad", vec![14610]),
+        ("neutral", vec![21104]),
+        ("angry", vec![26230]),
+        ("surprise", vec![16671]),
+        ("fear", vec![8866]),
+        ("doubt", vec![7404]),
+        ("worried", vec![6365, 1255]),
+        ("contempt", vec![640, 3456]),
+    ] {
         assert_eq!(m.tokenize(label, false, false).unwrap(), ids, "{label}");
     }
-    assert_eq!(m.tokenize("I feel happy today, because", true, false).unwrap(), vec![1, 306, 4459, 9796, 9826, 29892, 1363]);
+    assert_eq!(
+        m.tokenize("I feel happy today, because", true, false).unwrap(),
+        vec![1, 306, 4459, 9796, 9826, 29892, 1363]
+    );
     assert_eq!((m.bos(), m.eos(), m.n_vocab()), (1, 2, 32000));
 }
 
@@ -118,7 +131,9 @@ fn splice_of_token_embedding_rows_is_bit_identical_f16() {
 
 fn golden_segments() -> (Vec<i32>, Vec<f32>, Vec<i32>) {
     let g = &common::goldens()["llm"]["segments"];
-    let ids = |v: &serde_json::Value| v["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect::<Vec<_>>();
+    let ids = |v: &serde_json::Value| {
+        v["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect::<Vec<_>>()
+    };
     let rows = common::tensor(&g[1]["embeddings"]).into_raw_vec_and_offset().0;
     (ids(&g[0]), rows, ids(&g[2]))
 }
@@ -128,7 +143,8 @@ fn spliced_golden_prompt_matches_transformers() {
     let m = model(&f32_gguf());
     let (prefix, rows, suffix) = golden_segments();
     let mut ctx = context(&m, 512);
-    let report = ctx.prefill(&[Segment::Tokens(&prefix), Segment::Embeddings(&rows), Segment::Tokens(&suffix)], true).unwrap();
+    let report =
+        ctx.prefill(&[Segment::Tokens(&prefix), Segment::Embeddings(&rows), Segment::Tokens(&suffix)], true).unwrap();
     assert_eq!(report.rows, prefix.len() + 260 + suffix.len());
     let want = common::tensor(&common::goldens()["llm"]["logits_at_segment_ends"]);
     for (i, got) in report.segment_logits.iter().enumerate() {
@@ -137,8 +153,12 @@ fn spliced_golden_prompt_matches_transformers() {
         println!("segment {i}: max |llama.cpp - transformers| = {diff:.3e}");
         assert!(diff <= 1e-3, "segment {i}: {diff}");
     }
-    let golden_greedy: Vec<i32> =
-        common::goldens()["llm"]["greedy_tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect();
+    let golden_greedy: Vec<i32> = common::goldens()["llm"]["greedy_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap() as i32)
+        .collect();
     let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
     // The random model may emit EOS; the golden loop did not stop, so neither do we here.
     let mut tokens = Vec::new();
@@ -201,7 +221,12 @@ fn streaming_delivers_pieces_that_add_up_and_stops_as_asked() {
     let mut pieces = Vec::new();
     let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
     let opts = GenerateOptions { max_new_tokens: 20, stop_strings: vec![] };
-    let g = ctx.generate(&mut sampler, &opts, None, |p| { pieces.push(p.to_string()); ControlFlow::Continue(()) }).unwrap();
+    let g = ctx
+        .generate(&mut sampler, &opts, None, |p| {
+            pieces.push(p.to_string());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     assert!(pieces.len() > 1, "streamed in pieces: {pieces:?}");
     assert_eq!(pieces.concat(), g.text);
     assert!(matches!(g.stop, StopReason::MaxTokens | StopReason::EndOfSequence));
@@ -215,7 +240,12 @@ fn streaming_delivers_pieces_that_add_up_and_stops_as_asked() {
     let mut streamed = String::new();
     let opts = GenerateOptions { max_new_tokens: 20, stop_strings: vec![stop.clone()] };
     let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
-    let s = ctx.generate(&mut sampler, &opts, None, |p| { streamed.push_str(p); ControlFlow::Continue(()) }).unwrap();
+    let s = ctx
+        .generate(&mut sampler, &opts, None, |p| {
+            streamed.push_str(p);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!(s.stop, StopReason::StopString);
     assert!(!s.text.contains(&stop) && g.text.starts_with(&s.text), "{:?} / {:?} / {stop:?}", s.text, g.text);
     assert_eq!(streamed, s.text);
@@ -224,11 +254,19 @@ fn streaming_delivers_pieces_that_add_up_and_stops_as_asked() {
     let mut ctx = context(&m, 256);
     ctx.prefill(&[Segment::Tokens(&prompt)], false).unwrap();
     let cancelled = AtomicBool::new(true);
-    let c = ctx.generate(&mut Sampler::new(SamplingParams::greedy()).unwrap(), &opts, Some(&cancelled), |_| ControlFlow::Continue(())).unwrap();
+    let c = ctx
+        .generate(&mut Sampler::new(SamplingParams::greedy()).unwrap(), &opts, Some(&cancelled), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!((c.stop, c.tokens.len()), (StopReason::Cancelled, 0));
     let mut ctx = context(&m, 256);
     ctx.prefill(&[Segment::Tokens(&prompt)], false).unwrap();
-    let b = ctx.generate(&mut Sampler::new(SamplingParams::greedy()).unwrap(), &GenerateOptions::default(), None, |_| ControlFlow::Break(())).unwrap();
+    let b = ctx
+        .generate(&mut Sampler::new(SamplingParams::greedy()).unwrap(), &GenerateOptions::default(), None, |_| {
+            ControlFlow::Break(())
+        })
+        .unwrap();
     assert_eq!(b.stop, StopReason::Cancelled);
     assert!(b.tokens.len() <= 3);
 }
@@ -288,7 +326,10 @@ fn bad_model_files_are_specific_errors_and_the_process_keeps_working() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let t = LlmModel::load(&truncated, &ModelParams::default());
     assert!(matches!(t, Err(EngineError::ModelLoad { .. })), "{t:?}");
-    assert!(matches!(quantize(&truncated, &tmp.path().join("q.gguf"), QuantType::Q8_0, 1), Err(EngineError::Quantize { .. })));
+    assert!(matches!(
+        quantize(&truncated, &tmp.path().join("q.gguf"), QuantType::Q8_0, 1),
+        Err(EngineError::Quantize { .. })
+    ));
     assert!(!tmp.path().join("q.gguf").exists() && !tmp.path().join("q.gguf.partial").exists(), "nothing half-written");
 
     // The real model still loads and runs after all of that.
@@ -305,7 +346,9 @@ fn bad_prompts_are_rejected_before_touching_the_cache() {
     let n_ctx = ctx.n_ctx() as usize; // llama.cpp may round the size up
     let rows = vec![0.0f32; (n_ctx - 1) * m.n_embd()];
     match ctx.prefill(&[Segment::Tokens(&[1, 2]), Segment::Embeddings(&rows)], false) {
-        Err(EngineError::ContextOverflow { needed, n_ctx: got }) => assert_eq!((needed, got as usize), (n_ctx + 1, n_ctx)),
+        Err(EngineError::ContextOverflow { needed, n_ctx: got }) => {
+            assert_eq!((needed, got as usize), (n_ctx + 1, n_ctx))
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(ctx.n_past(), 0, "nothing was decoded");
@@ -316,7 +359,11 @@ fn bad_prompts_are_rejected_before_touching_the_cache() {
     assert!(matches!(ctx.logits(), Err(EngineError::NoLogits)));
     // Generation that reaches the end of the context stops cleanly.
     ctx.prefill(&[Segment::Tokens(&vec![306; n_ctx - 4])], false).unwrap();
-    let g = ctx.generate(&mut Sampler::new(SamplingParams::greedy()).unwrap(), &GenerateOptions::default(), None, |_| ControlFlow::Continue(())).unwrap();
+    let g = ctx
+        .generate(&mut Sampler::new(SamplingParams::greedy()).unwrap(), &GenerateOptions::default(), None, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     assert!(matches!(g.stop, StopReason::ContextFull | StopReason::EndOfSequence), "{:?}", g.stop);
     assert!(ctx.n_past() <= n_ctx);
 }

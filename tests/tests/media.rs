@@ -15,7 +15,11 @@ use emollama_runtime::media::{
 };
 
 fn ffmpeg(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("ffmpeg").args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]).args(args).output().unwrap();
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
@@ -41,22 +45,98 @@ fn clips() -> &'static (tempfile::TempDir, Vec<(String, PathBuf)>) {
         let lavfi = |v: &str| vec!["-f".to_string(), "lavfi".into(), "-i".into(), v.into()];
         let with_audio = |v: &str, a: &str| [lavfi(v), lavfi(a)].concat();
         let sv = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        make("h264-aac.mp4", [with_audio(src, tone), sv(&["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-shortest"])].concat());
-        make("odd-151x97.mkv", [lavfi("testsrc=size=151x97:rate=25:duration=1"), sv(&["-c:v", "ffv1", "-pix_fmt", "yuv444p"])].concat());
-        make("odd-151x97-420.mkv", [lavfi("testsrc=size=151x97:rate=25:duration=1"), sv(&["-c:v", "ffv1", "-pix_fmt", "yuv420p"])].concat());
-        make("hevc.mkv", [with_audio(src, tone), sv(&["-c:v", "libx265", "-x265-params", "log-level=none", "-pix_fmt", "yuv420p", "-c:a", "libopus", "-shortest"])].concat());
-        make("vp9.webm", [with_audio(src, tone), sv(&["-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus", "-shortest"])].concat());
-        make("mpeg4-mp3.avi", [with_audio(src, tone), sv(&["-c:v", "mpeg4", "-c:a", "libmp3lame", "-shortest"])].concat());
-        make("pcm.mov", [with_audio(src, tone), sv(&["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "pcm_s16le", "-shortest"])].concat());
-        make("10bit.mkv", [lavfi(src), sv(&["-c:v", "libx265", "-x265-params", "log-level=none", "-pix_fmt", "yuv420p10le"])].concat());
+        make(
+            "h264-aac.mp4",
+            [
+                with_audio(src, tone),
+                sv(&["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-shortest"]),
+            ]
+            .concat(),
+        );
+        make(
+            "odd-151x97.mkv",
+            [lavfi("testsrc=size=151x97:rate=25:duration=1"), sv(&["-c:v", "ffv1", "-pix_fmt", "yuv444p"])].concat(),
+        );
+        make(
+            "odd-151x97-420.mkv",
+            [lavfi("testsrc=size=151x97:rate=25:duration=1"), sv(&["-c:v", "ffv1", "-pix_fmt", "yuv420p"])].concat(),
+        );
+        make(
+            "hevc.mkv",
+            [
+                with_audio(src, tone),
+                sv(&[
+                    "-c:v",
+                    "libx265",
+                    "-x265-params",
+                    "log-level=none",
+                    "-pix_fmt",
+                    "yuv420p",
+                    "-c:a",
+                    "libopus",
+                    "-shortest",
+                ]),
+            ]
+            .concat(),
+        );
+        make(
+            "vp9.webm",
+            [
+                with_audio(src, tone),
+                sv(&["-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus", "-shortest"]),
+            ]
+            .concat(),
+        );
+        make(
+            "mpeg4-mp3.avi",
+            [with_audio(src, tone), sv(&["-c:v", "mpeg4", "-c:a", "libmp3lame", "-shortest"])].concat(),
+        );
+        make(
+            "pcm.mov",
+            [with_audio(src, tone), sv(&["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "pcm_s16le", "-shortest"])]
+                .concat(),
+        );
+        make(
+            "10bit.mkv",
+            [lavfi(src), sv(&["-c:v", "libx265", "-x265-params", "log-level=none", "-pix_fmt", "yuv420p10le"])]
+                .concat(),
+        );
         make("gray.mkv", [lavfi(src), sv(&["-c:v", "ffv1", "-pix_fmt", "gray"])].concat());
         // Variable frame rate: timestamps jitter, frames kept as they are.
-        make("vfr.mkv", [lavfi(src), sv(&["-vf", "setpts='PTS+0.3*random(0)/TB'", "-fps_mode", "passthrough", "-c:v", "libx264", "-pix_fmt", "yuv420p"])].concat());
+        make(
+            "vfr.mkv",
+            [
+                lavfi(src),
+                sv(&[
+                    "-vf",
+                    "setpts='PTS+0.3*random(0)/TB'",
+                    "-fps_mode",
+                    "passthrough",
+                    "-c:v",
+                    "libx264",
+                    "-pix_fmt",
+                    "yuv420p",
+                ]),
+            ]
+            .concat(),
+        );
         // Rotation metadata (display matrix) on an H.264 stream.
         let base = p("rot-base.mp4");
-        ffmpeg(&[lavfi("testsrc2=size=96x64:rate=25:duration=0.6"), sv(&["-c:v", "libx264", "-pix_fmt", "yuv420p", &s(&base)])].concat().iter().map(String::as_str).collect::<Vec<_>>());
+        ffmpeg(
+            &[
+                lavfi("testsrc2=size=96x64:rate=25:duration=0.6"),
+                sv(&["-c:v", "libx264", "-pix_fmt", "yuv420p", &s(&base)]),
+            ]
+            .concat()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        );
         for deg in [90, 180, 270] {
-            make(&format!("rot{deg}.mp4"), sv(&["-i", &s(&base), "-c", "copy", "-metadata:s:v:0", &format!("rotate={deg}")]));
+            make(
+                &format!("rot{deg}.mp4"),
+                sv(&["-i", &s(&base), "-c", "copy", "-metadata:s:v:0", &format!("rotate={deg}")]),
+            );
         }
         (dir, made)
     })
@@ -82,8 +162,13 @@ fn frames_are_byte_identical_to_the_ffmpeg_cli() {
         for (i, img) in &ours.frames {
             assert!(img.data == cli[i * frame_bytes..(i + 1) * frame_bytes], "{name}: frame {i} differs from the CLI");
         }
-        println!("{name}: {} frames {}x{} identical to the CLI (rotation {})", ours.total, first.width, first.height,
-            ours.info.video.as_ref().unwrap().rotation);
+        println!(
+            "{name}: {} frames {}x{} identical to the CLI (rotation {})",
+            ours.total,
+            first.width,
+            first.height,
+            ours.info.video.as_ref().unwrap().rotation
+        );
     }
 }
 
@@ -91,7 +176,9 @@ fn frames_are_byte_identical_to_the_ffmpeg_cli() {
 fn rotation_metadata_is_honoured() {
     let limits = MediaLimits::default();
     for (name, path) in &clips().1 {
-        if let Some(deg) = name.strip_prefix("rot").and_then(|s| s.strip_suffix(".mp4")).and_then(|d| d.parse::<u32>().ok()) {
+        if let Some(deg) =
+            name.strip_prefix("rot").and_then(|s| s.strip_suffix(".mp4")).and_then(|d| d.parse::<u32>().ok())
+        {
             let info = probe(path.to_str().unwrap(), &limits).unwrap();
             assert_eq!(info.video.as_ref().unwrap().rotation, deg, "{name}");
             let frames = decode_frames(path.to_str().unwrap(), &limits, &[FrameSelection::First]).unwrap();
@@ -132,9 +219,12 @@ fn cli_audio(path: &Path) -> Vec<f32> {
 #[test]
 fn audio_is_sample_exact_with_the_ffmpeg_cli() {
     let limits = MediaLimits::default();
-    let mut clips: Vec<(String, PathBuf)> = clips().1.iter().filter(|(n, _)| {
-        ["h264-aac.mp4", "hevc.mkv", "vp9.webm", "mpeg4-mp3.avi", "pcm.mov"].contains(&n.as_str())
-    }).cloned().collect();
+    let mut clips: Vec<(String, PathBuf)> = clips()
+        .1
+        .iter()
+        .filter(|(n, _)| ["h264-aac.mp4", "hevc.mkv", "vp9.webm", "mpeg4-mp3.avi", "pcm.mov"].contains(&n.as_str()))
+        .cloned()
+        .collect();
     clips.push(("talking-face.mp4".into(), common::media_dir().join("talking-face.mp4")));
     clips.push(("speech.wav".into(), common::media_dir().join("speech.wav")));
     for (name, path) in &clips {
@@ -153,25 +243,30 @@ fn golden(name: &str) -> Vec<u8> {
 
 #[test]
 fn resizing_matches_pil_and_torchvision() {
-    let index: serde_json::Value =
-        serde_json::from_slice(&golden("index.json")).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&golden("index.json")).unwrap();
     let mean = [0.48145466f32, 0.4578275, 0.40821073];
-    let std = [0.26862954f32, 0.26130258, 0.27577711];
+    let std = [0.26862954f32, 0.261_302_6, 0.275_777_1];
     for case in index["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let (w, h) = (case["width"].as_u64().unwrap() as u32, case["height"].as_u64().unwrap() as u32);
         let input = RgbImage::new(w, h, golden(&format!("{name}.input.rgb")));
-        for (filter, size, file) in [(ResizeFilter::Bicubic, 448, "bicubic448"), (ResizeFilter::Bilinear, 224, "bilinear224")] {
+        for (filter, size, file) in
+            [(ResizeFilter::Bicubic, 448, "bicubic448"), (ResizeFilter::Bilinear, 224, "bilinear224")]
+        {
             let ours = resize_pil(&input, size, size, filter);
             let want = golden(&format!("{name}.{file}.rgb"));
-            let diffs: Vec<i32> = ours.data.iter().zip(&want).map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs()).collect();
+            let diffs: Vec<i32> =
+                ours.data.iter().zip(&want).map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs()).collect();
             let max = diffs.iter().copied().max().unwrap();
             let mean_abs = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
             println!("{name} {file}: max {max}/255, mean {mean_abs:.4}/255");
             assert!(max <= 2 && mean_abs <= 0.5, "{name} {file}: max {max}, mean {mean_abs}");
         }
         let t = global_tensor(&input, [448, 448], mean, std);
-        let want: Vec<f32> = golden(&format!("{name}.global.f32")).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let want: Vec<f32> = golden(&format!("{name}.global.f32"))
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         assert!(common::max_abs_diff(t.as_slice().unwrap(), &want) < 1e-5, "{name}: normalised tensor");
     }
 }
@@ -184,7 +279,10 @@ fn no_audio_is_reported_not_an_error_deep_inside() {
     assert!(info.audio.is_none() && info.video.is_some());
     assert!(matches!(decode_audio_16k_mono(path.to_str().unwrap(), &limits, 16000), Err(MediaError::NoAudio { .. })));
     let speech = common::media_dir().join("speech.wav");
-    assert!(matches!(decode_frames(speech.to_str().unwrap(), &limits, &[FrameSelection::First]), Err(MediaError::NoVideo { .. })));
+    assert!(matches!(
+        decode_frames(speech.to_str().unwrap(), &limits, &[FrameSelection::First]),
+        Err(MediaError::NoVideo { .. })
+    ));
 }
 
 #[test]
@@ -198,8 +296,16 @@ fn bad_media_gets_specific_errors() {
     assert!(matches!(frames(&p("missing.mp4"), &limits), Err(MediaError::NotFound(_))));
     std::fs::write(p("empty.mp4"), b"").unwrap();
     assert!(matches!(frames(&p("empty.mp4"), &limits), Err(MediaError::Empty(_))));
-    std::fs::write(p("random.mp4"), (0..20000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>()).unwrap();
-    assert!(matches!(frames(&p("random.mp4"), &limits), Err(MediaError::Open { .. })), "{:?}", frames(&p("random.mp4"), &limits));
+    std::fs::write(
+        p("random.mp4"),
+        (0..20000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(
+        matches!(frames(&p("random.mp4"), &limits), Err(MediaError::Open { .. })),
+        "{:?}",
+        frames(&p("random.mp4"), &limits)
+    );
     let talking = std::fs::read(common::media_dir().join("talking-face.mp4")).unwrap();
     std::fs::write(p("truncated.mp4"), &talking[..talking.len() / 3]).unwrap();
     let t = frames(&p("truncated.mp4"), &limits);
@@ -215,9 +321,22 @@ fn bad_media_gets_specific_errors() {
     let tiny = MediaLimits { max_file_bytes: 1000, ..MediaLimits::default() };
     assert!(matches!(frames(&clip, &tiny), Err(MediaError::FileTooLarge { .. })));
     // A stream with zero frames.
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=64x64:rate=25", "-frames:v", "0", "-c:v", "libx264", &s(&p("zero.mp4"))]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x64:rate=25",
+        "-frames:v",
+        "0",
+        "-c:v",
+        "libx264",
+        &s(&p("zero.mp4")),
+    ]);
     let z = frames(&p("zero.mp4"), &limits);
-    assert!(matches!(z, Err(MediaError::NoFrames { .. }) | Err(MediaError::NoVideo { .. }) | Err(MediaError::Open { .. })), "{z:?}");
+    assert!(
+        matches!(z, Err(MediaError::NoFrames { .. }) | Err(MediaError::NoVideo { .. }) | Err(MediaError::Open { .. })),
+        "{z:?}"
+    );
 }
 
 #[test]

@@ -24,11 +24,19 @@ impl Drop for Server {
 
 fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(common::emollama_bin());
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--bundle", common::bundle_dir().to_str().unwrap(), "--profile", "x86-cpu"])
-        .args(["--allowed-dir", common::media_dir().to_str().unwrap()])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--bundle",
+        common::bundle_dir().to_str().unwrap(),
+        "--profile",
+        "x86-cpu",
+    ])
+    .args(["--allowed-dir", common::media_dir().to_str().unwrap()])
+    .args(extra)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -53,7 +61,10 @@ struct Resp {
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
     }
@@ -69,7 +80,8 @@ fn read_response(s: &mut TcpStream) -> Resp {
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     Resp { status, headers: head.to_string(), body }
 }
 
@@ -139,11 +151,16 @@ fn analyze_by_upload_and_path_with_sse_readiness_and_metrics() {
     let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 8, ""));
     assert_eq!(r.status, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    for key in ["label", "label_scores", "text", "task", "mode", "timings_ms", "tokens", "providers", "bundle", "device"] {
+    for key in
+        ["label", "label_scores", "text", "task", "mode", "timings_ms", "tokens", "providers", "bundle", "device"]
+    {
         assert!(v.get(key).is_some(), "{key}");
     }
     // By upload.
-    let body = multipart(&std::fs::read(common::media_dir().join("test-pattern.mp4")).unwrap(), &[("max_new_tokens", "6"), ("preset", "eval")]);
+    let body = multipart(
+        &std::fs::read(common::media_dir().join("test-pattern.mp4")).unwrap(),
+        &[("max_new_tokens", "6"), ("preset", "eval")],
+    );
     let r = http(srv.port, "POST", "/v1/analyze", &[("Content-Type", &multipart_ct())], &body);
     assert_eq!(r.status, 200, "{}", r.body);
     // SSE: pieces, then the final result.
@@ -183,7 +200,11 @@ fn bad_requests_get_the_right_status_and_the_server_keeps_serving() {
     let clip = common::media_dir().join("talking-face.mp4");
     // Missing token (and a wrong one): 401; health needs none.
     assert_eq!(http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 8, "")).status, 401);
-    assert_eq!(http(srv.port, "POST", "/v1/analyze", &[JSON, ("Authorization", "Bearer nope")], &json_path(&clip, 8, "")).status, 401);
+    assert_eq!(
+        http(srv.port, "POST", "/v1/analyze", &[JSON, ("Authorization", "Bearer nope")], &json_path(&clip, 8, ""))
+            .status,
+        401
+    );
     assert_eq!(http(srv.port, "GET", "/healthz", &[], b"").status, 200);
     let json = || vec![("Content-Type", "application/json".to_string())];
     let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
@@ -194,8 +215,18 @@ fn bad_requests_get_the_right_status_and_the_server_keeps_serving() {
         ("malformed JSON", 400, json(), b"{\"path\": ".to_vec()),
         ("unknown field", 400, json(), b"{\"pth\": \"/x\"}".to_vec()),
         ("path outside the allowed dirs", 403, json(), b"{\"path\": \"/etc/passwd\"}".to_vec()),
-        ("traversal out of an allowed dir", 403, json(), format!("{{\"path\": \"{}/../../../../etc/passwd\"}}", common::media_dir().display()).into_bytes()),
-        ("missing file in an allowed dir", 404, json(), format!("{{\"path\": \"{}/nope.mp4\"}}", common::media_dir().display()).into_bytes()),
+        (
+            "traversal out of an allowed dir",
+            403,
+            json(),
+            format!("{{\"path\": \"{}/../../../../etc/passwd\"}}", common::media_dir().display()).into_bytes(),
+        ),
+        (
+            "missing file in an allowed dir",
+            404,
+            json(),
+            format!("{{\"path\": \"{}/nope.mp4\"}}", common::media_dir().display()).into_bytes(),
+        ),
         ("URLs not allowed", 403, json(), b"{\"url\": \"http://127.0.0.1:9/x.mp4\"}".to_vec()),
         ("bad preset", 400, json(), json_path(&clip, 8, ", \"preset\": \"turbo\"")),
     ];
@@ -204,7 +235,8 @@ fn bad_requests_get_the_right_status_and_the_server_keeps_serving() {
         h.push(auth);
         let r = http(srv.port, "POST", "/v1/analyze", &h, &body);
         assert_eq!(r.status, status, "{what}: {}", r.body);
-        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_else(|_| panic!("{what}: not JSON: {}", r.body));
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body).unwrap_or_else(|_| panic!("{what}: not JSON: {}", r.body));
         assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "{what}");
         println!("{what}: {status} {}", v["error"]["code"]);
         assert_eq!(http(srv.port, "GET", "/healthz", &[], b"").status, 200, "alive after {what}");
@@ -354,7 +386,15 @@ fn a_client_that_disconnects_cancels_its_generation() {
     loop {
         let m = http(srv.port, "GET", "/metrics", &[], b"").body;
         if m.contains("emollama_requests_total{outcome=\"cancelled\"} 1") {
-            let generated: f64 = m.lines().find(|l| l.starts_with("emollama_generated_tokens_total ")).unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+            let generated: f64 = m
+                .lines()
+                .find(|l| l.starts_with("emollama_generated_tokens_total "))
+                .unwrap()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
             println!("cancelled after {generated} of 500 tokens");
             assert!(generated < 500.0);
             break;

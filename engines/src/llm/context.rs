@@ -223,7 +223,8 @@ impl LlmContext {
         let cp = params.to_sys();
         // SAFETY: model is live for the context's lifetime (we hold the Arc).
         let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), cp) };
-        let ptr = NonNull::new(raw).ok_or(EngineError::ContextCreate { n_ctx: params.n_ctx, n_batch: params.n_batch })?;
+        let ptr =
+            NonNull::new(raw).ok_or(EngineError::ContextCreate { n_ctx: params.n_ctx, n_batch: params.n_batch })?;
         // SAFETY: live context.
         let n_ctx = unsafe { sys::llama_n_ctx(ptr.as_ptr()) };
         // llama.cpp clamps n_batch to n_ctx; a decode call larger than that aborts the
@@ -232,7 +233,17 @@ impl LlmContext {
         let n_batch = unsafe { sys::llama_n_batch(ptr.as_ptr()) }.min(unsafe { sys::llama_n_ubatch(ptr.as_ptr()) });
         let params = ContextParams { n_batch, ..params };
         let token_batch = Batch::new(n_batch as usize, 0);
-        Ok(Self { model, ptr, params, n_ctx, n_past: 0, has_logits: false, restored_logits: None, token_batch, embd_batch: None })
+        Ok(Self {
+            model,
+            ptr,
+            params,
+            n_ctx,
+            n_past: 0,
+            has_logits: false,
+            restored_logits: None,
+            token_batch,
+            embd_batch: None,
+        })
     }
 
     pub fn model(&self) -> &Arc<LlmModel> {
@@ -293,7 +304,11 @@ impl LlmContext {
     /// Decode segments at consecutive positions after what is already cached, in chunks
     /// of at most `n_batch` rows (a llama.cpp batch holds tokens or embeddings, not both).
     /// Leaves the logits of the last row available for [`LlmContext::logits`].
-    pub fn prefill(&mut self, segments: &[Segment<'_>], keep_segment_logits: bool) -> Result<PrefillReport, EngineError> {
+    pub fn prefill(
+        &mut self,
+        segments: &[Segment<'_>],
+        keep_segment_logits: bool,
+    ) -> Result<PrefillReport, EngineError> {
         let started = Instant::now();
         let rows = self.check_segments(segments)?;
         let n_embd = self.model.n_embd();
@@ -422,7 +437,8 @@ impl LlmContext {
         }
         self.clear();
         // SAFETY: data came from llama_state_seq_get_data of a context of the same model.
-        let read = unsafe { sys::llama_state_seq_set_data(self.ptr.as_ptr(), state.data.as_ptr(), state.data.len(), 0) };
+        let read =
+            unsafe { sys::llama_state_seq_set_data(self.ptr.as_ptr(), state.data.as_ptr(), state.data.len(), 0) };
         if read == 0 && !state.data.is_empty() {
             return Err(EngineError::State("llama.cpp rejected the saved state (other model or layout?)".into()));
         }
@@ -461,7 +477,12 @@ impl LlmContext {
     pub fn perf(&self) -> PerfCounters {
         // SAFETY: live context.
         let p = unsafe { sys::llama_perf_context(self.ptr.as_ptr()) };
-        PerfCounters { prompt_rows: p.n_p_eval, prompt_ms: p.t_p_eval_ms, generated_tokens: p.n_eval, decode_ms: p.t_eval_ms }
+        PerfCounters {
+            prompt_rows: p.n_p_eval,
+            prompt_ms: p.t_p_eval_ms,
+            generated_tokens: p.n_eval,
+            decode_ms: p.t_eval_ms,
+        }
     }
 
     pub fn reset_perf(&mut self) {
@@ -472,7 +493,10 @@ impl LlmContext {
 
 fn log_softmax_at(logits: &[f32], token: i32) -> Result<f64, EngineError> {
     let n = logits.len() as i32;
-    let i = usize::try_from(token).ok().filter(|&i| i < logits.len()).ok_or(EngineError::TokenOutOfRange { token, n_vocab: n })?;
+    let i = usize::try_from(token)
+        .ok()
+        .filter(|&i| i < logits.len())
+        .ok_or(EngineError::TokenOutOfRange { token, n_vocab: n })?;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
     Ok(f64::from(logits[i] - max) - sum.ln())

@@ -49,7 +49,11 @@ impl Generation {
     pub fn decode_per_s(&self) -> f64 {
         let n = self.tokens.len().saturating_sub(1) as f64;
         let ms = self.total_ms - self.first_token_ms;
-        if n > 0.0 && ms > 0.0 { n * 1e3 / ms } else { 0.0 }
+        if n > 0.0 && ms > 0.0 {
+            n * 1e3 / ms
+        } else {
+            0.0
+        }
     }
 }
 

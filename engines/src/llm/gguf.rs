@@ -76,10 +76,9 @@ impl<R: Read> Cursor<R> {
             return Err(EngineError::GgufInvalid { path: self.path.clone(), reason: format!("string of {len} bytes") });
         }
         let mut buf = vec![0u8; len as usize];
-        self.r.read_exact(&mut buf).map_err(|_| EngineError::GgufInvalid {
-            path: self.path.clone(),
-            reason: "truncated string".into(),
-        })?;
+        self.r
+            .read_exact(&mut buf)
+            .map_err(|_| EngineError::GgufInvalid { path: self.path.clone(), reason: "truncated string".into() })?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
     fn value(&mut self, vtype: u32) -> Result<GgufValue, EngineError> {
@@ -104,7 +103,12 @@ impl<R: Read> Cursor<R> {
             10 => GgufValue::UInt(self.u64()?),
             11 => GgufValue::Int(self.u64()? as i64),
             12 => GgufValue::Float(f64::from_le_bytes(self.bytes()?)),
-            t => return Err(EngineError::GgufInvalid { path: self.path.clone(), reason: format!("unknown value type {t}") }),
+            t => {
+                return Err(EngineError::GgufInvalid {
+                    path: self.path.clone(),
+                    reason: format!("unknown value type {t}"),
+                })
+            }
         })
     }
 }

@@ -18,7 +18,9 @@ mod sampling;
 mod text;
 
 pub use backend::{init_backend, system_info};
-pub use context::{ContextParams, FlashAttention, KvCacheType, LlmContext, PerfCounters, PrefillReport, PrefixState, Segment};
+pub use context::{
+    ContextParams, FlashAttention, KvCacheType, LlmContext, PerfCounters, PrefillReport, PrefixState, Segment,
+};
 pub use generate::{GenerateOptions, Generation, StopReason};
 pub use model::{check_gguf_header, LlmModel, ModelParams};
 pub use quantize::{quantize, QuantType};

@@ -183,7 +183,14 @@ impl LlmModel {
         for _ in 0..2 {
             // SAFETY: buf is writable for its length.
             let n = unsafe {
-                sys::llama_token_to_piece(self.vocab.as_ptr(), token, buf.as_mut_ptr().cast(), buf.len() as i32, 0, special)
+                sys::llama_token_to_piece(
+                    self.vocab.as_ptr(),
+                    token,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    0,
+                    special,
+                )
             };
             if n >= 0 {
                 buf.truncate(n as usize);

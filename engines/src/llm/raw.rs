@@ -11,7 +11,12 @@ use crate::EngineError;
 
 /// Decode `n` greedy tokens after `prompt`; returns (tokens/s over the decode part,
 /// tokens). Its own context, with the same llama.cpp parameters as an `LlmContext`.
-pub fn raw_greedy_decode(model: &LlmModel, params: &ContextParams, prompt: &[i32], n: usize) -> Result<(f64, Vec<i32>), EngineError> {
+pub fn raw_greedy_decode(
+    model: &LlmModel,
+    params: &ContextParams,
+    prompt: &[i32],
+    n: usize,
+) -> Result<(f64, Vec<i32>), EngineError> {
     // SAFETY: plain C API use on a live model; the context is freed on every path.
     unsafe {
         let ctx = sys::llama_init_from_model(model.as_ptr(), params.to_sys());

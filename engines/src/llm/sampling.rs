@@ -193,7 +193,13 @@ mod tests {
         let params = SamplingParams { temperature: 0.8, top_k: 50, top_p: 0.9, repetition_penalty: 1.05, seed: 7 };
         let run = |params: SamplingParams| {
             let mut s = Sampler::new(params).unwrap();
-            (0..20).map(|_| { let t = s.sample(&logits); s.accept(t); t }).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| {
+                    let t = s.sample(&logits);
+                    s.accept(t);
+                    t
+                })
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(params.clone()), run(params.clone()));
         assert_ne!(run(params.clone()), run(SamplingParams { seed: 8, ..params.clone() }));

@@ -17,18 +17,12 @@ use super::providers::{Provider, ProviderPolicy};
 use crate::EngineError;
 
 /// How to build an engine's session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
     pub intra_threads: usize,
     pub policy: ProviderPolicy,
     /// Model sha256 from the manifest (keys the TensorRT engine cache).
     pub model_sha256: String,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        Self { intra_threads: 0, policy: ProviderPolicy::default(), model_sha256: String::new() }
-    }
 }
 
 /// Named f32 outputs of one run, in the manifest's order.
@@ -80,14 +74,26 @@ impl EncoderEngine {
                         tracing::warn!(engine = name, "{reason}; running on {provider}");
                     }
                     tracing::info!(engine = name, %provider, "encoder engine ready");
-                    return Ok(Self { name: name.into(), path: path.into(), inputs, outputs, provider, fallbacks, session: Mutex::new(session) });
+                    return Ok(Self {
+                        name: name.into(),
+                        path: path.into(),
+                        inputs,
+                        outputs,
+                        provider,
+                        fallbacks,
+                        session: Mutex::new(session),
+                    });
                 }
                 Err(Skip::Unavailable(reason)) => fallbacks.push(format!("{provider} unavailable: {reason}")),
                 Err(Skip::Fatal(e)) => return Err(e),
             }
         }
         Err(match opts.policy.required {
-            Some(p) => EngineError::ProviderUnavailable { engine: name.into(), provider: p.name(), reason: fallbacks.join("; ") },
+            Some(p) => EngineError::ProviderUnavailable {
+                engine: name.into(),
+                provider: p.name(),
+                reason: fallbacks.join("; "),
+            },
             None => EngineError::SessionCreate {
                 engine: name.into(),
                 path: path.into(),

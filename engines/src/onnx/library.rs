@@ -36,7 +36,9 @@ pub fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
         }
     }
     out.push(setup_cache_dir().join(format!("onnxruntime/{SETUP_ORT_VERSION}/libonnxruntime.so.{SETUP_ORT_VERSION}")));
-    for base in ["/usr/lib/emollama", "/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"] {
+    for base in
+        ["/usr/lib/emollama", "/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
+    {
         out.extend(names.iter().map(|n| Path::new(base).join(n)));
     }
     out
@@ -71,13 +73,9 @@ pub fn init_runtime(explicit: Option<&Path>) -> Result<&'static OrtRuntime, Engi
     };
     let builder = ort::init_from(&path)
         .map_err(|e| EngineError::OrtLibraryLoad { path: path.clone(), message: e.to_string() })?;
-    let environment = builder
-        .with_name("emollama")
-        .build()
-        .map_err(|e| EngineError::OrtEnvironment(e.to_string()))?;
-    let version = library_version(&path)
-        .or_else(|| version_from_build_info(ort::info()))
-        .unwrap_or_else(|| "unknown".into());
+    let environment = builder.with_name("emollama").build().map_err(|e| EngineError::OrtEnvironment(e.to_string()))?;
+    let version =
+        library_version(&path).or_else(|| version_from_build_info(ort::info())).unwrap_or_else(|| "unknown".into());
     tracing::info!(library = %path.display(), %version, "ONNX Runtime loaded");
     Ok(RUNTIME.get_or_init(|| OrtRuntime { library: path, version, environment }))
 }
@@ -89,7 +87,8 @@ fn library_version(path: &Path) -> Option<String> {
     // documented C entry point, and GetVersionString returns a static C string.
     unsafe {
         let lib = libloading::Library::new(path).ok()?;
-        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> = lib.get(b"OrtGetApiBase").ok()?;
+        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").ok()?;
         let base = get();
         if base.is_null() {
             return None;
@@ -121,6 +120,8 @@ mod tests {
     fn explicit_path_is_searched_first() {
         let c = candidate_paths(Some(Path::new("/opt/x/libonnxruntime.so")));
         assert_eq!(c[0], Path::new("/opt/x/libonnxruntime.so"));
-        assert!(c.iter().any(|p| p.ends_with(format!("onnxruntime/{SETUP_ORT_VERSION}/libonnxruntime.so.{SETUP_ORT_VERSION}"))));
+        assert!(c
+            .iter()
+            .any(|p| p.ends_with(format!("onnxruntime/{SETUP_ORT_VERSION}/libonnxruntime.so.{SETUP_ORT_VERSION}"))));
     }
 }

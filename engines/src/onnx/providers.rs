@@ -65,7 +65,8 @@ impl Default for ProviderPolicy {
     /// TensorRT → CUDA → CPU, limited to the providers this binary was built with (a
     /// CPU-only build has nothing to fall back from; a GPU build that lands on CPU warns).
     fn default() -> Self {
-        let order = [Provider::TensorRt, Provider::Cuda, Provider::Cpu].into_iter().filter(|p| p.compiled_in()).collect();
+        let order =
+            [Provider::TensorRt, Provider::Cuda, Provider::Cpu].into_iter().filter(|p| p.compiled_in()).collect();
         Self { order, required: None, tensorrt: TensorRtOptions::default() }
     }
 }
@@ -110,7 +111,8 @@ impl TensorRtOptions {
         let shape_hash = fnv1a(shapes.as_bytes());
         let device = if self.device_key.is_empty() { "unknown-device" } else { &self.device_key };
         let sha = model_sha256.get(..16).unwrap_or(model_sha256);
-        let device: String = device.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        let device: String =
+            device.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
         format!("{device}-ort{ort_version}-{}-shapes{shape_hash:016x}-{sha}", self.precision())
     }
 
@@ -138,6 +140,29 @@ impl TensorRtOptions {
 /// Small stable hash for cache keys (not for security).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+/// Providers this binary can use with the loaded library: compiled in, and present in
+/// the library (a CPU-only libonnxruntime has no CUDA/TensorRT even in a GPU build).
+/// Call after `init_runtime`.
+pub fn available_providers() -> Vec<Provider> {
+    let mut out = Vec::new();
+    #[cfg(feature = "tensorrt")]
+    {
+        use ort::ep::ExecutionProvider;
+        if ort::ep::TensorRT::is_available().unwrap_or(false) {
+            out.push(Provider::TensorRt);
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use ort::ep::ExecutionProvider;
+        if ort::ep::CUDA::is_available().unwrap_or(false) {
+            out.push(Provider::Cuda);
+        }
+    }
+    out.push(Provider::Cpu);
+    out
 }
 
 #[cfg(test)]
@@ -172,27 +197,4 @@ mod tests {
         a.fp16 = true;
         assert_ne!(k1, a.cache_key("1.31.1", "abcdef0123456789ffff", &inputs));
     }
-}
-
-/// Providers this binary can use with the loaded library: compiled in, and present in
-/// the library (a CPU-only libonnxruntime has no CUDA/TensorRT even in a GPU build).
-/// Call after `init_runtime`.
-pub fn available_providers() -> Vec<Provider> {
-    let mut out = Vec::new();
-    #[cfg(feature = "tensorrt")]
-    {
-        use ort::ep::ExecutionProvider;
-        if ort::ep::TensorRT::is_available().unwrap_or(false) {
-            out.push(Provider::TensorRt);
-        }
-    }
-    #[cfg(feature = "cuda")]
-    {
-        use ort::ep::ExecutionProvider;
-        if ort::ep::CUDA::is_available().unwrap_or(false) {
-            out.push(Provider::Cuda);
-        }
-    }
-    out.push(Provider::Cpu);
-    out
 }

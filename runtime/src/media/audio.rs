@@ -1,12 +1,12 @@
 //! Audio: the first audio stream resampled to 16 kHz mono f32, as
 //! `ffmpeg -i in -ac 1 -ar 16000 -f f32le` (MERTools' extraction, spec §1.2).
 
-use ffmpeg_next as ff;
 use ff::format::sample::{Sample, Type as SampleType};
 use ff::media::Type;
 use ff::software::resampling;
 use ff::util::channel_layout::ChannelLayout;
 use ff::util::frame::audio::Audio;
+use ffmpeg_next as ff;
 
 use super::error::MediaError;
 use super::input::{open_input, MediaLimits};
@@ -27,7 +27,10 @@ pub fn decode_audio_16k_mono(source: &str, limits: &MediaLimits, rate: u32) -> R
     let mut packet = ff::Packet::empty();
     let max_samples = (limits.max_duration_s * f64::from(rate)) as usize + rate as usize;
 
-    let push = |frame: &mut Audio, resampler: &mut Option<resampling::Context>, out: &mut Vec<f32>| -> Result<(), MediaError> {
+    let push = |frame: &mut Audio,
+                resampler: &mut Option<resampling::Context>,
+                out: &mut Vec<f32>|
+     -> Result<(), MediaError> {
         // FFmpeg < 7 may leave the layout empty: derive it from the channel count.
         if frame.channel_layout().is_empty() {
             frame.set_channel_layout(ChannelLayout::default(i32::from(frame.channels().max(1))));

@@ -52,7 +52,8 @@ impl FaceDetector {
         let load = |role: Role| -> Result<Option<EncoderEngine>, EngineError> {
             let Some(e) = bundle.file(&role) else { return Ok(None) };
             let opts = EngineOptions { model_sha256: e.sha256.clone(), ..opts.clone() };
-            EncoderEngine::load(rt, role.as_str(), &bundle.path_of(e), e.inputs.clone(), e.outputs.clone(), &opts).map(Some)
+            EncoderEngine::load(rt, role.as_str(), &bundle.path_of(e), e.inputs.clone(), e.outputs.clone(), &opts)
+                .map(Some)
         };
         match (load(Role::FacePnet)?, load(Role::FaceRnet)?, load(Role::FaceOnet)?) {
             (Some(pnet), Some(rnet), Some(onet)) => Ok(Some(Self { pnet, rnet, onet })),
@@ -91,7 +92,8 @@ impl FaceDetector {
             .map(|i| {
                 let c = cands[i];
                 let (rw, rh) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
-                let b = [c.b[0] + c.reg[0] * rw, c.b[1] + c.reg[1] * rh, c.b[2] + c.reg[2] * rw, c.b[3] + c.reg[3] * rh];
+                let b =
+                    [c.b[0] + c.reg[0] * rw, c.b[1] + c.reg[1] * rh, c.b[2] + c.reg[2] * rw, c.b[3] + c.reg[3] * rh];
                 Cand { b: rerec(b), score: c.score, reg: [0.0; 4] }
             })
             .collect();
@@ -114,7 +116,13 @@ impl FaceDetector {
             }
         }
         let keep = nms(&next, 0.7, false);
-        boxes = keep.into_iter().map(|i| { let c = next[i]; Cand { b: rerec(bbreg(c.b, c.reg)), score: c.score, reg: [0.0; 4] } }).collect();
+        boxes = keep
+            .into_iter()
+            .map(|i| {
+                let c = next[i];
+                Cand { b: rerec(bbreg(c.b, c.reg)), score: c.score, reg: [0.0; 4] }
+            })
+            .collect();
         if boxes.is_empty() {
             return Ok(Vec::new());
         }
@@ -258,12 +266,20 @@ fn crops(img: &RgbImage, boxes: &[Cand], size: usize) -> (Array4<f32>, Vec<usize
         let ex = (c.b[2].trunc() as i64).min(w);
         let ey = (c.b[3].trunc() as i64).min(h);
         if ey > y - 1 && ex > x - 1 {
-            batch.push(normalise(area_resize(img, (x - 1) as usize, (y - 1) as usize, ex as usize, ey as usize, size, size), size, size));
+            batch.push(normalise(
+                area_resize(img, (x - 1) as usize, (y - 1) as usize, ex as usize, ey as usize, size, size),
+                size,
+                size,
+            ));
             kept.push(i);
         }
     }
     let views: Vec<_> = batch.iter().map(|a| a.view()).collect();
-    let arr = if views.is_empty() { Array4::zeros((0, 3, size, size)) } else { ndarray::concatenate(Axis(0), &views).expect("same shapes") };
+    let arr = if views.is_empty() {
+        Array4::zeros((0, 3, size, size))
+    } else {
+        ndarray::concatenate(Axis(0), &views).expect("same shapes")
+    };
     (arr, kept)
 }
 
@@ -313,7 +329,11 @@ pub fn align_face(img: &RgbImage, face: &Face) -> RgbImage {
             let (fx, fy) = (x - x0 as f64, y - y0 as f64);
             for c in 0..3 {
                 let px = |xx: i64, yy: i64| {
-                    if xx < 0 || yy < 0 || xx >= w || yy >= h { 0.0 } else { f64::from(img.data[((yy * w + xx) * 3) as usize + c]) }
+                    if xx < 0 || yy < 0 || xx >= w || yy >= h {
+                        0.0
+                    } else {
+                        f64::from(img.data[((yy * w + xx) * 3) as usize + c])
+                    }
                 };
                 let val = px(x0, y0) * (1.0 - fx) * (1.0 - fy)
                     + px(x0 + 1, y0) * fx * (1.0 - fy)
@@ -378,7 +398,11 @@ mod tests {
 
     #[test]
     fn area_resize_averages_blocks() {
-        let img = RgbImage::new(4, 2, vec![0, 0, 0, 10, 10, 10, 20, 20, 20, 30, 30, 30, 40, 40, 40, 50, 50, 50, 60, 60, 60, 70, 70, 70]);
+        let img = RgbImage::new(
+            4,
+            2,
+            vec![0, 0, 0, 10, 10, 10, 20, 20, 20, 30, 30, 30, 40, 40, 40, 50, 50, 50, 60, 60, 60, 70, 70, 70],
+        );
         let out = area_resize(&img, 0, 0, 4, 2, 2, 1);
         assert_eq!(out, vec![25.0, 25.0, 25.0, 45.0, 45.0, 45.0]);
     }
@@ -402,7 +426,10 @@ impl FaceCrops {
 
 impl FaceDetector {
     /// Detect in every given frame, track the largest face, align each found face.
-    pub fn face_crops<'a>(&self, frames: impl IntoIterator<Item = (usize, &'a RgbImage)>) -> Result<FaceCrops, EngineError> {
+    pub fn face_crops<'a>(
+        &self,
+        frames: impl IntoIterator<Item = (usize, &'a RgbImage)>,
+    ) -> Result<FaceCrops, EngineError> {
         face_crops(std::slice::from_ref(self), frames)
     }
 }
@@ -410,7 +437,10 @@ impl FaceDetector {
 /// [`FaceDetector::face_crops`] with several detectors working on frames in parallel
 /// (one thread each; every frame is detected independently, so the result is the same
 /// as with one detector).
-pub fn face_crops<'a>(detectors: &[FaceDetector], frames: impl IntoIterator<Item = (usize, &'a RgbImage)>) -> Result<FaceCrops, EngineError> {
+pub fn face_crops<'a>(
+    detectors: &[FaceDetector],
+    frames: impl IntoIterator<Item = (usize, &'a RgbImage)>,
+) -> Result<FaceCrops, EngineError> {
     let frames: Vec<(usize, &RgbImage)> = frames.into_iter().collect();
     let workers = detectors.len().clamp(1, frames.len().max(1));
     let mut detections: Vec<(usize, Vec<Face>)> = if workers <= 1 {
@@ -423,7 +453,11 @@ pub fn face_crops<'a>(detectors: &[FaceDetector], frames: impl IntoIterator<Item
                 .enumerate()
                 .map(|(w, det)| {
                     let mine: Vec<(usize, &RgbImage)> = frames.iter().skip(w).step_by(workers).copied().collect();
-                    scope.spawn(move || mine.into_iter().map(|(i, img)| Ok((i, det.detect(img)?))).collect::<Result<Vec<_>, EngineError>>())
+                    scope.spawn(move || {
+                        mine.into_iter()
+                            .map(|(i, img)| Ok((i, det.detect(img)?)))
+                            .collect::<Result<Vec<_>, EngineError>>()
+                    })
                 })
                 .collect();
             let mut all = Vec::with_capacity(frames.len());

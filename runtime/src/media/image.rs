@@ -41,7 +41,13 @@ impl ResizeFilter {
     fn weight(self, x: f64) -> f64 {
         let x = x.abs();
         match self {
-            ResizeFilter::Bilinear => if x < 1.0 { 1.0 - x } else { 0.0 },
+            ResizeFilter::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
             ResizeFilter::Bicubic => {
                 const A: f64 = -0.5;
                 if x < 1.0 {

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ffmpeg_next as ff;
 use ff::format::context::Input;
 use ff::media::Type;
+use ffmpeg_next as ff;
 use serde::{Deserialize, Serialize};
 
 use super::error::MediaError;
@@ -78,9 +78,10 @@ pub(crate) fn open_input(source: &str, limits: &MediaLimits) -> Result<(Input, O
     let name = source.to_string();
     let open_err = |e: ff::Error| MediaError::Open { source_name: name.clone(), reason: e.to_string() };
     if is_camera(source) {
-        let fmt = ff::device::input::video()
-            .find(|f| f.name().split(',').any(|n| n == "video4linux2"))
-            .ok_or_else(|| MediaError::Open { source_name: name.clone(), reason: "FFmpeg has no video4linux2 input".into() })?;
+        let fmt =
+            ff::device::input::video().find(|f| f.name().split(',').any(|n| n == "video4linux2")).ok_or_else(|| {
+                MediaError::Open { source_name: name.clone(), reason: "FFmpeg has no video4linux2 input".into() }
+            })?;
         let ctx = ff::format::open_with(Path::new(source), &fmt, ff::Dictionary::new()).map_err(open_err)?;
         return match ctx {
             ff::format::context::Context::Input(i) => Ok((i, None)),
@@ -120,7 +121,8 @@ fn rotation_of(stream: &ff::format::stream::Stream<'_>) -> u32 {
         if sd.kind() == ff::codec::packet::side_data::Type::DisplayMatrix {
             let data = sd.data();
             if data.len() >= 36 {
-                let m: Vec<i32> = data.chunks_exact(4).take(9).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let m: Vec<i32> =
+                    data.chunks_exact(4).take(9).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
                 // The `rotate` tag is the negation of av_display_rotation_get(), which
                 // is -atan2(m[1], m[0]) in degrees: the tag is atan2(m[1], m[0]).
                 let (a, b) = (f64::from(m[0]) / 65536.0, f64::from(m[1]) / 65536.0);
@@ -179,7 +181,8 @@ fn is_image_container(name: &str) -> bool {
 pub fn probe(source: &str, limits: &MediaLimits) -> Result<MediaInfo, MediaError> {
     let (input, _) = open_input(source, limits)?;
     let container = input.format().name().to_string();
-    let duration_s = if input.duration() > 0 { input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE) } else { 0.0 };
+    let duration_s =
+        if input.duration() > 0 { input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE) } else { 0.0 };
     let video = stream_info(&input, Type::Video);
     let audio = stream_info(&input, Type::Audio);
     let name = source.to_string();

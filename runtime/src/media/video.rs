@@ -2,11 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ffmpeg_next as ff;
 use ff::format::Pixel;
 use ff::media::Type;
 use ff::software::scaling::{self, Flags};
 use ff::util::frame::video::Video;
+use ffmpeg_next as ff;
 
 use super::error::MediaError;
 use super::image::RgbImage;
@@ -50,7 +50,11 @@ fn count_frames(source: &str, limits: &MediaLimits, stream_index: usize) -> Resu
 /// Decode the first video stream and keep the frames `selections` need, as RGB24 at the
 /// stream's size after the display rotation. Decoders are flushed at the end (H.264 holds
 /// back trailing frames until EOF).
-pub fn decode_frames(source: &str, limits: &MediaLimits, selections: &[FrameSelection]) -> Result<DecodedFrames, MediaError> {
+pub fn decode_frames(
+    source: &str,
+    limits: &MediaLimits,
+    selections: &[FrameSelection],
+) -> Result<DecodedFrames, MediaError> {
     let info = probe(source, limits)?;
     let name = source.to_string();
     let vinfo = info.video.clone().ok_or_else(|| MediaError::NoVideo { source_name: name.clone() })?;
@@ -62,8 +66,7 @@ pub fn decode_frames(source: &str, limits: &MediaLimits, selections: &[FrameSele
     } else {
         Some(count_frames(source, limits, vinfo.index)?)
     };
-    let wanted: Option<BTreeSet<usize>> =
-        total_known.map(|t| selections.iter().flat_map(|s| s.indices(t)).collect());
+    let wanted: Option<BTreeSet<usize>> = total_known.map(|t| selections.iter().flat_map(|s| s.indices(t)).collect());
     let keep_cap = limits.max_face_frames.max(16);
 
     let (mut input, _) = open_input(source, limits)?;
@@ -104,7 +107,9 @@ pub fn decode_frames(source: &str, limits: &MediaLimits, selections: &[FrameSele
                 bad_packets += 1;
                 continue;
             }
-            Err(e) if frames.is_empty() && n == 0 => return Err(MediaError::Decode { source_name: name.clone(), reason: e.to_string() }),
+            Err(e) if frames.is_empty() && n == 0 => {
+                return Err(MediaError::Decode { source_name: name.clone(), reason: e.to_string() })
+            }
             Err(_) => break, // truncated tail: keep what decoded
         }
         if packet.stream() != index {
@@ -172,7 +177,9 @@ impl Converter {
         }
         let (_, _, _, scaler) = self.scaler.as_mut().expect("set above");
         let mut rgb = Video::empty();
-        scaler.run(src, &mut rgb).map_err(|e| MediaError::Decode { source_name: name.into(), reason: e.to_string() })?;
+        scaler
+            .run(src, &mut rgb)
+            .map_err(|e| MediaError::Decode { source_name: name.into(), reason: e.to_string() })?;
         // Rows are padded to the stride (150 px → 480-byte rows): copy row by row.
         let stride = rgb.stride(0);
         let row = w as usize * 3;
@@ -193,12 +200,12 @@ fn rotate_planes(src: &Video, rotation: u32) -> Option<Video> {
     let fmt = src.format();
     let desc = fmt.descriptor()?;
     let name = desc.name();
-    if rotation % 180 != 0 && desc.log2_chroma_w() != desc.log2_chroma_h() {
+    if !rotation.is_multiple_of(180) && desc.log2_chroma_w() != desc.log2_chroma_h() {
         return None;
     }
     let bytes = if ["10", "12", "14", "16"].iter().any(|d| name.contains(d)) { 2 } else { 1 };
     let (w, h) = (src.width(), src.height());
-    let (dw, dh) = if rotation % 180 == 0 { (w, h) } else { (h, w) };
+    let (dw, dh) = if rotation.is_multiple_of(180) { (w, h) } else { (h, w) };
     let mut dst = Video::new(fmt, dw, dh);
     for p in 0..src.planes() {
         let (pw, ph) = (src.plane_width(p) as usize, src.plane_height(p) as usize);

@@ -76,7 +76,9 @@ impl ServeConfig {
             None => (PathBuf::from(DEFAULT_CONFIG), false),
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::File { path, reason: e.to_string().replace('\n', " ") }),
+            Ok(text) => {
+                toml::from_str(&text).map_err(|e| ConfigError::File { path, reason: e.to_string().replace('\n', " ") })
+            }
             Err(_) if !required => Ok(Self::default()),
             Err(e) => Err(ConfigError::File { path, reason: e.to_string() }),
         }
@@ -84,7 +86,10 @@ impl ServeConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.listen.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
-            return Err(ConfigError::Invalid(format!("listening on {} (beyond loopback) requires a token", self.listen)));
+            return Err(ConfigError::Invalid(format!(
+                "listening on {} (beyond loopback) requires a token",
+                self.listen
+            )));
         }
         if self.max_concurrency == 0 {
             return Err(ConfigError::Invalid("max_concurrency must be at least 1".into()));

@@ -78,7 +78,9 @@ fn runtime_error(e: RuntimeError) -> ApiError {
             }
             _ => ApiError::new(S::UNPROCESSABLE_ENTITY, "unreadable_media", m.to_string()),
         },
-        RuntimeError::Engine(emollama_engines::EngineError::Sampling(msg)) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_parameter", msg),
+        RuntimeError::Engine(emollama_engines::EngineError::Sampling(msg)) => {
+            ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_parameter", msg)
+        }
         RuntimeError::Engine(emollama_engines::EngineError::ContextOverflow { .. }) => {
             ApiError::new(S::UNPROCESSABLE_ENTITY, "context_overflow", e.to_string())
         }
@@ -102,10 +104,17 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = state.config.token.as_deref().filter(|t| !t.is_empty()) else { return Ok(()) };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // Constant-time comparison: no early exit on the first differing byte.
-    let ok = given.is_some_and(|g| g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
-    if ok { Ok(()) } else { Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")) }
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token"))
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -115,7 +124,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match (state.ready.get(), state.startup_error.get()) {
         (Some(info), _) => Json(serde_json::json!({"status": "ready", "ready": info})).into_response(),
         (None, Some(e)) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "startup_failed", e.clone()).into_response(),
-        (None, None) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "loading", "engines are loading and warming up").retry(5).into_response(),
+        (None, None) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "loading", "engines are loading and warming up")
+            .retry(5)
+            .into_response(),
     }
 }
 
@@ -125,7 +136,12 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     }
     let admitted = state.admitted.load(Ordering::SeqCst);
     let running = state.running.load(Ordering::SeqCst);
-    let text = state.metrics().render(admitted.saturating_sub(running), running, state.ready.get().is_some(), state.model_bytes.load(Ordering::Relaxed) as u64);
+    let text = state.metrics().render(
+        admitted.saturating_sub(running),
+        running,
+        state.ready.get().is_some(),
+        state.model_bytes.load(Ordering::Relaxed) as u64,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -164,7 +180,8 @@ fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
 
 impl ApiRequest {
     fn set_text(&mut self, name: &str, v: String) -> Result<(), ApiError> {
-        let num = |v: &str| v.trim().parse::<f64>().map_err(|_| bad("invalid_field", format!("{name} must be a number")));
+        let num =
+            |v: &str| v.trim().parse::<f64>().map_err(|_| bad("invalid_field", format!("{name} must be a number")));
         let flag = |v: &str| match v.trim() {
             "true" | "1" => Ok(true),
             "false" | "0" => Ok(false),
@@ -197,7 +214,11 @@ impl ApiRequest {
             "emotion" => Task::Emotion { six_labels: self.six_labels.unwrap_or(false) },
             "reason" => Task::Reason { instruction: self.reason_index.unwrap_or(0) },
             "question" => Task::Question {
-                text: self.question.clone().filter(|q| !q.trim().is_empty()).ok_or_else(|| bad("missing_question", "task question needs a question"))?,
+                text: self
+                    .question
+                    .clone()
+                    .filter(|q| !q.trim().is_empty())
+                    .ok_or_else(|| bad("missing_question", "task question needs a question"))?,
             },
             other => return Err(bad("invalid_task", format!("task {other:?}: use emotion, reason or question"))),
         };
@@ -245,7 +266,11 @@ impl Drop for Upload {
 }
 
 fn too_large(state: &AppState) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large", format!("the upload exceeds {} bytes", state.config.max_upload_bytes))
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "upload_too_large",
+        format!("the upload exceeds {} bytes", state.config.max_upload_bytes),
+    )
 }
 
 /// Stream the multipart body: the `media` file to disk (counting bytes as they come),
@@ -255,23 +280,33 @@ async fn read_multipart(state: &AppState, req: Request) -> Result<(ApiRequest, U
     let mut opts = ApiRequest::default();
     let mut upload = None;
     let map_err = |e: axum::extract::multipart::MultipartError| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large(state) } else { bad("bad_multipart", e.body_text()) }
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(state)
+        } else {
+            bad("bad_multipart", e.body_text())
+        }
     };
     while let Some(mut field) = mp.next_field().await.map_err(map_err)? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "media" {
             let path = state.upload_dir.path().join(format!("upload-{}", unique()));
             let guard = Upload(path.clone());
-            let mut file = tokio::fs::File::create(&path).await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "upload_failed", e.to_string()))?;
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "upload_failed", e.to_string()))?;
             let mut written: u64 = 0;
             while let Some(chunk) = field.chunk().await.map_err(map_err)? {
                 written += chunk.len() as u64;
                 if written > state.config.max_upload_bytes {
                     return Err(too_large(state));
                 }
-                file.write_all(&chunk).await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "upload_failed", e.to_string()))?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "upload_failed", e.to_string()))?;
             }
-            file.flush().await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "upload_failed", e.to_string()))?;
+            file.flush()
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "upload_failed", e.to_string()))?;
             if written == 0 {
                 return Err(bad("empty_upload", "the uploaded media is empty"));
             }
@@ -293,7 +328,8 @@ fn unique() -> String {
 
 /// A path from a request: canonicalised (symlinks resolved) and inside an allowed folder.
 fn allowed_path(state: &AppState, p: &str) -> Result<String, ApiError> {
-    let forbidden = || ApiError::new(StatusCode::FORBIDDEN, "path_not_allowed", format!("{p} is not inside an allowed directory"));
+    let forbidden =
+        || ApiError::new(StatusCode::FORBIDDEN, "path_not_allowed", format!("{p} is not inside an allowed directory"));
     let canon = std::fs::canonicalize(p).map_err(|_| {
         if state.config.allowed_dirs.iter().any(|d| Path::new(p).starts_with(d)) {
             ApiError::new(StatusCode::NOT_FOUND, "media_not_found", format!("{p} does not exist"))
@@ -301,8 +337,13 @@ fn allowed_path(state: &AppState, p: &str) -> Result<String, ApiError> {
             forbidden()
         }
     })?;
-    let inside = state.config.allowed_dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).any(|d| canon.starts_with(d));
-    if inside { Ok(canon.to_string_lossy().into_owned()) } else { Err(forbidden()) }
+    let inside =
+        state.config.allowed_dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).any(|d| canon.starts_with(d));
+    if inside {
+        Ok(canon.to_string_lossy().into_owned())
+    } else {
+        Err(forbidden())
+    }
 }
 
 /// Admission: a place in the queue, released when the request ends (however it ends).
@@ -323,7 +364,12 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn analyze(State(state): State<Arc<AppState>>, Query(q): Query<StreamQuery>, headers: HeaderMap, req: Request) -> Response {
+async fn analyze(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
     let result = analyze_inner(state.clone(), q, headers, req).await;
     match result {
         Ok(resp) => resp,
@@ -334,12 +380,18 @@ async fn analyze(State(state): State<Arc<AppState>>, Query(q): Query<StreamQuery
     }
 }
 
-async fn analyze_inner(state: Arc<AppState>, q: StreamQuery, headers: HeaderMap, req: Request) -> Result<Response, ApiError> {
+async fn analyze_inner(
+    state: Arc<AppState>,
+    q: StreamQuery,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
     check_token(&state, &headers)?;
     let Some(runtime) = state.runtime.get().cloned() else {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "engines are loading").retry(5));
     };
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let content_type =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let (opts, upload) = if content_type.starts_with("multipart/form-data") {
         let (o, u) = read_multipart(&state, req).await?;
         (o, Some(u))
@@ -360,7 +412,11 @@ async fn analyze_inner(state: Arc<AppState>, q: StreamQuery, headers: HeaderMap,
         (None, Some(p), None) => allowed_path(&state, p)?,
         (None, None, Some(u)) => {
             if !state.config.allow_urls {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "urls_not_allowed", "this server does not fetch URLs (allow_urls = false)"));
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "urls_not_allowed",
+                    "this server does not fetch URLs (allow_urls = false)",
+                ));
             }
             if !["http://", "https://", "rtsp://"].iter().any(|s| u.starts_with(s)) {
                 return Err(bad("invalid_url", "only http, https and rtsp URLs"));
@@ -377,7 +433,12 @@ async fn analyze_inner(state: Arc<AppState>, q: StreamQuery, headers: HeaderMap,
     let capacity = state.config.max_concurrency + state.config.max_queue;
     if state.admitted.fetch_add(1, Ordering::SeqCst) >= capacity {
         state.admitted.fetch_sub(1, Ordering::SeqCst);
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", format!("{capacity} requests already admitted")).retry(2));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("{capacity} requests already admitted"),
+        )
+        .retry(2));
     }
     let admitted = Admitted(state.clone());
     let timeout = Duration::from_secs_f64(state.config.request_timeout_s);
@@ -410,7 +471,9 @@ async fn analyze_inner(state: Arc<AppState>, q: StreamQuery, headers: HeaderMap,
                 Err(e) => {
                     let e = runtime_error(e);
                     st.metrics().request(e.outcome());
-                    Event::default().event("error").data(serde_json::json!({"error": {"code": e.code, "message": e.message}}).to_string())
+                    Event::default()
+                        .event("error")
+                        .data(serde_json::json!({"error": {"code": e.code, "message": e.message}}).to_string())
                 }
             };
             let _ = tx.send(ev);
@@ -434,7 +497,11 @@ async fn analyze_inner(state: Arc<AppState>, q: StreamQuery, headers: HeaderMap,
     let result = match outcome {
         Err(_) => {
             cancel.store(true, Ordering::SeqCst);
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", format!("the request took longer than {timeout:?}")));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!("the request took longer than {timeout:?}"),
+            ));
         }
         Ok(Err(join)) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", join.to_string())),
         Ok(Ok(r)) => r.map_err(runtime_error)?,

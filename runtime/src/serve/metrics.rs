@@ -49,11 +49,21 @@ impl Metrics {
 
     pub fn render(&self, queue_depth: usize, in_flight: usize, ready: bool, model_bytes: u64) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# HELP emollama_requests_total Analyze requests by outcome.\n# TYPE emollama_requests_total counter");
+        let _ = writeln!(
+            s,
+            "# HELP emollama_requests_total Analyze requests by outcome.\n# TYPE emollama_requests_total counter"
+        );
         for outcome in ["ok", "client_error", "server_error", "busy", "cancelled", "timeout"] {
-            let _ = writeln!(s, "emollama_requests_total{{outcome=\"{outcome}\"}} {}", self.requests.get(outcome).unwrap_or(&0));
+            let _ = writeln!(
+                s,
+                "emollama_requests_total{{outcome=\"{outcome}\"}} {}",
+                self.requests.get(outcome).unwrap_or(&0)
+            );
         }
-        let _ = writeln!(s, "# HELP emollama_stage_seconds Time per pipeline stage.\n# TYPE emollama_stage_seconds histogram");
+        let _ = writeln!(
+            s,
+            "# HELP emollama_stage_seconds Time per pipeline stage.\n# TYPE emollama_stage_seconds histogram"
+        );
         for (stage, h) in &self.stages {
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(s, "emollama_stage_seconds_bucket{{stage=\"{stage}\",le=\"{b}\"}} {}", h.counts[i]);
@@ -66,7 +76,11 @@ impl Metrics {
             ("emollama_queue_depth", "Requests waiting for a slot.", queue_depth as f64),
             ("emollama_in_flight", "Requests running.", in_flight as f64),
             ("emollama_ready", "1 once the engines are loaded and warmed up.", if ready { 1.0 } else { 0.0 }),
-            ("emollama_decode_tokens_per_second", "Decode speed of the last request that generated.", self.decode_tokens_per_second),
+            (
+                "emollama_decode_tokens_per_second",
+                "Decode speed of the last request that generated.",
+                self.decode_tokens_per_second,
+            ),
             ("emollama_model_bytes", "Bytes of the bundle's files.", model_bytes as f64),
         ];
         for (name, help, v) in gauges {

@@ -10,7 +10,8 @@ pub fn notify(state: &str) {
     let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
     let sent = if let Some(name) = socket.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
     } else {
         sock.send_to(state.as_bytes(), &socket)
     };

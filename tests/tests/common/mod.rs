@@ -14,9 +14,8 @@ fn cache_dir() -> PathBuf {
 
 /// `bundle/` and `goldens/` written by the exporter (scripts/test regenerates them).
 pub fn test_data() -> PathBuf {
-    let dir = std::env::var_os("EMOLLAMA_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("synthetic"));
+    let dir =
+        std::env::var_os("EMOLLAMA_TEST_DATA").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("synthetic"));
     assert!(
         dir.join("bundle/manifest.json").is_file(),
         "no synthetic bundle at {}: run ./scripts/test (or ./scripts/setup)",
@@ -48,7 +47,8 @@ pub fn goldens() -> &'static Value {
 /// A golden tensor `{file, shape}` as an ndarray.
 pub fn tensor(entry: &Value) -> ArrayD<f32> {
     let file = entry["file"].as_str().expect("file");
-    let shape: Vec<usize> = entry["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let shape: Vec<usize> =
+        entry["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().unwrap() as usize).collect();
     let bytes = std::fs::read(test_data().join("goldens").join(file)).expect("golden tensor file");
     let data: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("golden shape")
