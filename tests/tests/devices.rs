@@ -124,31 +124,21 @@ fn startup_plan_refuses_a_bundle_that_cannot_fit() {
     assert!(err.contains("LLM weights"), "{err}");
 }
 
+/// `emollama bench` on the synthetic bundle and the x86-cpu profile, writing into `out`.
+fn bench(out: &Path, media: &Path, extra: &[&str]) -> Output {
+    let bundle = common::bundle_dir();
+    let mut args =
+        vec!["bench", "--profile", "x86-cpu", "--bundle", bundle.to_str().unwrap(), "--media", media.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    emollama(&args, &[])
+}
+
 #[test]
 fn bench_reports_every_field_and_writes_markdown_json_svg() {
     let out_dir = tempfile::tempdir().unwrap();
     let media = common::media_dir().join("test-pattern.mp4");
-    let v = json(&emollama(
-        &[
-            "bench",
-            "--json",
-            "--profile",
-            "x86-cpu",
-            "--bundle",
-            common::bundle_dir().to_str().unwrap(),
-            "--media",
-            media.to_str().unwrap(),
-            "--runs",
-            "3",
-            "--warmup",
-            "1",
-            "--max-new-tokens",
-            "16",
-            "--out",
-            out_dir.path().to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let v = json(&bench(out_dir.path(), &media, &["--json", "--runs", "3", "--warmup", "1", "--max-new-tokens", "16"]));
     for key in [
         "profile",
         "device",
@@ -191,27 +181,10 @@ fn bench_reports_every_field_and_writes_markdown_json_svg() {
     // --compare against the earlier JSON prints deltas.
     let old = out_dir.path().join("old.json");
     std::fs::copy(out_dir.path().join("bench.json"), &old).unwrap();
-    let again = emollama(
-        &[
-            "bench",
-            "--profile",
-            "x86-cpu",
-            "--bundle",
-            common::bundle_dir().to_str().unwrap(),
-            "--media",
-            media.to_str().unwrap(),
-            "--runs",
-            "1",
-            "--warmup",
-            "0",
-            "--max-new-tokens",
-            "4",
-            "--out",
-            out_dir.path().to_str().unwrap(),
-            "--compare",
-            old.to_str().unwrap(),
-        ],
-        &[],
+    let again = bench(
+        out_dir.path(),
+        &media,
+        &["--runs", "1", "--warmup", "0", "--max-new-tokens", "4", "--compare", old.to_str().unwrap()],
     );
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert!(String::from_utf8_lossy(&again.stderr).contains("decode tok/s"));

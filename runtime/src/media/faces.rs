@@ -4,7 +4,7 @@
 //! the five landmarks to a 112×112 crop.
 
 use emollama_bundle::{Bundle, Role};
-use emollama_engines::onnx::{EncoderEngine, EngineOptions, OrtRuntime};
+use emollama_engines::onnx::{EncoderEngine, EngineOptions, OrtRuntime, Outputs};
 use emollama_engines::EngineError;
 use ndarray::{Array4, ArrayD, Axis};
 use serde::Serialize;
@@ -101,12 +101,7 @@ impl FaceDetector {
             return Ok(Vec::new());
         }
         // Stage 2: R-Net on 24×24 crops.
-        let (batch, kept) = crops(img, &boxes, 24);
-        boxes = kept.iter().map(|&i| boxes[i]).collect();
-        if boxes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let out = self.rnet.run(&[("image", batch.view().into_dyn())])?;
+        let Some(out) = refine(&self.rnet, img, &mut boxes, 24)? else { return Ok(Vec::new()) };
         let (reg, prob) = (&out[0].1, &out[1].1);
         let mut next = Vec::new();
         for (i, c) in boxes.iter().enumerate() {
@@ -127,12 +122,7 @@ impl FaceDetector {
             return Ok(Vec::new());
         }
         // Stage 3: O-Net on 48×48 crops, landmarks, NMS 0.7 with the "Min" overlap.
-        let (batch, kept) = crops(img, &boxes, 48);
-        boxes = kept.iter().map(|&i| boxes[i]).collect();
-        if boxes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let out = self.onet.run(&[("image", batch.view().into_dyn())])?;
+        let Some(out) = refine(&self.onet, img, &mut boxes, 48)? else { return Ok(Vec::new()) };
         let (reg, lm, prob) = (&out[0].1, &out[1].1, &out[2].1);
         let mut faces = Vec::new();
         let mut finals = Vec::new();
@@ -155,6 +145,22 @@ impl FaceDetector {
         faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
         Ok(faces)
     }
+}
+
+/// One refinement stage: crop every box (dropping those with an empty crop, as the
+/// reference does) and run `net` on the batch; `None` when no box is left.
+fn refine(
+    net: &EncoderEngine,
+    img: &RgbImage,
+    boxes: &mut Vec<Cand>,
+    size: usize,
+) -> Result<Option<Outputs>, EngineError> {
+    let (batch, kept) = crops(img, boxes, size);
+    *boxes = kept.iter().map(|&i| boxes[i]).collect();
+    if boxes.is_empty() {
+        return Ok(None);
+    }
+    net.run(&[("image", batch.view().into_dyn())]).map(Some)
 }
 
 /// `(img - 127.5) * 0.0078125` as [1, 3, H, W].
