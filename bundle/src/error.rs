@@ -21,6 +21,8 @@ pub enum BundleError {
     WrongFormat { path: PathBuf, found: String, expected: &'static str },
     #[error("bundle format version {found} is not supported by this emollama (it reads version {supported}); re-export the bundle or upgrade emollama")]
     UnsupportedVersion { found: u32, supported: u32 },
+    #[error("bundle format version {found} is too old for this emollama (it reads version {supported}: the prompt's row order, preprocessing filters and generation presets moved into the manifest); re-export the bundle with this emollama's exporter (./scripts/setup re-exports the synthetic one)")]
+    LegacyVersion { found: u32, supported: u32 },
     #[error("bundle file {path} is missing (role {role})")]
     MissingFile { path: PathBuf, role: String },
     #[error("bundle file {path} has {actual} bytes, the manifest says {expected} (truncated or replaced)")]
@@ -43,6 +45,24 @@ pub enum BundleError {
     DuplicateRole { role: crate::Role, count: usize },
     #[error("engine {engine} output {output} has width {found}, but the LLM's embedding width is {expected}")]
     EmbeddingWidthMismatch { engine: String, output: String, found: u64, expected: u64 },
+    #[error("bundle file {path} (role {role}) does not declare the {kind} {name:?} the runtime {verb}")]
+    MissingTensor { path: String, role: crate::Role, kind: &'static str, name: &'static str, verb: &'static str },
+    #[error(
+        "bundle file {path} output {output} holds {found} rows, but the manifest's rows say {expected} for {block}"
+    )]
+    RowCountMismatch { path: String, output: String, block: crate::RowBlock, found: String, expected: u32 },
+    #[error("bundle file {path} (role {role}) has precision {precision}, which is not a {expected} precision")]
+    WrongPrecision { path: String, role: crate::Role, precision: crate::Precision, expected: &'static str },
+    #[error("bundle file {path} (role {role}) has format {format}, expected {expected}")]
+    WrongFileFormat { path: String, role: crate::Role, format: crate::FileFormat, expected: crate::FileFormat },
     #[error("bundle manifest is inconsistent: {0}")]
     Inconsistent(String),
+    #[error("output folder {0} already exists")]
+    OutputExists(PathBuf),
+    #[error("writing bundle file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

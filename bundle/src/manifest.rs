@@ -3,8 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::types::{DType, FileFormat, FrameChoice, Precision, Resize, RowBlock};
+
 pub const FORMAT: &str = "emollama-bundle";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: typed fields; the prompt's row order, the preprocessing filters, the
+/// aligned face size and the generation presets moved out of the runtime's code.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,8 +23,9 @@ pub struct Manifest {
     pub provenance: Provenance,
     pub llm: LlmInfo,
     pub rows: Rows,
-    pub prompt: PromptLayout,
+    pub prompt: PromptSpec,
     pub preprocess: Preprocess,
+    pub generation: Generation,
     pub files: Vec<FileEntry>,
 }
 
@@ -39,8 +44,10 @@ pub struct Provenance {
 pub struct LlmInfo {
     pub embedding_width: u64,
     pub vocab_size: u64,
+    /// Checked against the GGUF's own ids when the LLM loads.
     pub bos_id: i32,
     pub eos_id: i32,
+    /// The context the model was trained for: the runtime's context never exceeds it.
     pub n_ctx_train: u32,
     /// Architecture numbers the memory planner needs (KV cache, re-quantised size).
     pub n_layer: u32,
@@ -64,15 +71,27 @@ impl Rows {
     pub fn total(&self) -> u32 {
         self.global_patches + self.local + self.temporal + self.audio + self.global_cls
     }
+
+    /// Rows of one block.
+    pub fn of(&self, block: RowBlock) -> u32 {
+        match block {
+            RowBlock::GlobalPatches => self.global_patches,
+            RowBlock::Local => self.local,
+            RowBlock::Temporal => self.temporal,
+            RowBlock::Audio => self.audio,
+            RowBlock::GlobalCls => self.global_cls,
+        }
+    }
 }
 
+/// Where the embedding rows go: all of them, in `row_order`, at the one `placeholder`
+/// of the prompt text (`get_context_emb` at inference, official eval and demo alike).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PromptLayout {
-    /// `inference`: all rows at the placeholder, as the official eval and demo do.
-    pub layout: String,
+pub struct PromptSpec {
     pub placeholder: String,
-    pub row_order: Vec<String>,
+    /// A permutation of the five blocks.
+    pub row_order: Vec<RowBlock>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,24 +107,29 @@ pub struct Preprocess {
 #[serde(deny_unknown_fields)]
 pub struct GlobalPreprocess {
     pub image_size: [u32; 2],
-    pub resize: String,
+    pub resize: Resize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
-    pub frame: String,
+    pub frame: FrameChoice,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaceConfig {
+    /// The local encoder's input size.
     pub image_size: [u32; 2],
+    /// The aligned crop (five-point similarity warp) before the resize to `image_size`.
     pub aligned_size: [u32; 2],
-    pub resize: String,
+    /// Used for the local and the temporal encoders' resizes.
+    pub resize: Resize,
+    /// Pixel scale (1/255: no mean/std for the face encoders).
     pub scale: f32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemporalPreprocess {
+    /// `segments × frames_per_segment` consecutive source frames.
     pub frames: u32,
     pub segments: u32,
     pub frames_per_segment: u32,
@@ -116,7 +140,37 @@ pub struct TemporalPreprocess {
 #[serde(deny_unknown_fields)]
 pub struct AudioPreprocess {
     pub sample_rate: u32,
+    /// 1: the runtime decodes mono (a bundle asking for more is refused at open).
     pub channels: u32,
+}
+
+/// The generation presets the official code uses (spec §4.4).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Generation {
+    /// `eval_emotion.py`: greedy, 500 new tokens.
+    pub eval: GenerationPreset,
+    /// The Gradio demo: temperature 0.2, top-p 0.9, top-k 50, repetition penalty 1.05,
+    /// prompt + answer capped at 2000 positions.
+    pub demo: GenerationPreset,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationPreset {
+    /// 0: greedy.
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: u32,
+    pub top_p: f32,
+    /// HF style, on generated ids only.
+    pub repetition_penalty: f32,
+    pub max_new_tokens: u32,
+    /// Prompt + answer cap (the demo's `max_length`); the answer is shortened to fit.
+    #[serde(default)]
+    pub max_positions: Option<u32>,
+    /// The answer ends before the first of these.
+    pub stop_strings: Vec<String>,
 }
 
 /// What a file is for. Unknown roles from newer exporters are kept, not rejected.
@@ -156,6 +210,7 @@ impl Role {
     }
 
     pub const ENGINES: [Role; 4] = [Role::GlobalEngine, Role::LocalEngine, Role::TemporalEngine, Role::AudioEngine];
+    pub const FACE_NETS: [Role; 3] = [Role::FacePnet, Role::FaceRnet, Role::FaceOnet];
 }
 
 impl std::fmt::Display for Role {
@@ -170,9 +225,8 @@ pub struct FileEntry {
     /// Relative to the bundle folder.
     pub path: String,
     pub role: Role,
-    /// `onnx`, `gguf`, ...
-    pub format: String,
-    pub precision: String,
+    pub format: FileFormat,
+    pub precision: Precision,
     pub size: u64,
     pub sha256: String,
     #[serde(default)]
@@ -220,7 +274,7 @@ impl std::fmt::Display for Dim {
 #[serde(deny_unknown_fields)]
 pub struct TensorSpec {
     pub name: String,
-    pub dtype: String,
+    pub dtype: DType,
     pub shape: Vec<Dim>,
 }
 

@@ -5,8 +5,10 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::contract::engine_io;
 use crate::error::BundleError;
-use crate::manifest::{FileEntry, Manifest, Role, FORMAT, FORMAT_VERSION};
+use crate::manifest::{FileEntry, GenerationPreset, Manifest, Role, FORMAT, FORMAT_VERSION};
+use crate::types::{FileFormat, Precision, RowBlock};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -38,6 +40,9 @@ impl Bundle {
             return Err(BundleError::WrongFormat { path, found: format.into(), expected: FORMAT });
         }
         let version = head.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if version < u64::from(FORMAT_VERSION) {
+            return Err(BundleError::LegacyVersion { found: version as u32, supported: FORMAT_VERSION });
+        }
         if version != u64::from(FORMAT_VERSION) {
             return Err(BundleError::UnsupportedVersion {
                 found: u32::try_from(version).unwrap_or(u32::MAX),
@@ -69,6 +74,11 @@ impl Bundle {
     /// The one file with `role`.
     pub fn file(&self, role: &Role) -> Option<&FileEntry> {
         self.manifest.files.iter().find(|f| &f.role == role)
+    }
+
+    /// The one file with `role`, which [`Bundle::open`] checked exists.
+    pub fn required(&self, role: &Role) -> Result<&FileEntry, BundleError> {
+        self.file(role).ok_or_else(|| BundleError::MissingRole(role.clone()))
     }
 
     pub fn path_of(&self, entry: &FileEntry) -> PathBuf {
@@ -110,40 +120,170 @@ impl Bundle {
         for entry in &m.files {
             *counts.entry(&entry.role).or_default() += 1;
         }
-        let required = Role::ENGINES.iter().chain(std::iter::once(&Role::Llm));
-        for role in required {
-            match counts.get(role).copied().unwrap_or(0) {
+        let count = |role: &Role| counts.get(role).copied().unwrap_or(0);
+        let required = Role::ENGINES.iter().chain([&Role::Llm, &Role::ZeroRows]);
+        for role in required.chain(Role::FACE_NETS.iter()) {
+            match count(role) {
+                0 if Role::FACE_NETS.contains(role) => {}
                 0 => return Err(BundleError::MissingRole(role.clone())),
                 1 => {}
                 count => return Err(BundleError::DuplicateRole { role: role.clone(), count }),
             }
         }
-        let width = m.llm.embedding_width;
-        for role in &Role::ENGINES {
-            let entry = self.file(role).expect("checked above");
-            if entry.outputs.is_empty() {
-                return Err(BundleError::Inconsistent(format!("{role} declares no outputs")));
+        // The face detector is optional, but only as a whole.
+        let nets = Role::FACE_NETS.iter().filter(|r| count(r) == 1).count();
+        if nets != 0 && nets != Role::FACE_NETS.len() {
+            return Err(BundleError::Inconsistent(format!(
+                "the face detector needs all of face_pnet, face_rnet, face_onet; the bundle has {nets} of them"
+            )));
+        }
+        for entry in &m.files {
+            self.check_file(entry)?;
+        }
+        let mut order = m.prompt.row_order.clone();
+        order.sort();
+        if order != RowBlock::ALL {
+            return Err(BundleError::Inconsistent(format!(
+                "prompt.row_order must name each of {} once, it is {:?}",
+                RowBlock::ALL.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
+                m.prompt.row_order.iter().map(|b| b.name()).collect::<Vec<_>>()
+            )));
+        }
+        if m.prompt.placeholder.trim().is_empty() {
+            return Err(BundleError::Inconsistent("prompt.placeholder is empty".into()));
+        }
+        let t = &m.preprocess.temporal;
+        if t.frames == 0 || t.frames != t.segments * t.frames_per_segment {
+            return Err(BundleError::Inconsistent(format!(
+                "preprocess.temporal: frames {} is not segments {} x frames_per_segment {}",
+                t.frames, t.segments, t.frames_per_segment
+            )));
+        }
+        let a = &m.preprocess.audio;
+        if a.channels != 1 || !(1000..=192_000).contains(&a.sample_rate) {
+            return Err(BundleError::Inconsistent(format!(
+                "preprocess.audio: {} channels at {} Hz; the runtime decodes mono at 1-192 kHz",
+                a.channels, a.sample_rate
+            )));
+        }
+        let sizes = [
+            m.preprocess.global.image_size,
+            m.preprocess.face.image_size,
+            m.preprocess.face.aligned_size,
+            t.image_size,
+        ];
+        if sizes.iter().flatten().any(|&s| s == 0 || s > 4096) {
+            return Err(BundleError::Inconsistent("preprocess: an image size is 0 or over 4096".into()));
+        }
+        for (name, p) in [("eval", &m.generation.eval), ("demo", &m.generation.demo)] {
+            check_preset(p).map_err(|e| BundleError::Inconsistent(format!("generation.{name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// One file's format, precision and the tensors the runtime feeds and reads.
+    fn check_file(&self, entry: &FileEntry) -> Result<(), BundleError> {
+        let m = &self.manifest;
+        let expected_format = match entry.role {
+            Role::Llm => Some(FileFormat::Gguf),
+            Role::ZeroRows => Some(FileFormat::RawF32),
+            Role::Other(_) => None,
+            _ => Some(FileFormat::Onnx),
+        };
+        if let Some(expected) = expected_format.filter(|f| *f != entry.format) {
+            return Err(BundleError::WrongFileFormat {
+                path: entry.path.clone(),
+                role: entry.role.clone(),
+                format: entry.format,
+                expected,
+            });
+        }
+        let precision_ok = match (&entry.role, entry.precision) {
+            (Role::Llm, Precision::Gguf(_)) => true,
+            (Role::Llm, _) => false,
+            (Role::Other(_), _) => true,
+            (_, Precision::Engine(_)) => true,
+            (_, Precision::Gguf(_)) => false,
+        };
+        if !precision_ok {
+            return Err(BundleError::WrongPrecision {
+                path: entry.path.clone(),
+                role: entry.role.clone(),
+                precision: entry.precision,
+                expected: if entry.role == Role::Llm { "GGUF" } else { "engine" },
+            });
+        }
+        let Some(io) = engine_io(&entry.role) else { return Ok(()) };
+        let missing = |kind, name, verb| BundleError::MissingTensor {
+            path: entry.path.clone(),
+            role: entry.role.clone(),
+            kind,
+            name,
+            verb,
+        };
+        for name in io.inputs {
+            if !entry.inputs.iter().any(|i| i.name == *name) {
+                return Err(missing("input", name, "feeds"));
             }
-            for out in &entry.outputs {
-                let last = out.shape.last().and_then(|d| d.fixed());
-                if last != Some(width) {
-                    return Err(BundleError::EmbeddingWidthMismatch {
-                        engine: role.to_string(),
+        }
+        let width = m.llm.embedding_width;
+        for (name, block) in io.outputs {
+            let Some(out) = entry.outputs.iter().find(|o| o.name == *name) else {
+                return Err(missing("output", name, "reads"));
+            };
+            // Rows and zero rows are in the LLM's embedding space; MTCNN's outputs are not.
+            let last = out.shape.last().and_then(|d| d.fixed());
+            if (block.is_some() || entry.role == Role::ZeroRows) && last != Some(width) {
+                return Err(BundleError::EmbeddingWidthMismatch {
+                    engine: entry.role.to_string(),
+                    output: out.name.clone(),
+                    found: last.unwrap_or(0),
+                    expected: width,
+                });
+            }
+            if let Some(block) = block {
+                let rows = out.shape.len().checked_sub(2).and_then(|i| out.shape[i].fixed());
+                if out.shape.len() != 3 || rows != Some(u64::from(m.rows.of(*block))) {
+                    return Err(BundleError::RowCountMismatch {
+                        path: entry.path.clone(),
                         output: out.name.clone(),
-                        found: last.unwrap_or(0),
-                        expected: width,
+                        block: *block,
+                        found: out.shape_string(),
+                        expected: m.rows.of(*block),
                     });
                 }
             }
         }
-        if m.prompt.row_order.len() != 5 {
-            return Err(BundleError::Inconsistent(format!(
-                "prompt.row_order has {} entries, expected 5",
-                m.prompt.row_order.len()
-            )));
+        if entry.role == Role::ZeroRows {
+            let shape = &entry.outputs.iter().find(|o| o.name == crate::contract::ZERO_ROWS).expect("checked").shape;
+            if shape.first().and_then(|d| d.fixed()) != Some(3) || shape.len() != 2 {
+                return Err(BundleError::Inconsistent(format!(
+                    "{}: zero_rows must be [3, width] (local, temporal, audio)",
+                    entry.path
+                )));
+            }
         }
         Ok(())
     }
+}
+
+fn check_preset(p: &GenerationPreset) -> Result<(), String> {
+    if !(p.temperature.is_finite() && p.temperature >= 0.0) {
+        return Err(format!("temperature {} must be finite and >= 0", p.temperature));
+    }
+    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+        return Err(format!("top_p {} must be in (0, 1]", p.top_p));
+    }
+    if !(p.repetition_penalty.is_finite() && p.repetition_penalty > 0.0) {
+        return Err(format!("repetition_penalty {} must be finite and > 0", p.repetition_penalty));
+    }
+    if p.max_new_tokens == 0 {
+        return Err("max_new_tokens must be at least 1".into());
+    }
+    if p.stop_strings.iter().any(|s| s.is_empty()) {
+        return Err("a stop string is empty".into());
+    }
+    Ok(())
 }
 
 /// Lower-case hex sha256 of a file, streamed.

@@ -10,7 +10,5 @@ mod profile;
 
 pub use detect::{detect, jetpack_for_l4t, HostInfo};
 pub use error::DeviceError;
-pub use plan::{plan, LlmQuant, Outcome, Plan, PlanParts, PlanSettings};
-pub use profile::{
-    find as find_profile, load_profiles, profile_dirs, EncoderPrecision, Profile, ProfileDefaults, Residency,
-};
+pub use plan::{plan, Outcome, Plan, PlanParts, PlanSettings, MAX_FACE_DETECTORS};
+pub use profile::{find as find_profile, load_profiles, profile_dirs, Profile, ProfileDefaults, Residency};

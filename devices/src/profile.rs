@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use emollama_bundle::{EnginePrecision, GgufType, KvType};
 use serde::{Deserialize, Serialize};
 
 use crate::DeviceError;
@@ -16,46 +17,28 @@ pub enum Residency {
     InTurn,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EncoderPrecision {
-    Int8,
-    Fp16,
-    Fp32,
-}
-
-impl EncoderPrecision {
-    pub fn bytes_per_param(self) -> f64 {
-        match self {
-            EncoderPrecision::Int8 => 1.0,
-            EncoderPrecision::Fp16 => 2.0,
-            EncoderPrecision::Fp32 => 4.0,
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "int8" => Some(Self::Int8),
-            "fp16" | "f16" => Some(Self::Fp16),
-            "fp32" | "f32" => Some(Self::Fp32),
-            _ => None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileDefaults {
-    /// GGUF type of the backbone: f16, q8_0, q4_k_m, q3_k_m, iq4_xs, …
-    pub llm_quant: String,
+    /// GGUF type the backbone should have on this device (the planner's proposal when
+    /// the bundle's does not fit): f16, q8_0, q4_k_m, q3_k_m, iq4_xs, …
+    pub llm_quant: GgufType,
     pub n_gpu_layers: i32,
     pub n_ctx: u32,
+    /// Rows per llama.cpp decode call (prefill chunk; sizes the compute buffers).
+    #[serde(default = "default_n_batch")]
+    pub n_batch: u32,
     /// KV cache type: f16, q8_0, q4_0, f32.
-    pub kv_cache: String,
-    pub encoder_precision: EncoderPrecision,
+    pub kv_cache: KvType,
+    /// TensorRT precision of the encoders (GPU profiles; a CPU runs the file's own).
+    pub encoder_precision: EnginePrecision,
     pub encoder_residency: Residency,
     /// 0: all cores.
     pub threads: usize,
+}
+
+fn default_n_batch() -> u32 {
+    512
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +66,14 @@ pub struct Profile {
 impl Profile {
     pub fn has_gpu(&self) -> bool {
         self.gpu_arch != "none"
+    }
+
+    /// The CPU threads this profile runs with (`threads = 0`: every core of this host).
+    pub fn threads(&self) -> usize {
+        match self.defaults.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        }
     }
 
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, DeviceError> {
@@ -169,5 +160,20 @@ mod tests {
         assert_eq!(find(&p, "x86-cpu").unwrap().usable_headless_gb, 3.0);
         std::fs::write(dir.path().join("bad.toml"), "name = 3").unwrap();
         assert!(matches!(load_profiles(&[dir.path().to_path_buf()]), Err(DeviceError::BadProfile { .. })));
+    }
+
+    #[test]
+    fn an_unknown_value_in_a_user_profile_is_an_error_not_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = include_str!("../profiles/x86-cpu.toml").replace("name = \"x86-cpu\"", "name = \"mine\"");
+        for (from, to) in [
+            ("kv_cache = \"f16\"", "kv_cache = \"q5_1\""),
+            ("llm_quant = \"q4_k_m\"", "llm_quant = \"q4_k_x\""),
+            ("encoder_precision = \"fp32\"", "encoder_precision = \"fp8\""),
+        ] {
+            std::fs::write(dir.path().join("mine.toml"), base.replace(from, to)).unwrap();
+            let err = load_profiles(&[dir.path().to_path_buf()]).unwrap_err().to_string();
+            assert!(err.contains("mine.toml") && err.contains("unknown"), "{err}");
+        }
     }
 }

@@ -22,6 +22,8 @@ pub enum EngineError {
     InputNames { engine: String, expected: Vec<String>, actual: Vec<String> },
     #[error("engine {engine}: running the model failed: {message}")]
     Run { engine: String, message: String },
+    #[error("cancelled")]
+    Cancelled,
     #[error("engine {engine}: output {output} is missing or not f32: {message}")]
     Output { engine: String, output: String, message: String },
 

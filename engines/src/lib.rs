@@ -7,8 +7,10 @@
 //!
 //! Nothing here knows about emotions, prompts or media.
 
+pub mod cancel;
 pub mod error;
 pub mod llm;
 pub mod onnx;
 
+pub use cancel::CancelToken;
 pub use error::EngineError;

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use emollama_runtime::pipeline::{AnalyzeRequest, Runtime, RuntimeConfig};
+use emollama_bundle::Bundle;
+use emollama_runtime::observer::InputDump;
+use emollama_runtime::{AnalyzeRequest, Pipeline, RuntimeConfig};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -21,19 +23,20 @@ fn main() {
     let data = PathBuf::from(args.first().expect("usage: analyze BUNDLE_PARENT MEDIA [RUNS]"));
     let media = args.get(1).expect("MEDIA").clone();
     let runs: usize = args.get(2).map_or(5, |s| s.parse().unwrap());
-    let rt = Runtime::new(&data.join("bundle"), RuntimeConfig::default()).unwrap();
+    let rt = Pipeline::load(Bundle::open(&data.join("bundle")).unwrap(), RuntimeConfig::default()).unwrap();
     let dump = tempfile::tempdir().unwrap();
     let req = AnalyzeRequest { max_new_tokens: Some(24), ..AnalyzeRequest::new(media.clone()) };
-    rt.analyze(&AnalyzeRequest { dump_inputs: Some(dump.path().into()), ..req.clone() }, None, |_| {}).unwrap();
+    let session = rt.session(&req, Default::default()).unwrap();
+    session.observe(InputDump::new(dump.path()).unwrap()).run(|_| {}).unwrap();
     let mut stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for _ in 0..runs {
-        let r = rt.analyze(&req, None, |_| {}).unwrap();
+        let r = rt.session(&req, Default::default()).unwrap().run(|_| {}).unwrap();
         for (k, v) in r.timings_ms {
-            stages.entry(k).or_default().push(v);
+            stages.entry(k.name().to_string()).or_default().push(v);
         }
     }
     let med: BTreeMap<String, f64> = stages.into_iter().map(|(k, v)| (k, median(v))).collect();
-    let python = emollama_engines::onnx::library::setup_cache_dir().join("venv/bin/python");
+    let python = emollama_bundle::locations::setup_cache_dir().join("venv/bin/python");
     let out = dump.path().join("ref.json");
     let status = Command::new(python)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../export/python"))

@@ -14,7 +14,9 @@ use emollama_engines::llm::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{AnalyzeRequest, Runtime, RuntimeConfig};
+use crate::pipeline::{LoadOptions, Pipeline};
+use crate::request::AnalyzeRequest;
+use crate::stage::Stage;
 use crate::RuntimeError;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
@@ -66,7 +68,7 @@ pub struct BenchReport {
     pub providers: BTreeMap<String, String>,
     /// Process start → first token of a fresh `emollama analyze` process.
     pub cold_start_ms: f64,
-    pub stages_ms: BTreeMap<String, Percentiles>,
+    pub stages_ms: BTreeMap<Stage, Percentiles>,
     pub time_to_first_token_ms: Percentiles,
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
@@ -86,8 +88,9 @@ pub struct BenchOptions {
     pub media: Vec<String>,
     pub runs: usize,
     pub warmup: usize,
-    pub max_new_tokens: usize,
-    pub config: RuntimeConfig,
+    pub max_new_tokens: u32,
+    /// How the pipeline loads (its settings come from the profile's plan).
+    pub load: LoadOptions,
 }
 
 fn peak_rss_mb() -> f64 {
@@ -129,21 +132,22 @@ pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchRepo
         });
     }
 
-    let rt = Runtime::new(&opts.bundle, opts.config.clone())?;
-    let mut stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let rt = Pipeline::planned(&opts.bundle, &opts.profile, opts.load.clone())?;
+    let config = rt.config().clone();
+    let mut stages: BTreeMap<Stage, Vec<f64>> = BTreeMap::new();
     let (mut ttft, mut prefill_rates, mut decode_rates) = (Vec::new(), Vec::new(), Vec::new());
     for media in &opts.media {
         let req = AnalyzeRequest { max_new_tokens: Some(opts.max_new_tokens), ..AnalyzeRequest::new(media.clone()) };
         for i in 0..opts.warmup + opts.runs {
-            let r = rt.analyze(&req, None, |_| {})?;
+            let r = rt.session(&req, Default::default())?.run(|_| {})?;
             if i < opts.warmup {
                 continue;
             }
             for (k, v) in &r.timings_ms {
-                stages.entry(k.clone()).or_default().push(*v);
+                stages.entry(*k).or_default().push(*v);
             }
-            ttft.push(r.timings_ms.get("first_token").copied().unwrap_or(0.0));
-            if let Some(p) = r.timings_ms.get("prefill").filter(|p| **p > 0.0) {
+            ttft.push(r.timings_ms.get(&Stage::FirstToken).copied().unwrap_or(0.0));
+            if let Some(p) = r.timings_ms.get(&Stage::Prefill).filter(|p| **p > 0.0) {
                 prefill_rates.push(r.tokens.prompt as f64 * 1e3 / p);
             }
             decode_rates.push(r.tokens.decode_per_s);
@@ -152,18 +156,12 @@ pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchRepo
     let tegrastats = tegrastats_sample();
 
     // Decode: the wrapper against a raw llama.cpp loop on the same GGUF and threads.
-    let llm_entry = rt.bundle().file(&emollama_bundle::Role::Llm).expect("bundle has an llm");
+    let llm_entry = rt.bundle().required(&emollama_bundle::Role::Llm)?;
     let model = std::sync::Arc::new(LlmModel::load(
         &rt.bundle().path_of(llm_entry),
-        &ModelParams { n_gpu_layers: opts.config.n_gpu_layers, use_mmap: true },
+        &ModelParams { n_gpu_layers: config.n_gpu_layers, use_mmap: true },
     )?);
-    let params = ContextParams {
-        n_ctx: 1024,
-        n_batch: 512,
-        n_threads: opts.config.threads as i32,
-        n_threads_batch: opts.config.threads as i32,
-        ..ContextParams::default()
-    };
+    let params = ContextParams { n_ctx: 1024.min(config.n_ctx), ..config.context_params() };
     let prompt = model.tokenize(
         "<s>[INST] The person in video says: we made it.  [emotion] Please determine the emotion. [/INST]",
         true,
@@ -201,7 +199,7 @@ pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchRepo
         jetpack: opts.host.jetpack.clone(),
         emollama_version: env!("CARGO_PKG_VERSION").into(),
         git_revision: env!("EMOLLAMA_GIT_REV").into(),
-        onnxruntime: emollama_engines::onnx::init_runtime(opts.config.ort_library.as_deref())?.version.clone(),
+        onnxruntime: emollama_engines::onnx::init_runtime(config.ort_library.as_deref())?.version.clone(),
         llama_cpp_system: emollama_engines::llm::system_info(),
         bundle: m.id.clone(),
         synthetic_bundle: m.synthetic,
@@ -210,7 +208,7 @@ pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchRepo
         warmup: opts.warmup,
         providers: rt.providers(),
         cold_start_ms,
-        stages_ms: stages.iter().map(|(k, v)| (k.clone(), Percentiles::of(v))).collect(),
+        stages_ms: stages.iter().map(|(k, v)| (*k, Percentiles::of(v))).collect(),
         time_to_first_token_ms: Percentiles::of(&ttft),
         prefill_tok_s: Percentiles::of(&prefill_rates).p50,
         decode_tok_s,
@@ -228,21 +226,6 @@ pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchRepo
         },
     })
 }
-
-const STAGE_ORDER: [&str; 12] = [
-    "decode_video",
-    "decode_audio",
-    "faces",
-    "global_encoder",
-    "local_encoder",
-    "temporal_encoder",
-    "audio_encoder",
-    "prompt",
-    "prefill",
-    "label_scores",
-    "generation",
-    "total",
-];
 
 impl BenchReport {
     pub fn markdown(&self) -> String {
@@ -264,8 +247,8 @@ impl BenchReport {
             self.warmup
         );
         s += "| stage | p50 ms | p90 ms | p99 ms |\n|---|---:|---:|---:|\n";
-        for k in STAGE_ORDER.iter().chain(["first_token"].iter()) {
-            if let Some(p) = self.stages_ms.get(*k) {
+        for k in Stage::ALL.iter().filter(|s| **s != Stage::FirstToken).chain([Stage::FirstToken].iter()) {
+            if let Some(p) = self.stages_ms.get(k) {
                 s += &format!("| {k} | {:.1} | {:.1} | {:.1} |\n", p.p50, p.p90, p.p99);
             }
         }
@@ -295,10 +278,10 @@ impl BenchReport {
             "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
             "#bab0ac", "#86bcb6",
         ];
-        let stages: Vec<(&str, f64)> = STAGE_ORDER
+        let stages: Vec<(&str, f64)> = Stage::ALL
             .iter()
-            .filter(|k| **k != "total")
-            .filter_map(|k| self.stages_ms.get(*k).map(|p| (*k, p.p50)))
+            .filter(|k| k.is_work())
+            .filter_map(|k| self.stages_ms.get(k).map(|p| (k.name(), p.p50)))
             .collect();
         let total: f64 = stages.iter().map(|s| s.1).sum::<f64>().max(1e-9);
         let (w, bar_h) = (800.0, 40.0);

@@ -1,15 +1,24 @@
-//! The emollama runtime: finds and opens a bundle, loads its engines, and (in later
-//! layers) runs the media front end, the prompt plan and the pipeline.
+//! The emollama pipeline: a [`Pipeline`] prepared once from a bundle (engines, face
+//! detectors, the LLM) and a [`Session`] per request with one method per stage; the
+//! prompt, the typed request and its parsing, the reports (`info`, `doctor`, `bench`).
+//! No HTTP server and no CLI parser here: those are `emollama-serve` and the binary.
 
 pub mod bench;
+pub mod config;
 pub mod doctor;
 pub mod error;
-pub mod locate;
-pub mod media;
+pub mod observer;
 pub mod pipeline;
 pub mod prompt;
 pub mod report;
-pub mod serve;
+pub mod request;
+pub mod session;
+pub mod stage;
 pub mod transcript;
 
+pub use config::RuntimeConfig;
 pub use error::RuntimeError;
+pub use pipeline::{LoadOptions, Pipeline};
+pub use request::{AnalyzeOptions, AnalyzeRequest, Layout, Mode, Preset, RequestError, TaskKind};
+pub use session::{AnalyzeResult, Session};
+pub use stage::{Stage, Timings};

@@ -4,8 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The placeholder where all embedding rows go (`get_context_emb` splits on it only).
-pub const PLACEHOLDER: &str = "<VideoHere>";
+use crate::request::Layout;
 
 /// The nine MERR labels, in the instruction's order.
 pub const LABELS_9: [&str; 9] =
@@ -63,16 +62,6 @@ impl Task {
     }
 }
 
-/// Which official prompt to reproduce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PromptLayout {
-    /// `eval_emotion.py`: `<s>[INST] {instruction} [/INST]` (double BOS with the tokenizer's).
-    Eval,
-    /// The Gradio demo: two user turns without separator, a third BOS mid-sequence.
-    Demo,
-}
-
 /// The prompt text split around the embedding rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PromptText {
@@ -82,30 +71,31 @@ pub struct PromptText {
     pub after_rows: String,
 }
 
-/// Build the official text. `transcript`: the English sentence spoken, or None (the
-/// "The person in video says" line is then left out; the official format leaves its
-/// surrounding spaces, which this keeps).
-pub fn build_prompt(layout: PromptLayout, task: &Task, transcript: Option<&str>) -> PromptText {
+/// Build the official text. `placeholder`: where the embedding rows go (the manifest's;
+/// `get_context_emb` splits on it only). `transcript`: the English sentence spoken, or
+/// None (the "The person in video says" line is then left out; the official format
+/// leaves its surrounding spaces, which this keeps).
+pub fn build_prompt(layout: Layout, task: &Task, transcript: Option<&str>, placeholder: &str) -> PromptText {
     let character_line = match transcript.map(str::trim).filter(|t| !t.is_empty()) {
         Some(t) => format!("The person in video says: {}. ", t.trim_end_matches('.')),
         None => String::new(),
     };
-    let video = format!("<video>{PLACEHOLDER}</video> <feature><FeatureHere></feature>");
+    let video = format!("<video>{placeholder}</video> <feature><FeatureHere></feature>");
     let full = match layout {
         // first_face.py: "<video><VideoHere></video> <feature><FeatureHere></feature> {character_line} [{task}] {instruction} "
         // then prepare_texts: "<s>[INST] " + that + " [/INST]".
-        PromptLayout::Eval => match task {
+        Layout::Eval => match task {
             Task::Question { .. } => {
                 format!("<s>[INST] {video} {character_line} {} [/INST]", task.tagged_instruction())
             }
             _ => format!("<s>[INST] {video} {character_line} {}  [/INST]", task.tagged_instruction()),
         },
         // Chat.upload_img + Chat.ask: the user turn is a second "<s>[INST] " with no separator.
-        PromptLayout::Demo => {
+        Layout::Demo => {
             format!("<s>[INST] {video}<s>[INST] {character_line}{} [/INST]", task.tagged_instruction())
         }
     };
-    let (before, after) = full.split_once(PLACEHOLDER).expect("the template holds the placeholder");
+    let (before, after) = full.split_once(placeholder).expect("the template holds the placeholder");
     PromptText { before_rows: before.to_string(), after_rows: after.to_string() }
 }
 
@@ -139,23 +129,24 @@ pub fn normalise_scores(logprobs: &[f64]) -> Vec<f64> {
 mod tests {
     use super::*;
 
+    const P: &str = "<VideoHere>";
+
     #[test]
     fn eval_prompt_text_has_the_official_quirks() {
-        let p =
-            build_prompt(PromptLayout::Eval, &Task::Emotion { six_labels: false }, Some("I can't believe we made it"));
+        let p = build_prompt(Layout::Eval, &Task::Emotion { six_labels: false }, Some("I can't believe we made it"), P);
         assert_eq!(p.before_rows, "<s>[INST] <video>");
         assert_eq!(
             p.after_rows,
             "</video> <feature><FeatureHere></feature> The person in video says: I can't believe we made it.  [emotion] Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.  [/INST]"
         );
-        let no_transcript = build_prompt(PromptLayout::Eval, &Task::Emotion { six_labels: true }, None);
+        let no_transcript = build_prompt(Layout::Eval, &Task::Emotion { six_labels: true }, None, P);
         assert!(no_transcript.after_rows.starts_with("</video> <feature><FeatureHere></feature>  [emotion]"));
         assert!(no_transcript.after_rows.ends_with("worried, surprise.  [/INST]"));
     }
 
     #[test]
     fn demo_prompt_has_the_second_turn() {
-        let p = build_prompt(PromptLayout::Demo, &Task::Reason { instruction: 1 }, None);
+        let p = build_prompt(Layout::Demo, &Task::Reason { instruction: 1 }, None, P);
         assert_eq!(p.before_rows, "<s>[INST] <video>");
         assert_eq!(p.after_rows, "</video> <feature><FeatureHere></feature><s>[INST] [reason] What is the emotional state of the person in the video? Please tell me the reason. [/INST]");
     }

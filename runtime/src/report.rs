@@ -86,7 +86,7 @@ pub fn inspect_bundle(
             role: role.to_string(),
             file: entry.path.clone(),
             bytes: entry.size,
-            precision: entry.precision.clone(),
+            precision: entry.precision.to_string(),
             provider: engine.provider().to_string(),
             fallbacks: engine.fallbacks().to_vec(),
             inputs: entry.inputs.iter().map(|s| format!("{}{}", s.name, s.shape_string())).collect(),
@@ -101,7 +101,11 @@ pub fn inspect_bundle(
     let gguf = GgufFile::open(&path)?;
     let gguf_width = gguf.get("llama.embedding_length").and_then(|v| v.as_u64()).unwrap_or(0);
     if gguf_width != m.llm.embedding_width {
-        return Err(RuntimeError::LlmWidthMismatch { gguf: gguf_width, manifest: m.llm.embedding_width });
+        return Err(RuntimeError::LlmMismatch {
+            what: "embedding width",
+            gguf: gguf_width as i64,
+            manifest: m.llm.embedding_width as i64,
+        });
     }
     let t = Instant::now();
     let model = Arc::new(LlmModel::load(&path, &ModelParams::default())?);

@@ -9,14 +9,17 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use emollama_runtime::pipeline::{AnalyzeRequest, Mode, Preset, Runtime, RuntimeConfig};
-use emollama_runtime::prompt::{PromptLayout, Task};
+use common::analyze;
+use emollama_bundle::{Bundle, GgufType, Precision};
+use emollama_runtime::observer::InputDump;
+use emollama_runtime::prompt::Task;
+use emollama_runtime::{AnalyzeRequest, Layout, Mode, Pipeline, Preset, RuntimeConfig, Stage};
 
-fn runtime() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
+fn runtime() -> &'static Pipeline {
+    static RT: OnceLock<Pipeline> = OnceLock::new();
     RT.get_or_init(|| {
         let config = RuntimeConfig { threads: 2, ..RuntimeConfig::default() };
-        Runtime::new(&common::bundle_dir(), config).expect("runtime on the synthetic bundle")
+        Pipeline::load(Bundle::open(&common::bundle_dir()).unwrap(), config).expect("pipeline on the synthetic bundle")
     })
 }
 
@@ -25,7 +28,7 @@ fn talking_face() -> String {
 }
 
 fn python() -> PathBuf {
-    emollama_engines::onnx::library::setup_cache_dir().join("venv/bin/python")
+    common::cache_dir().join("venv/bin/python")
 }
 
 /// Run the exporter's reference pipeline on the inputs the runtime dumped.
@@ -52,10 +55,10 @@ fn check_against_reference(mode: Mode) {
         mode,
         max_new_tokens: Some(24),
         transcript: Some("I can't believe we made it".into()),
-        dump_inputs: Some(dump.path().to_path_buf()),
         ..AnalyzeRequest::new(talking_face())
     };
-    let result = runtime().analyze(&req, None, |_| {}).unwrap();
+    let session = runtime().session(&req, Default::default()).unwrap();
+    let result = session.observe(InputDump::new(dump.path()).unwrap()).run(|_| {}).unwrap();
     let want = reference(dump.path());
     let greedy: Vec<i32> =
         want["greedy_tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect();
@@ -104,7 +107,7 @@ fn a_bare_label_answer_is_the_argmax_of_the_scores() {
     // (a multi-token label's probability never exceeds its first token's).
     let rt = runtime();
     let req = AnalyzeRequest { max_new_tokens: Some(1), ..AnalyzeRequest::new(talking_face()) };
-    let r = rt.analyze(&req, None, |_| {}).unwrap();
+    let r = analyze(rt, &req).unwrap();
     let scores = r.label_scores.unwrap();
     let best = scores.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0.clone();
     let first = r.answer_tokens[0];
@@ -121,15 +124,15 @@ fn a_bare_label_answer_is_the_argmax_of_the_scores() {
         assert_eq!(&best, label);
     }
     // And the fast preset's label is that arg-max, with no generation at all.
-    let fast = rt
-        .analyze(&AnalyzeRequest { preset: Preset::Fast, ..AnalyzeRequest::new(talking_face()) }, None, |_| {})
-        .unwrap();
+    let fast = analyze(rt, &AnalyzeRequest { preset: Preset::Fast, ..AnalyzeRequest::new(talking_face()) }).unwrap();
     assert_eq!(fast.label.as_deref(), Some(best.as_str()));
     assert!(fast.answer_tokens.is_empty() && fast.text.is_empty());
     let t = &fast.timings_ms;
     println!(
         "fast preset: prefill {:.1} ms, label scores {:.1} ms (prompt {} positions)",
-        t["prefill"], t["label_scores"], fast.tokens.prompt
+        t[&Stage::Prefill],
+        t[&Stage::LabelScores],
+        fast.tokens.prompt
     );
 }
 
@@ -137,43 +140,42 @@ fn a_bare_label_answer_is_the_argmax_of_the_scores() {
 fn tasks_layouts_and_missing_inputs_are_reported() {
     let rt = runtime();
     let no_audio = common::media_dir().join("no-audio.mp4").to_str().unwrap().to_string();
-    let r =
-        rt.analyze(&AnalyzeRequest { max_new_tokens: Some(4), ..AnalyzeRequest::new(no_audio) }, None, |_| {}).unwrap();
+    let r = analyze(rt, &AnalyzeRequest { max_new_tokens: Some(4), ..AnalyzeRequest::new(no_audio) }).unwrap();
     assert!(r.notes.iter().any(|n| n.contains("no audio")), "{:?}", r.notes);
     assert!(!r.transcript_used);
     let pattern = common::media_dir().join("test-pattern.mp4").to_str().unwrap().to_string();
     let req = AnalyzeRequest {
         task: Task::Reason { instruction: 2 },
-        layout: PromptLayout::Demo,
+        layout: Layout::Demo,
         preset: Preset::Demo,
         max_new_tokens: Some(6),
         ..AnalyzeRequest::new(pattern)
     };
     let mut streamed = String::new();
-    let r = rt.analyze(&req, None, |p| streamed.push_str(p)).unwrap();
+    let r = rt.session(&req, Default::default()).unwrap().run(|p| streamed.push_str(p)).unwrap();
     assert!(r.notes.iter().any(|n| n.contains("no face")), "{:?}", r.notes);
     assert!(r.label.is_none() && r.label_scores.is_none(), "reason task: no label scoring");
     assert_eq!(streamed.trim(), r.text);
     for stage in [
-        "decode_video",
-        "decode_audio",
-        "faces",
-        "global_encoder",
-        "audio_encoder",
-        "prompt",
-        "prefill",
-        "first_token",
-        "generation",
-        "total",
+        Stage::DecodeVideo,
+        Stage::DecodeAudio,
+        Stage::Faces,
+        Stage::GlobalEncoder,
+        Stage::AudioEncoder,
+        Stage::Prompt,
+        Stage::Prefill,
+        Stage::FirstToken,
+        Stage::Generation,
+        Stage::Total,
     ] {
-        assert!(r.timings_ms.contains_key(stage), "missing timing {stage}");
+        assert!(r.timings_ms.contains_key(&stage), "missing timing {stage}");
     }
     let q = AnalyzeRequest {
         task: Task::Question { text: "Is the person smiling?".into() },
         max_new_tokens: Some(3),
         ..AnalyzeRequest::new(talking_face())
     };
-    assert_eq!(rt.analyze(&q, None, |_| {}).unwrap().task, "question");
+    assert_eq!(analyze(rt, &q).unwrap().task, "question");
 }
 
 fn emollama(args: &[&str]) -> std::process::Output {
@@ -248,13 +250,14 @@ fn a_bundle_that_fits_only_in_turn_loads_encoders_one_at_a_time_with_the_same_an
     profile.usable_headless_gb = (plan.in_turn_total + plan.resident_total) as f64 / 2.0 / 1e9;
     profile.defaults.encoder_residency = emollama_devices::Residency::InTurn;
     assert_eq!(emollama_devices::plan(bundle.manifest(), &profile).outcome, emollama_devices::Outcome::FitsInTurn);
-    let config = RuntimeConfig { threads: 2, ..RuntimeConfig::from_profile(&profile) };
-    let in_turn = Runtime::new(&common::bundle_dir(), config.clone()).unwrap();
+    profile.defaults.threads = 2;
+    let in_turn = Pipeline::planned(&common::bundle_dir(), &profile, Default::default()).unwrap();
     assert!(in_turn.encoders_in_turn());
-    let resident = Runtime::new(&common::bundle_dir(), RuntimeConfig { profile: None, ..config }).unwrap();
+    let config = RuntimeConfig { encoders: emollama_devices::Residency::Resident, ..in_turn.config().clone() };
+    let resident = Pipeline::load(bundle, config).unwrap();
     assert!(!resident.encoders_in_turn());
     let req = AnalyzeRequest { max_new_tokens: Some(8), ..AnalyzeRequest::new(talking_face()) };
-    let (a, b) = (in_turn.analyze(&req, None, |_| {}).unwrap(), resident.analyze(&req, None, |_| {}).unwrap());
+    let (a, b) = (analyze(&in_turn, &req).unwrap(), analyze(&resident, &req).unwrap());
     assert_eq!(a.answer_tokens, b.answer_tokens);
     assert_eq!(a.label, b.label);
 }
@@ -266,7 +269,8 @@ fn prompt_plans_tokenize_to_the_spec_golden_ids() {
     let m = LlmModel::load(&common::bundle_dir().join("llm-f32.gguf"), &ModelParams::default()).unwrap();
     let task = Task::Emotion { six_labels: false };
     // Eval: double BOS, "▁[INST] ▁<video>", then the rows, then the suffix of spec §4.3.
-    let eval = build_prompt(PromptLayout::Eval, &task, Some("We made it"));
+    let placeholder = &Bundle::open(&common::bundle_dir()).unwrap().manifest().prompt.placeholder.clone();
+    let eval = build_prompt(Layout::Eval, &task, Some("We made it"), placeholder);
     assert_eq!(m.tokenize(&eval.before_rows, true, true).unwrap(), vec![1, 1, 518, 25580, 29962, 529, 9641, 29958]);
     let after = m.tokenize(&eval.after_rows, false, true).unwrap();
     assert_eq!(
@@ -276,7 +280,7 @@ fn prompt_plans_tokenize_to_the_spec_golden_ids() {
     assert!(after.windows(7).any(|w| w == [29871, 518, 331, 8194, 29962, 3529, 8161]), "{after:?}");
     assert!(after.ends_with(&[29871, 518, 29914, 25580, 29962]));
     // Demo: the second user turn brings a third BOS mid-sequence, right before "[INST]".
-    let demo = build_prompt(PromptLayout::Demo, &task, None);
+    let demo = build_prompt(Layout::Demo, &task, None, placeholder);
     assert_eq!(m.tokenize(&demo.before_rows, true, true).unwrap(), vec![1, 1, 518, 25580, 29962, 529, 9641, 29958]);
     let after = m.tokenize(&demo.after_rows, false, true).unwrap();
     let bos = after.iter().position(|&t| t == 1).expect("a BOS after the rows");
@@ -287,32 +291,27 @@ fn prompt_plans_tokenize_to_the_spec_golden_ids() {
     assert!(after.ends_with(&[518, 29914, 25580, 29962]), "' [/INST]'");
 }
 
+/// `emollama quantize --bundle`: the bundle writer with the LLM replaced.
+fn requantize(out: &Path) -> std::process::Output {
+    emollama(&["quantize", "--bundle", common::bundle_dir().to_str().unwrap(), out.to_str().unwrap(), "q8_0"])
+}
+
 #[test]
 fn a_requantized_bundle_verifies_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q8");
-    let m = emollama_export::requantize_bundle(&common::bundle_dir(), &out, emollama_engines::llm::QuantType::Q8_0, 2)
-        .unwrap();
-    let llm = m.files.iter().find(|f| f.role == emollama_bundle::Role::Llm).unwrap();
-    assert_eq!((llm.precision.as_str(), llm.path.as_str()), ("q8_0", "llm-q8_0.gguf"));
-    let bundle = emollama_bundle::Bundle::open_verified(&out).unwrap();
-    assert!(
-        bundle.file(&emollama_bundle::Role::Llm).unwrap().size
-            < std::fs::metadata(common::bundle_dir().join("llm-f32.gguf")).unwrap().len()
-    );
+    let run = requantize(&out);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let bundle = Bundle::open_verified(&out).unwrap();
+    let llm = bundle.file(&emollama_bundle::Role::Llm).unwrap();
+    assert_eq!((llm.precision, llm.path.as_str()), (Precision::Gguf(GgufType::Q8_0), "llm-q8_0.gguf"));
+    assert!(llm.size < std::fs::metadata(common::bundle_dir().join("llm-f32.gguf")).unwrap().len());
+    assert!(bundle.manifest().id.ends_with("-q8_0"));
     // Refuses to overwrite; nothing half-written is left beside it.
-    assert!(matches!(
-        emollama_export::requantize_bundle(&common::bundle_dir(), &out, emollama_engines::llm::QuantType::Q8_0, 2),
-        Err(emollama_export::ExportError::OutputExists(_))
-    ));
+    let again = requantize(&out);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already exists"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    let rt = Runtime::new(&out, RuntimeConfig { threads: 2, ..RuntimeConfig::default() }).unwrap();
-    let r = rt
-        .analyze(
-            &AnalyzeRequest { preset: Preset::Fast, mode: Mode::OfficialDemo, ..AnalyzeRequest::new(talking_face()) },
-            None,
-            |_| {},
-        )
-        .unwrap();
-    assert!(r.label.is_some());
+    let rt = Pipeline::load(bundle, RuntimeConfig { threads: 2, ..RuntimeConfig::default() }).unwrap();
+    let req = AnalyzeRequest { preset: Preset::Fast, mode: Mode::OfficialDemo, ..AnalyzeRequest::new(talking_face()) };
+    assert!(analyze(&rt, &req).unwrap().label.is_some());
 }

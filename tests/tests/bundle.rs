@@ -86,7 +86,7 @@ fn truncated_manifest_is_malformed() {
 #[test]
 fn unknown_format_version_is_rejected() {
     let (_tmp, result) = damaged_copy(|dir| edit_manifest(dir, |v| v["format_version"] = 99.into()));
-    assert!(matches!(result, Err(BundleError::UnsupportedVersion { found: 99, supported: 1 })), "{result:?}");
+    assert!(matches!(result, Err(BundleError::UnsupportedVersion { found: 99, supported: 2 })), "{result:?}");
 }
 
 #[test]

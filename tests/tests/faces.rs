@@ -5,8 +5,8 @@ mod common;
 
 use emollama_bundle::Bundle;
 use emollama_engines::onnx::{init_runtime, EngineOptions, ProviderPolicy};
-use emollama_runtime::media::faces::{align_face, track_largest, FaceDetector};
-use emollama_runtime::media::{decode_frames, face_tensor, FrameSelection, MediaLimits, RgbImage};
+use emollama_media::faces::{align_face, track_largest, FaceDetector};
+use emollama_media::{decode_frames, face_tensor, FrameSelection, MediaLimits, Resize, RgbImage};
 
 fn detector() -> FaceDetector {
     let bundle = Bundle::open_verified(&common::bundle_dir()).unwrap();
@@ -72,10 +72,9 @@ fn talking_face_crop_is_stable_across_frames() {
     let detections: Vec<_> = idx.iter().map(|&i| (i, det.detect(&decoded.frames[&i]).unwrap())).collect();
     let tracked = track_largest(&detections);
     assert_eq!(tracked.len(), idx.len(), "a face in every frame");
-    let crops: Vec<RgbImage> = tracked.iter().map(|(i, f)| align_face(&decoded.frames[i], f)).collect();
+    let crops: Vec<RgbImage> = tracked.iter().map(|(i, f)| align_face(&decoded.frames[i], f, [112, 112])).collect();
     // 1. The box follows the face smoothly.
-    let centre =
-        |f: &emollama_runtime::media::faces::Face| ((f.bbox[0] + f.bbox[2]) / 2.0, (f.bbox[1] + f.bbox[3]) / 2.0);
+    let centre = |f: &emollama_media::faces::Face| ((f.bbox[0] + f.bbox[2]) / 2.0, (f.bbox[1] + f.bbox[3]) / 2.0);
     let max_step = tracked
         .windows(2)
         .map(|p| {
@@ -90,7 +89,7 @@ fn talking_face_crop_is_stable_across_frames() {
     let aligned: Vec<Vec<(f64, f64)>> = tracked
         .iter()
         .map(|(_, f)| {
-            let [a, nb, tx, b, a2, ty] = emollama_runtime::media::faces::similarity(&f.landmarks, &template);
+            let [a, nb, tx, b, a2, ty] = emollama_media::faces::similarity(&f.landmarks, &template);
             f.landmarks
                 .iter()
                 .map(|p| {
@@ -132,7 +131,7 @@ fn talking_face_crop_is_stable_across_frames() {
     assert!(max_step < 0.08 * face_w, "box jumps {max_step}");
     assert!(max_drift < 3.0, "aligned landmarks drift {max_drift}");
     assert!(worst < 8.0, "crop jitter {worst}");
-    let t = face_tensor(&crops, [224, 224], 1.0 / 255.0);
+    let t = face_tensor(&crops, [224, 224], Resize::Bilinear, 1.0 / 255.0);
     assert_eq!(t.shape(), &[crops.len(), 3, 224, 224]);
     assert!(t.iter().all(|v| (0.0..=1.0).contains(v)));
 }

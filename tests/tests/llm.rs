@@ -6,13 +6,13 @@ mod common;
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
+use emollama_bundle::{GgufType, KvType};
 use emollama_engines::llm::gguf::GgufFile;
 use emollama_engines::llm::{
-    apply_repetition_penalty, quantize, ContextParams, FlashAttention, GenerateOptions, KvCacheType, LlmContext,
-    LlmModel, ModelParams, QuantType, Sampler, SamplingParams, Segment, StopReason,
+    apply_repetition_penalty, quantize, ContextParams, FlashAttention, GenerateOptions, LlmContext, LlmModel,
+    ModelParams, Sampler, SamplingParams, Segment, StopReason,
 };
 use emollama_engines::EngineError;
 
@@ -26,7 +26,7 @@ fn f16_gguf() -> PathBuf {
     PATH.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("llm-f16.gguf");
-        quantize(&f32_gguf(), &out, QuantType::F16, 2).unwrap();
+        quantize(&f32_gguf(), &out, GgufType::F16, 2).unwrap();
         (dir, out)
     })
     .1
@@ -45,7 +45,7 @@ fn context(model: &Arc<LlmModel>, n_ctx: u32) -> LlmContext {
         n_batch: 512,
         n_threads: 2,
         n_threads_batch: 2,
-        kv_cache_type: KvCacheType::F32,
+        kv_cache_type: KvType::F32,
         flash_attention: FlashAttention::Off,
         ..Default::default()
     };
@@ -253,7 +253,8 @@ fn streaming_delivers_pieces_that_add_up_and_stops_as_asked() {
     // Cancellation: the flag, and a callback that breaks.
     let mut ctx = context(&m, 256);
     ctx.prefill(&[Segment::Tokens(&prompt)], false).unwrap();
-    let cancelled = AtomicBool::new(true);
+    let cancelled = emollama_engines::CancelToken::new();
+    cancelled.cancel();
     let c = ctx
         .generate(&mut Sampler::new(SamplingParams::greedy()).unwrap(), &opts, Some(&cancelled), |_| {
             ControlFlow::Continue(())
@@ -327,7 +328,7 @@ fn bad_model_files_are_specific_errors_and_the_process_keeps_working() {
     let t = LlmModel::load(&truncated, &ModelParams::default());
     assert!(matches!(t, Err(EngineError::ModelLoad { .. })), "{t:?}");
     assert!(matches!(
-        quantize(&truncated, &tmp.path().join("q.gguf"), QuantType::Q8_0, 1),
+        quantize(&truncated, &tmp.path().join("q.gguf"), GgufType::Q8_0, 1),
         Err(EngineError::Quantize { .. })
     ));
     assert!(!tmp.path().join("q.gguf").exists() && !tmp.path().join("q.gguf.partial").exists(), "nothing half-written");
@@ -371,7 +372,7 @@ fn bad_prompts_are_rejected_before_touching_the_cache() {
 #[test]
 fn quantized_variants_load_and_run() {
     let tmp = tempfile::tempdir().unwrap();
-    for q in [QuantType::Q8_0, QuantType::Q4_0] {
+    for q in [GgufType::Q8_0, GgufType::Q4_0] {
         let out = tmp.path().join(format!("{q:?}.gguf"));
         quantize(&f32_gguf(), &out, q, 2).unwrap();
         let m = model(&out);

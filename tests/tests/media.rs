@@ -9,9 +9,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use emollama_runtime::media::{
+use emollama_media::{
     decode_audio_16k_mono, decode_frames, global_tensor, probe, resize_pil, FrameSelection, MediaError, MediaLimits,
-    ResizeFilter, RgbImage,
+    Resize, RgbImage,
 };
 
 fn ffmpeg(args: &[&str]) -> Vec<u8> {
@@ -194,7 +194,12 @@ fn selections_pick_the_cli_frames() {
     let limits = MediaLimits::default();
     let path = common::media_dir().join("talking-face.mp4");
     let cli = cli_frames(&path);
-    let sels = [FrameSelection::First, FrameSelection::Middle, FrameSelection::VideoMae, FrameSelection::Uniform(5)];
+    let sels = [
+        FrameSelection::First,
+        FrameSelection::Middle,
+        FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 },
+        FrameSelection::Uniform(5),
+    ];
     let ours = decode_frames(path.to_str().unwrap(), &limits, &sels).unwrap();
     let fb = ours.frames[&0].data.len();
     assert_eq!(ours.total, cli.len() / fb);
@@ -206,7 +211,7 @@ fn selections_pick_the_cli_frames() {
             assert!(img.data == cli[i * fb..(i + 1) * fb], "{sel:?} frame {i}");
         }
     }
-    assert_eq!(ours.select(FrameSelection::VideoMae).len(), 16);
+    assert_eq!(ours.select(FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 }).len(), 16);
     // Only the needed frames were converted.
     assert!(ours.frames.len() < ours.total);
 }
@@ -250,9 +255,7 @@ fn resizing_matches_pil_and_torchvision() {
         let name = case["name"].as_str().unwrap();
         let (w, h) = (case["width"].as_u64().unwrap() as u32, case["height"].as_u64().unwrap() as u32);
         let input = RgbImage::new(w, h, golden(&format!("{name}.input.rgb")));
-        for (filter, size, file) in
-            [(ResizeFilter::Bicubic, 448, "bicubic448"), (ResizeFilter::Bilinear, 224, "bilinear224")]
-        {
+        for (filter, size, file) in [(Resize::Bicubic, 448, "bicubic448"), (Resize::Bilinear, 224, "bilinear224")] {
             let ours = resize_pil(&input, size, size, filter);
             let want = golden(&format!("{name}.{file}.rgb"));
             let diffs: Vec<i32> =
@@ -262,7 +265,7 @@ fn resizing_matches_pil_and_torchvision() {
             println!("{name} {file}: max {max}/255, mean {mean_abs:.4}/255");
             assert!(max <= 2 && mean_abs <= 0.5, "{name} {file}: max {max}, mean {mean_abs}");
         }
-        let t = global_tensor(&input, [448, 448], mean, std);
+        let t = global_tensor(&input, [448, 448], Resize::Bicubic, mean, std);
         let want: Vec<f32> = golden(&format!("{name}.global.f32"))
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))

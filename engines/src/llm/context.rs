@@ -5,7 +5,10 @@ use std::time::Instant;
 use llama_cpp_sys_2 as sys;
 use serde::{Deserialize, Serialize};
 
+use emollama_bundle::KvType;
+
 use super::model::LlmModel;
+use crate::cancel::CancelToken;
 use crate::EngineError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -17,35 +20,14 @@ pub enum FlashAttention {
     Off,
 }
 
-/// Element type of the KV cache. `q8_0` halves its memory on 8 GB boards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum KvCacheType {
-    F32,
-    #[default]
-    F16,
-    Q8_0,
-    Q4_0,
-}
-
-impl KvCacheType {
-    fn ggml(self) -> sys::ggml_type {
-        match self {
-            KvCacheType::F32 => sys::GGML_TYPE_F32,
-            KvCacheType::F16 => sys::GGML_TYPE_F16,
-            KvCacheType::Q8_0 => sys::GGML_TYPE_Q8_0,
-            KvCacheType::Q4_0 => sys::GGML_TYPE_Q4_0,
-        }
-    }
-
-    /// Bytes per element (block formats averaged), for the memory planner.
-    pub fn bytes_per_element(self) -> f64 {
-        match self {
-            KvCacheType::F32 => 4.0,
-            KvCacheType::F16 => 2.0,
-            KvCacheType::Q8_0 => 34.0 / 32.0,
-            KvCacheType::Q4_0 => 18.0 / 32.0,
-        }
+/// llama.cpp's element type for a KV cache of `kv` (the type itself is the bundle's:
+/// one definition shared by profiles, the planner and the CLI).
+fn ggml_kv_type(kv: KvType) -> sys::ggml_type {
+    match kv {
+        KvType::F32 => sys::GGML_TYPE_F32,
+        KvType::F16 => sys::GGML_TYPE_F16,
+        KvType::Q8_0 => sys::GGML_TYPE_Q8_0,
+        KvType::Q4_0 => sys::GGML_TYPE_Q4_0,
     }
 }
 
@@ -57,7 +39,7 @@ pub struct ContextParams {
     pub n_threads: i32,
     pub n_threads_batch: i32,
     pub flash_attention: FlashAttention,
-    pub kv_cache_type: KvCacheType,
+    pub kv_cache_type: KvType,
 }
 
 impl Default for ContextParams {
@@ -69,7 +51,7 @@ impl Default for ContextParams {
             n_threads: threads,
             n_threads_batch: threads,
             flash_attention: FlashAttention::Auto,
-            kv_cache_type: KvCacheType::F16,
+            kv_cache_type: KvType::F16,
         }
     }
 }
@@ -90,8 +72,8 @@ impl ContextParams {
             FlashAttention::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
             FlashAttention::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
         };
-        cp.type_k = self.kv_cache_type.ggml();
-        cp.type_v = self.kv_cache_type.ggml();
+        cp.type_k = ggml_kv_type(self.kv_cache_type);
+        cp.type_v = ggml_kv_type(self.kv_cache_type);
         cp.no_perf = false; // perf counters read zeros otherwise
         cp
     }
@@ -309,6 +291,17 @@ impl LlmContext {
         segments: &[Segment<'_>],
         keep_segment_logits: bool,
     ) -> Result<PrefillReport, EngineError> {
+        self.prefill_cancellable(segments, keep_segment_logits, None)
+    }
+
+    /// [`LlmContext::prefill`], stopping with [`EngineError::Cancelled`] between
+    /// batches once `cancel` is set.
+    pub fn prefill_cancellable(
+        &mut self,
+        segments: &[Segment<'_>],
+        keep_segment_logits: bool,
+        cancel: Option<&CancelToken>,
+    ) -> Result<PrefillReport, EngineError> {
         let started = Instant::now();
         let rows = self.check_segments(segments)?;
         let n_embd = self.model.n_embd();
@@ -318,6 +311,9 @@ impl LlmContext {
             let seg_rows = seg.rows(n_embd);
             let mut done = 0;
             while done < seg_rows {
+                if cancel.is_some_and(CancelToken::is_cancelled) {
+                    return Err(EngineError::Cancelled);
+                }
                 let n = chunk.min(seg_rows - done);
                 let last = done + n == seg_rows;
                 match seg {
@@ -415,6 +411,13 @@ impl LlmContext {
         self.n_past = 0;
         self.has_logits = false;
         self.restored_logits = None;
+    }
+
+    /// Bytes of sequence 0's state as llama.cpp holds it (the KV cache at its element
+    /// type): a q8_0 cache holds about half of an f16 one.
+    pub fn kv_state_bytes(&self) -> usize {
+        // SAFETY: live context.
+        unsafe { sys::llama_state_seq_get_size(self.ptr.as_ptr(), 0) }
     }
 
     /// Save the KV cache of the current prompt (e.g. a constant prefix).

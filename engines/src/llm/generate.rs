@@ -1,5 +1,4 @@
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -7,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::context::LlmContext;
 use super::sampling::Sampler;
 use super::text::TextStream;
-use crate::EngineError;
+use crate::{CancelToken, EngineError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerateOptions {
@@ -79,7 +78,7 @@ impl LlmContext {
         &mut self,
         sampler: &mut Sampler,
         opts: &GenerateOptions,
-        cancel: Option<&AtomicBool>,
+        cancel: Option<&CancelToken>,
         mut on_piece: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, EngineError> {
         let started = Instant::now();
@@ -90,7 +89,7 @@ impl LlmContext {
         let mut tokens = Vec::new();
         let mut first_token_ms = 0.0;
         let stop = loop {
-            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            if cancel.is_some_and(CancelToken::is_cancelled) {
                 break StopReason::Cancelled;
             }
             if tokens.len() >= opts.max_new_tokens {

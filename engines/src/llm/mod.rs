@@ -18,12 +18,10 @@ mod sampling;
 mod text;
 
 pub use backend::{init_backend, system_info};
-pub use context::{
-    ContextParams, FlashAttention, KvCacheType, LlmContext, PerfCounters, PrefillReport, PrefixState, Segment,
-};
+pub use context::{ContextParams, FlashAttention, LlmContext, PerfCounters, PrefillReport, PrefixState, Segment};
 pub use generate::{GenerateOptions, Generation, StopReason};
 pub use model::{check_gguf_header, LlmModel, ModelParams};
-pub use quantize::{quantize, QuantType};
+pub use quantize::quantize;
 pub use raw::raw_greedy_decode;
 pub use sampling::{apply_repetition_penalty, Sampler, SamplingParams};
 pub use text::TextStream;

@@ -4,17 +4,17 @@
 //! in the engine.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use emollama_bundle::{Dim, TensorSpec};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
-use ort::session::{builder::GraphOptimizationLevel, Session, SessionInputValue};
+use ort::session::{builder::GraphOptimizationLevel, RunOptions, Session, SessionInputValue};
 use ort::value::TensorRef;
 
 use super::library::OrtRuntime;
 use super::providers::{Provider, ProviderPolicy};
-use crate::EngineError;
+use crate::{CancelToken, EngineError};
 
 /// How to build an engine's session.
 #[derive(Debug, Clone, Default)]
@@ -25,8 +25,28 @@ pub struct EngineOptions {
     pub model_sha256: String,
 }
 
-/// Named f32 outputs of one run, in the manifest's order.
-pub type Outputs = Vec<(String, ArrayD<f32>)>;
+/// The f32 outputs of one run, read by name.
+#[derive(Debug)]
+pub struct Outputs {
+    engine: String,
+    values: Vec<(String, ArrayD<f32>)>,
+}
+
+impl Outputs {
+    /// Take the output called `name` (each can be taken once).
+    pub fn take(&mut self, name: &str) -> Result<ArrayD<f32>, EngineError> {
+        let at = self.values.iter().position(|(n, _)| n == name).ok_or_else(|| EngineError::Output {
+            engine: self.engine.clone(),
+            output: name.into(),
+            message: "not declared by the manifest".into(),
+        })?;
+        Ok(self.values.swap_remove(at).1)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.values.iter().map(|(n, _)| n.as_str())
+    }
+}
 
 #[derive(Debug)]
 pub struct EncoderEngine {
@@ -152,6 +172,16 @@ impl EncoderEngine {
 
     /// Run once. Inputs are given in the manifest's order.
     pub fn run(&self, inputs: &[(&str, ArrayViewD<'_, f32>)]) -> Result<Outputs, EngineError> {
+        self.run_cancellable(inputs, None)
+    }
+
+    /// [`EncoderEngine::run`], terminated by ONNX Runtime when `cancel` is cancelled
+    /// (before or during the run): then [`EngineError::Cancelled`].
+    pub fn run_cancellable(
+        &self,
+        inputs: &[(&str, ArrayViewD<'_, f32>)],
+        cancel: Option<&CancelToken>,
+    ) -> Result<Outputs, EngineError> {
         self.check_inputs(inputs)?;
         let run_err = |e: ort::Error| EngineError::Run { engine: self.name.clone(), message: e.to_string() };
         let contiguous: Vec<_> = inputs.iter().map(|(_, a)| a.as_standard_layout()).collect();
@@ -160,9 +190,17 @@ impl EncoderEngine {
             let tensor = TensorRef::from_array_view(array).map_err(run_err)?;
             feeds.push(((*name).into(), tensor.into()));
         }
+        let options = Arc::new(RunOptions::new().map_err(run_err)?);
+        if cancel.is_some_and(|c| !c.register(&options)) {
+            return Err(EngineError::Cancelled);
+        }
         let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
-        let outputs = session.run(feeds).map_err(run_err)?;
+        let outputs = match session.run_with_options(feeds, &*options) {
+            Ok(o) => o,
+            Err(_) if cancel.is_some_and(CancelToken::is_cancelled) => return Err(EngineError::Cancelled),
+            Err(e) => return Err(run_err(e)),
+        };
         let mut result = Vec::with_capacity(self.outputs.len());
         for spec in &self.outputs {
             let value = outputs.get(&spec.name).ok_or_else(|| EngineError::Output {
@@ -178,7 +216,7 @@ impl EncoderEngine {
             result.push((spec.name.clone(), array.to_owned()));
         }
         tracing::debug!(engine = %self.name, ms = started.elapsed().as_secs_f64() * 1e3, "run");
-        Ok(result)
+        Ok(Outputs { engine: self.name.clone(), values: result })
     }
 
     /// One run on zeros at the smallest shape, so that the first request does not pay

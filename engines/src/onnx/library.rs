@@ -35,23 +35,16 @@ pub fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
             out.extend(names.iter().map(|n| base.join(n)));
         }
     }
-    out.push(setup_cache_dir().join(format!("onnxruntime/{SETUP_ORT_VERSION}/libonnxruntime.so.{SETUP_ORT_VERSION}")));
+    out.push(
+        emollama_bundle::locations::setup_cache_dir()
+            .join(format!("onnxruntime/{SETUP_ORT_VERSION}/libonnxruntime.so.{SETUP_ORT_VERSION}")),
+    );
     for base in
         ["/usr/lib/emollama", "/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
     {
         out.extend(names.iter().map(|n| Path::new(base).join(n)));
     }
     out
-}
-
-/// `$XDG_CACHE_HOME/emollama` or `~/.cache/emollama`: where `scripts/setup` puts what it
-/// downloads and builds.
-pub fn setup_cache_dir() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(x).join("emollama");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/emollama")
 }
 
 /// Load ONNX Runtime once per process. Later calls return the first runtime (the

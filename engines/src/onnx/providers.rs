@@ -170,7 +170,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, shape: Vec<Dim>) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype: "f32".into(), shape }
+        TensorSpec { name: name.into(), dtype: emollama_bundle::DType::F32, shape }
     }
 
     #[test]

@@ -5,7 +5,21 @@ import hashlib
 from pathlib import Path
 
 FORMAT = "emollama-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+# What belongs to the model and not to the runtime's code (spec §2, §4.3, §4.4): written
+# into every manifest, synthetic or official.
+ROW_ORDER = ["global_patches", "local", "temporal", "audio", "global_cls"]
+PLACEHOLDER = "<VideoHere>"
+GENERATION = {
+    # eval_emotion.py: greedy, 500 new tokens; the answer is cut at "###".
+    "eval": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+             "max_new_tokens": 500, "max_positions": None, "stop_strings": ["###"]},
+    # The Gradio demo (Chat.answer_prepare): sampling, prompt + answer capped at 2000,
+    # the answer split on "###" and "Assistant:".
+    "demo": {"temperature": 0.2, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.05,
+             "max_new_tokens": 500, "max_positions": 2000, "stop_strings": ["###", "Assistant:"]},
+}
 
 
 def sha256_file(path: Path) -> str:

@@ -24,7 +24,7 @@ from .audio import AudioEngine, hubert_config
 from .eva import EvaConfig, GlobalEngine
 from .llama import spliced_reference, tiny_llama, write_gguf
 from .mae import LocalEngine, MaeConfig
-from .manifest import FORMAT, FORMAT_VERSION, file_entry, tensor_spec
+from .manifest import FORMAT, FORMAT_VERSION, GENERATION, PLACEHOLDER, ROW_ORDER, file_entry, tensor_spec
 from .tensors import TensorStore, write_json_atomic
 from .videomae import TemporalEngine, VideoMaeConfig
 
@@ -249,8 +249,7 @@ def build(out: Path, vocab_gguf: Path, facenet_dir: Path) -> None:
                 "n_layer": LLM["layers"], "n_head_kv": LLM["heads"], "head_dim": d // LLM["heads"],
                 "n_params": sum(p.numel() for p in llm.parameters())},
         "rows": {"global_patches": rows, "local": 1, "temporal": 1, "audio": 1, "global_cls": 1},
-        "prompt": {"layout": "inference", "placeholder": "<VideoHere>",
-                   "row_order": ["global_patches", "local", "temporal", "audio", "global_cls"]},
+        "prompt": {"placeholder": PLACEHOLDER, "row_order": ROW_ORDER},
         "preprocess": {
             "global": {"image_size": [size, size], "resize": "bicubic", "mean": CLIP_MEAN, "std": CLIP_STD,
                        "frame": "first"},
@@ -260,6 +259,7 @@ def build(out: Path, vocab_gguf: Path, facenet_dir: Path) -> None:
                          "image_size": [VMAE.image_size, VMAE.image_size]},
             "audio": {"sample_rate": 16000, "channels": 1},
         },
+        "generation": GENERATION,
         "files": files,
     }
     write_json_atomic(bundle / "manifest.json", manifest)

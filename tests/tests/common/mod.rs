@@ -8,8 +8,16 @@ use std::sync::OnceLock;
 use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
 
-fn cache_dir() -> PathBuf {
-    emollama_engines::onnx::library::setup_cache_dir()
+pub fn cache_dir() -> PathBuf {
+    emollama_bundle::locations::setup_cache_dir()
+}
+
+/// Run one request to the end on a pipeline.
+pub fn analyze(
+    p: &emollama_runtime::Pipeline,
+    req: &emollama_runtime::AnalyzeRequest,
+) -> Result<emollama_runtime::AnalyzeResult, emollama_runtime::RuntimeError> {
+    p.session(req, Default::default())?.run(|_| {})
 }
 
 /// `bundle/` and `goldens/` written by the exporter (scripts/test regenerates them).

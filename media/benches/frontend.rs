@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use emollama_runtime::media::{decode_frames, global_tensor, temporal_tensor, FrameSelection, MediaLimits};
+use emollama_media::{decode_frames, global_tensor, temporal_tensor, FrameSelection, MediaLimits, Resize};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -42,9 +42,9 @@ fn main() {
         clip_s,
     ]);
     let limits = MediaLimits::default();
-    let sels = [FrameSelection::First, FrameSelection::VideoMae];
+    let sels = [FrameSelection::First, FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 }];
     let total = 250;
-    let idx = FrameSelection::VideoMae.indices(total);
+    let idx = FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 }.indices(total);
     let mean = [0.48145466, 0.4578275, 0.40821073];
     let std = [0.26862954, 0.261_302_6, 0.275_777_1];
 
@@ -53,9 +53,10 @@ fn main() {
     let ours = || {
         let t = Instant::now();
         let d = decode_frames(clip_s, &limits, &sels).unwrap();
-        let g = global_tensor(d.select(FrameSelection::First)[0], [448, 448], mean, std);
-        let frames: Vec<_> = d.select(FrameSelection::VideoMae).into_iter().cloned().collect();
-        let c = temporal_tensor(&frames, [224, 224], 1.0 / 255.0);
+        let g = global_tensor(d.select(FrameSelection::First)[0], [448, 448], Resize::Bicubic, mean, std);
+        let frames: Vec<_> =
+            d.select(FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 }).into_iter().cloned().collect();
+        let c = temporal_tensor(&frames, [224, 224], Resize::Bilinear, 1.0 / 255.0);
         assert_eq!((g.len(), c.shape()[2]), (3 * 448 * 448, 16));
         t.elapsed().as_secs_f64()
     };

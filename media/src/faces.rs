@@ -1,8 +1,9 @@
 //! Faces: MTCNN detection (the facenet-pytorch cascade around the bundle's three ONNX
 //! nets, ported step by step from `detect_face.py` so that boxes and landmarks match the
 //! reference), tracking of the largest face across frames, and similarity alignment of
-//! the five landmarks to a 112×112 crop.
+//! the five landmarks to the manifest's aligned size (112×112 in the official model).
 
+use emollama_bundle::contract::{IMAGE, LANDMARKS, PROB, REG};
 use emollama_bundle::{Bundle, Role};
 use emollama_engines::onnx::{EncoderEngine, EngineOptions, OrtRuntime, Outputs};
 use emollama_engines::EngineError;
@@ -35,6 +36,8 @@ pub struct FaceDetector {
     pnet: EncoderEngine,
     rnet: EncoderEngine,
     onet: EncoderEngine,
+    /// The aligned crop's size (`preprocess.face.aligned_size`).
+    aligned_size: [u32; 2],
 }
 
 /// A candidate box: x1, y1, x2, y2, score and the 4 regression offsets.
@@ -56,7 +59,10 @@ impl FaceDetector {
                 .map(Some)
         };
         match (load(Role::FacePnet)?, load(Role::FaceRnet)?, load(Role::FaceOnet)?) {
-            (Some(pnet), Some(rnet), Some(onet)) => Ok(Some(Self { pnet, rnet, onet })),
+            (Some(pnet), Some(rnet), Some(onet)) => {
+                let aligned_size = bundle.manifest().preprocess.face.aligned_size;
+                Ok(Some(Self { pnet, rnet, onet, aligned_size }))
+            }
             _ => Ok(None),
         }
     }
@@ -79,9 +85,9 @@ impl FaceDetector {
             let hs = (h as f64 * f64::from(s) + 1.0) as usize;
             let ws = (w as f64 * f64::from(s) + 1.0) as usize;
             let input = normalise(area_resize(img, 0, 0, w, h, ws, hs), hs, ws);
-            let out = self.pnet.run(&[("image", input.view().into_dyn())])?;
-            let (reg, prob) = (&out[0].1, &out[1].1);
-            let mut scale_cands = generate_boxes(reg, prob, s, THRESHOLDS[0]);
+            let mut out = self.pnet.run(&[(IMAGE, input.view().into_dyn())])?;
+            let (reg, prob) = (out.take(REG)?, out.take(PROB)?);
+            let mut scale_cands = generate_boxes(&reg, &prob, s, THRESHOLDS[0]);
             let keep = nms(&scale_cands, 0.5, false);
             scale_cands = keep.into_iter().map(|i| scale_cands[i]).collect();
             cands.extend(scale_cands);
@@ -101,8 +107,8 @@ impl FaceDetector {
             return Ok(Vec::new());
         }
         // Stage 2: R-Net on 24×24 crops.
-        let Some(out) = refine(&self.rnet, img, &mut boxes, 24)? else { return Ok(Vec::new()) };
-        let (reg, prob) = (&out[0].1, &out[1].1);
+        let Some(mut out) = refine(&self.rnet, img, &mut boxes, 24)? else { return Ok(Vec::new()) };
+        let (reg, prob) = (out.take(REG)?, out.take(PROB)?);
         let mut next = Vec::new();
         for (i, c) in boxes.iter().enumerate() {
             let score = prob[[i, 1]];
@@ -122,8 +128,8 @@ impl FaceDetector {
             return Ok(Vec::new());
         }
         // Stage 3: O-Net on 48×48 crops, landmarks, NMS 0.7 with the "Min" overlap.
-        let Some(out) = refine(&self.onet, img, &mut boxes, 48)? else { return Ok(Vec::new()) };
-        let (reg, lm, prob) = (&out[0].1, &out[1].1, &out[2].1);
+        let Some(mut out) = refine(&self.onet, img, &mut boxes, 48)? else { return Ok(Vec::new()) };
+        let (reg, lm, prob) = (out.take(REG)?, out.take(LANDMARKS)?, out.take(PROB)?);
         let mut faces = Vec::new();
         let mut finals = Vec::new();
         for (i, c) in boxes.iter().enumerate() {
@@ -160,7 +166,7 @@ fn refine(
     if boxes.is_empty() {
         return Ok(None);
     }
-    net.run(&[("image", batch.view().into_dyn())]).map(Some)
+    net.run(&[(IMAGE, batch.view().into_dyn())]).map(Some)
 }
 
 /// `(img - 127.5) * 0.0078125` as [1, 3, H, W].
@@ -319,15 +325,22 @@ pub fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [f64; 6] {
     [a, -b, tx, b, a, ty]
 }
 
-/// Warp the face to 112×112 (bilinear, black outside), as `cv2.warpAffine`.
-pub fn align_face(img: &RgbImage, face: &Face) -> RgbImage {
-    let [a, nb, tx, b, _, ty] = similarity(&face.landmarks, &TEMPLATE_112);
+/// The five-point template scaled to a crop of `size` (the template is defined at 112).
+fn template(size: [u32; 2]) -> [[f32; 2]; 5] {
+    let (sx, sy) = (size[0] as f32 / 112.0, size[1] as f32 / 112.0);
+    TEMPLATE_112.map(|[x, y]| [x * sx, y * sy])
+}
+
+/// Warp the face to `size` (bilinear, black outside), as `cv2.warpAffine`.
+pub fn align_face(img: &RgbImage, face: &Face, size: [u32; 2]) -> RgbImage {
+    let [a, nb, tx, b, _, ty] = similarity(&face.landmarks, &template(size));
+    let (out_w, out_h) = (size[0] as usize, size[1] as usize);
     // Inverse of [a -b; b a]: 1/(a²+b²) [a b; -b a].
     let det = a * a + b * b;
     let (w, h) = (img.width as i64, img.height as i64);
-    let mut out = vec![0u8; 112 * 112 * 3];
-    for v in 0..112 {
-        for u in 0..112 {
+    let mut out = vec![0u8; out_w * out_h * 3];
+    for v in 0..out_h {
+        for u in 0..out_w {
             let (du, dv) = (u as f64 - tx, v as f64 - ty);
             let x = (a * du + b * dv) / det;
             let y = (nb * du + a * dv) / det;
@@ -345,11 +358,11 @@ pub fn align_face(img: &RgbImage, face: &Face) -> RgbImage {
                     + px(x0 + 1, y0) * fx * (1.0 - fy)
                     + px(x0, y0 + 1) * (1.0 - fx) * fy
                     + px(x0 + 1, y0 + 1) * fx * fy;
-                out[(v * 112 + u) * 3 + c] = val.round().clamp(0.0, 255.0) as u8;
+                out[(v * out_w + u) * 3 + c] = val.round().clamp(0.0, 255.0) as u8;
             }
         }
     }
-    RgbImage::new(112, 112, out)
+    RgbImage::new(size[0], size[1], out)
 }
 
 fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
@@ -417,7 +430,7 @@ mod tests {
 /// The aligned face crops of a clip, or why there are none.
 #[derive(Debug, Clone)]
 pub struct FaceCrops {
-    /// Frames examined, and the (frame index, 112×112 crop) of the tracked face.
+    /// Frames examined, and the (frame index, aligned crop) of the tracked face.
     pub frames_examined: usize,
     pub crops: Vec<(usize, RgbImage)>,
 }
@@ -475,6 +488,7 @@ pub fn face_crops<'a>(
     };
     detections.sort_by_key(|(i, _)| *i);
     let by_index: std::collections::HashMap<usize, &RgbImage> = frames.iter().copied().collect();
-    let crops = track_largest(&detections).into_iter().map(|(i, f)| (i, align_face(by_index[&i], &f))).collect();
+    let size = detectors.first().expect("at least one detector").aligned_size;
+    let crops = track_largest(&detections).into_iter().map(|(i, f)| (i, align_face(by_index[&i], &f, size))).collect();
     Ok(FaceCrops { frames_examined: frames.len(), crops })
 }

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use emollama_runtime::{Stage, Timings};
+
 const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 #[derive(Debug, Default)]
@@ -27,7 +29,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: BTreeMap<&'static str, u64>,
-    stages: BTreeMap<String, Histogram>,
+    stages: BTreeMap<Stage, Histogram>,
     decode_tokens_per_second: f64,
     generated_tokens: u64,
 }
@@ -37,9 +39,9 @@ impl Metrics {
         *self.requests.entry(outcome).or_default() += 1;
     }
 
-    pub fn stages(&mut self, timings_ms: &BTreeMap<String, f64>, decode_per_s: f64, generated: usize) {
+    pub fn stages(&mut self, timings_ms: &Timings, decode_per_s: f64, generated: usize) {
         for (stage, ms) in timings_ms {
-            self.stages.entry(stage.clone()).or_default().observe(ms / 1e3);
+            self.stages.entry(*stage).or_default().observe(ms / 1e3);
         }
         if generated > 1 {
             self.decode_tokens_per_second = decode_per_s;

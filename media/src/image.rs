@@ -3,6 +3,8 @@
 //! with antialiasing support, 22-bit fixed-point coefficients, a horizontal pass rounded
 //! to 8 bits, then a vertical pass (Pillow `libImaging/Resample.c`).
 
+pub use emollama_bundle::Resize;
+
 /// A tightly packed 8-bit RGB image (no row padding).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
@@ -24,31 +26,31 @@ impl RgbImage {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResizeFilter {
-    Bilinear,
-    Bicubic,
+/// PIL's kernels for the manifest's resize filters.
+trait Kernel {
+    fn support(self) -> f64;
+    fn weight(self, x: f64) -> f64;
 }
 
-impl ResizeFilter {
+impl Kernel for Resize {
     fn support(self) -> f64 {
         match self {
-            ResizeFilter::Bilinear => 1.0,
-            ResizeFilter::Bicubic => 2.0,
+            Resize::Bilinear => 1.0,
+            Resize::Bicubic => 2.0,
         }
     }
 
     fn weight(self, x: f64) -> f64 {
         let x = x.abs();
         match self {
-            ResizeFilter::Bilinear => {
+            Resize::Bilinear => {
                 if x < 1.0 {
                     1.0 - x
                 } else {
                     0.0
                 }
             }
-            ResizeFilter::Bicubic => {
+            Resize::Bicubic => {
                 const A: f64 = -0.5;
                 if x < 1.0 {
                     ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
@@ -71,7 +73,7 @@ struct Coeffs {
     taps: Vec<i32>,
 }
 
-fn precompute(in_size: usize, out_size: usize, filter: ResizeFilter) -> Coeffs {
+fn precompute(in_size: usize, out_size: usize, filter: Resize) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
@@ -155,7 +157,7 @@ fn vertical(src: &[u8], w: usize, out_h: usize, c: &Coeffs) -> Vec<u8> {
 }
 
 /// `PIL.Image.resize((out_w, out_h), filter)` for an RGB image, bit-exact.
-pub fn resize_pil(img: &RgbImage, out_w: u32, out_h: u32, filter: ResizeFilter) -> RgbImage {
+pub fn resize_pil(img: &RgbImage, out_w: u32, out_h: u32, filter: Resize) -> RgbImage {
     let (w, h) = (img.width as usize, img.height as usize);
     let (ow, oh) = (out_w as usize, out_h as usize);
     let mut data = std::borrow::Cow::Borrowed(&img.data[..]);
@@ -178,9 +180,9 @@ mod tests {
     #[test]
     fn same_size_is_identity_and_constant_stays_constant() {
         let img = RgbImage::new(5, 3, (0..45).map(|i| (i * 5) as u8).collect());
-        assert_eq!(resize_pil(&img, 5, 3, ResizeFilter::Bicubic), img);
+        assert_eq!(resize_pil(&img, 5, 3, Resize::Bicubic), img);
         let flat = RgbImage::new(37, 23, vec![77; 37 * 23 * 3]);
-        for f in [ResizeFilter::Bicubic, ResizeFilter::Bilinear] {
+        for f in [Resize::Bicubic, Resize::Bilinear] {
             let out = resize_pil(&flat, 448, 448, f);
             assert!(out.data.iter().all(|&v| v == 77));
             let out = resize_pil(&flat, 7, 5, f);

@@ -10,8 +10,12 @@ pub enum FrameSelection {
     Middle,
     /// N frames at evenly spaced indices (first and last included).
     Uniform(usize),
-    /// VideoMAE's test sampler: 16 frames = 8 segments × 2 consecutive frames.
-    VideoMae,
+    /// VideoMAE's test sampler over every frame of the clip: `segments` starts, each
+    /// taking `frames_per_segment` consecutive frames (8 × 2 = 16 officially).
+    VideoMae {
+        segments: usize,
+        frames_per_segment: usize,
+    },
     /// Every frame, or a uniform subsample when there are more than the cap (faces).
     AllCapped(usize),
 }
@@ -26,7 +30,9 @@ impl FrameSelection {
             FrameSelection::First => vec![0],
             FrameSelection::Middle => vec![total / 2],
             FrameSelection::Uniform(n) => uniform(total, n),
-            FrameSelection::VideoMae => videomae_indices(total, 8, 2),
+            FrameSelection::VideoMae { segments, frames_per_segment } => {
+                videomae_indices(total, segments, frames_per_segment)
+            }
             FrameSelection::AllCapped(cap) if total <= cap => (0..total).collect(),
             FrameSelection::AllCapped(cap) => uniform(total, cap),
         }
@@ -87,6 +93,7 @@ mod tests {
         assert_eq!(FrameSelection::Uniform(3).indices(11), vec![0, 5, 10]);
         assert_eq!(FrameSelection::AllCapped(64).indices(5), vec![0, 1, 2, 3, 4]);
         assert_eq!(FrameSelection::AllCapped(3).indices(100), vec![0, 50, 99]);
-        assert!(FrameSelection::VideoMae.indices(0).is_empty());
+        assert!(FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 }.indices(0).is_empty());
+        assert_eq!(FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 }.indices(125)[..4], [7, 8, 23, 24]);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +16,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
+use emollama_engines::{CancelToken, EngineError};
+use emollama_media::MediaError;
+use emollama_runtime::{AnalyzeOptions, AnalyzeResult, RuntimeError};
+
 use super::AppState;
-use crate::media::MediaError;
-use crate::pipeline::{AnalyzeRequest, AnalyzeResult, Mode, Preset};
-use crate::prompt::{PromptLayout, Task};
-use crate::RuntimeError;
 
 /// An error answered as JSON `{"error": {"code", "message"}}` with a stable code.
 #[derive(Debug)]
@@ -78,11 +78,15 @@ fn runtime_error(e: RuntimeError) -> ApiError {
             }
             _ => ApiError::new(S::UNPROCESSABLE_ENTITY, "unreadable_media", m.to_string()),
         },
-        RuntimeError::Engine(emollama_engines::EngineError::Sampling(msg)) => {
+        RuntimeError::Engine(EngineError::Sampling(msg)) => {
             ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_parameter", msg)
         }
-        RuntimeError::Engine(emollama_engines::EngineError::ContextOverflow { .. }) => {
+        RuntimeError::Request(r) => ApiError::new(S::BAD_REQUEST, "invalid_field", r.to_string()),
+        RuntimeError::Engine(EngineError::ContextOverflow { .. }) => {
             ApiError::new(S::UNPROCESSABLE_ENTITY, "context_overflow", e.to_string())
+        }
+        RuntimeError::Engine(EngineError::Cancelled) => {
+            ApiError::new(S::SERVICE_UNAVAILABLE, "cancelled", "the request was cancelled")
         }
         other => ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
     }
@@ -145,30 +149,6 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// Options of an analyze request (JSON body, or the text fields of a multipart upload).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiRequest {
-    pub path: Option<String>,
-    pub url: Option<String>,
-    pub task: Option<String>,
-    pub question: Option<String>,
-    pub transcript: Option<String>,
-    pub mode: Option<String>,
-    pub preset: Option<String>,
-    pub layout: Option<String>,
-    pub six_labels: Option<bool>,
-    pub reason_index: Option<usize>,
-    pub max_new_tokens: Option<usize>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub repetition_penalty: Option<f32>,
-    pub seed: Option<u64>,
-    pub scores: Option<bool>,
-    pub stream: Option<bool>,
-}
-
 #[derive(Debug, Deserialize)]
 struct StreamQuery {
     stream: Option<bool>,
@@ -176,84 +156,6 @@ struct StreamQuery {
 
 fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, msg)
-}
-
-impl ApiRequest {
-    fn set_text(&mut self, name: &str, v: String) -> Result<(), ApiError> {
-        let num =
-            |v: &str| v.trim().parse::<f64>().map_err(|_| bad("invalid_field", format!("{name} must be a number")));
-        let flag = |v: &str| match v.trim() {
-            "true" | "1" => Ok(true),
-            "false" | "0" => Ok(false),
-            _ => Err(bad("invalid_field", format!("{name} must be true or false"))),
-        };
-        match name {
-            "task" => self.task = Some(v),
-            "question" => self.question = Some(v),
-            "transcript" => self.transcript = Some(v),
-            "mode" => self.mode = Some(v),
-            "preset" => self.preset = Some(v),
-            "layout" => self.layout = Some(v),
-            "six_labels" => self.six_labels = Some(flag(&v)?),
-            "scores" => self.scores = Some(flag(&v)?),
-            "stream" => self.stream = Some(flag(&v)?),
-            "reason_index" => self.reason_index = Some(num(&v)? as usize),
-            "max_new_tokens" => self.max_new_tokens = Some(num(&v)? as usize),
-            "temperature" => self.temperature = Some(num(&v)? as f32),
-            "top_p" => self.top_p = Some(num(&v)? as f32),
-            "top_k" => self.top_k = Some(num(&v)? as usize),
-            "repetition_penalty" => self.repetition_penalty = Some(num(&v)? as f32),
-            "seed" => self.seed = Some(num(&v)? as u64),
-            other => return Err(bad("unknown_field", format!("unknown field {other:?}"))),
-        }
-        Ok(())
-    }
-
-    fn to_request(&self, media: String, limit: usize) -> Result<AnalyzeRequest, ApiError> {
-        let task = match self.task.as_deref().unwrap_or("emotion") {
-            "emotion" => Task::Emotion { six_labels: self.six_labels.unwrap_or(false) },
-            "reason" => Task::Reason { instruction: self.reason_index.unwrap_or(0) },
-            "question" => Task::Question {
-                text: self
-                    .question
-                    .clone()
-                    .filter(|q| !q.trim().is_empty())
-                    .ok_or_else(|| bad("missing_question", "task question needs a question"))?,
-            },
-            other => return Err(bad("invalid_task", format!("task {other:?}: use emotion, reason or question"))),
-        };
-        let mode = match self.mode.as_deref().unwrap_or("full") {
-            "full" => Mode::Full,
-            "official-demo" => Mode::OfficialDemo,
-            other => return Err(bad("invalid_mode", format!("mode {other:?}: use full or official-demo"))),
-        };
-        let preset = match self.preset.as_deref().unwrap_or("eval") {
-            "eval" => Preset::Eval,
-            "demo" => Preset::Demo,
-            "fast" => Preset::Fast,
-            other => return Err(bad("invalid_preset", format!("preset {other:?}: use eval, demo or fast"))),
-        };
-        let layout = match self.layout.as_deref().unwrap_or("eval") {
-            "eval" => PromptLayout::Eval,
-            "demo" => PromptLayout::Demo,
-            other => return Err(bad("invalid_layout", format!("layout {other:?}: use eval or demo"))),
-        };
-        Ok(AnalyzeRequest {
-            task,
-            mode,
-            preset,
-            layout,
-            transcript: self.transcript.clone(),
-            scores: self.scores.unwrap_or(true),
-            max_new_tokens: Some(self.max_new_tokens.unwrap_or(limit).min(limit)),
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            repetition_penalty: self.repetition_penalty,
-            seed: self.seed.unwrap_or(0),
-            ..AnalyzeRequest::new(media)
-        })
-    }
 }
 
 /// An uploaded file, removed when the request ends.
@@ -275,9 +177,9 @@ fn too_large(state: &AppState) -> ApiError {
 
 /// Stream the multipart body: the `media` file to disk (counting bytes as they come),
 /// the other fields as options.
-async fn read_multipart(state: &AppState, req: Request) -> Result<(ApiRequest, Upload), ApiError> {
+async fn read_multipart(state: &AppState, req: Request) -> Result<(AnalyzeOptions, Upload), ApiError> {
     let mut mp = Multipart::from_request(req, &()).await.map_err(|e| bad("bad_multipart", e.body_text()))?;
-    let mut opts = ApiRequest::default();
+    let mut fields: Vec<(String, String)> = Vec::new();
     let mut upload = None;
     let map_err = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -289,6 +191,9 @@ async fn read_multipart(state: &AppState, req: Request) -> Result<(ApiRequest, U
     while let Some(mut field) = mp.next_field().await.map_err(map_err)? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "media" {
+            if upload.is_some() {
+                return Err(bad("ambiguous_media", "the upload has two `media` parts"));
+            }
             let path = state.upload_dir.path().join(format!("upload-{}", unique()));
             let guard = Upload(path.clone());
             let mut file = tokio::fs::File::create(&path)
@@ -313,10 +218,13 @@ async fn read_multipart(state: &AppState, req: Request) -> Result<(ApiRequest, U
             upload = Some(guard);
         } else {
             let text = field.text().await.map_err(map_err)?;
-            opts.set_text(&name, text)?;
+            fields.push((name, text));
         }
     }
     let upload = upload.ok_or_else(|| bad("missing_media", "multipart upload needs a `media` file field"))?;
+    // The same rules as a JSON body: each field is parsed as its type, once.
+    let opts = AnalyzeOptions::from_form(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| bad("invalid_field", e.to_string()))?;
     Ok((opts, upload))
 }
 
@@ -355,12 +263,12 @@ impl Drop for Admitted {
     }
 }
 
-/// Sets the cancel flag when dropped: a client that disconnects drops the handler.
-struct CancelOnDrop(Arc<AtomicBool>);
+/// Cancels the request when dropped: a client that disconnects drops the handler.
+struct CancelOnDrop(CancelToken);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.cancel();
     }
 }
 
@@ -398,7 +306,7 @@ async fn analyze_inner(
     } else if content_type.starts_with("application/json") {
         let limit = state.config.max_upload_bytes as usize;
         let body: Bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large(&state))?;
-        let o: ApiRequest = serde_json::from_slice(&body).map_err(|e| bad("malformed_json", e.to_string()))?;
+        let o: AnalyzeOptions = serde_json::from_slice(&body).map_err(|e| bad("malformed_json", e.to_string()))?;
         (o, None)
     } else {
         return Err(ApiError::new(
@@ -426,8 +334,10 @@ async fn analyze_inner(
         (None, None, None) => return Err(bad("missing_media", "give a `path`, a `url`, or upload a `media` file")),
         _ => return Err(bad("ambiguous_media", "give exactly one of `path`, `url` or an uploaded `media` file")),
     };
-    let request = opts.to_request(media, state.config.max_new_tokens_limit)?;
     let stream = q.stream.or(opts.stream).unwrap_or(false);
+    let request = opts
+        .into_request(media, state.config.max_new_tokens_limit as u32)
+        .map_err(|e| bad("invalid_field", e.to_string()))?;
 
     // Admission: running + waiting bounded; beyond that, 503 at once.
     let capacity = state.config.max_concurrency + state.config.max_queue;
@@ -446,7 +356,7 @@ async fn analyze_inner(
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "waited too long for a slot").retry(5))?
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "shutting down"))?;
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = CancelToken::new();
 
     if stream {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
@@ -456,11 +366,13 @@ async fn analyze_inner(
             let _keep = (admitted, permit, upload);
             st.running.fetch_add(1, Ordering::SeqCst);
             let tx_piece = tx.clone();
-            let result = runtime.analyze(&request, Some(&cancel_flag), |piece| {
-                let ev = Event::default().event("piece").data(serde_json::json!({"text": piece}).to_string());
-                if tx_piece.send(ev).is_err() {
-                    cancel_flag.store(true, Ordering::SeqCst); // the client went away
-                }
+            let result = runtime.session(&request, cancel_flag.clone()).and_then(|s| {
+                s.run(|piece| {
+                    let ev = Event::default().event("piece").data(serde_json::json!({"text": piece}).to_string());
+                    if tx_piece.send(ev).is_err() {
+                        cancel_flag.cancel(); // the client went away
+                    }
+                })
             });
             st.running.fetch_sub(1, Ordering::SeqCst);
             let ev = match result {
@@ -489,14 +401,14 @@ async fn analyze_inner(
     let job = tokio::task::spawn_blocking(move || {
         let _keep = (admitted, permit, upload);
         st.running.fetch_add(1, Ordering::SeqCst);
-        let r = runtime.analyze(&request, Some(&flag), |_| {});
+        let r = runtime.session(&request, flag).and_then(|s| s.run(|_| {}));
         st.running.fetch_sub(1, Ordering::SeqCst);
         r
     });
     let outcome = tokio::time::timeout(timeout, job).await;
     let result = match outcome {
         Err(_) => {
-            cancel.store(true, Ordering::SeqCst);
+            cancel.cancel();
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
@@ -511,8 +423,8 @@ async fn analyze_inner(
     Ok(Json(result).into_response())
 }
 
-fn record_ok(state: &AppState, r: &AnalyzeResult, cancel: &AtomicBool) {
+fn record_ok(state: &AppState, r: &AnalyzeResult, cancel: &CancelToken) {
     let mut m = state.metrics();
-    m.request(if cancel.load(Ordering::SeqCst) { "cancelled" } else { "ok" });
+    m.request(if cancel.is_cancelled() { "cancelled" } else { "ok" });
     m.stages(&r.timings_ms, r.tokens.decode_per_s, r.tokens.generated);
 }

@@ -2,12 +2,13 @@
 
 use ndarray::{Array4, Array5};
 
-use super::image::{resize_pil, ResizeFilter, RgbImage};
+use super::image::{resize_pil, Resize, RgbImage};
 
-/// Global engine input [1, 3, S, S]: PIL bicubic to S×S (no aspect preservation, no
-/// crop), `ToTensor` (/255), `Normalize(mean, std)`, all in f32 as torchvision does.
-pub fn global_tensor(frame: &RgbImage, size: [u32; 2], mean: [f32; 3], std: [f32; 3]) -> Array4<f32> {
-    let img = resize_pil(frame, size[0], size[1], ResizeFilter::Bicubic);
+/// Global engine input [1, 3, S, S]: PIL resize to S×S (bicubic in the official model;
+/// no aspect preservation, no crop), `ToTensor` (/255), `Normalize(mean, std)`, all in
+/// f32 as torchvision does.
+pub fn global_tensor(frame: &RgbImage, size: [u32; 2], filter: Resize, mean: [f32; 3], std: [f32; 3]) -> Array4<f32> {
+    let img = resize_pil(frame, size[0], size[1], filter);
     let (w, h) = (size[0] as usize, size[1] as usize);
     Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| {
         let v = f32::from(img.data[(y * w + x) * 3 + c]) / 255.0;
@@ -25,24 +26,25 @@ fn fill_chw(img: &RgbImage, scale: f32, mut put: impl FnMut(usize, usize, usize,
     }
 }
 
-/// Local engine input [N, 3, S, S]: each face PIL-bilinear to S×S, /255, no mean/std.
-pub fn face_tensor(faces: &[RgbImage], size: [u32; 2], scale: f32) -> Array4<f32> {
+/// Local engine input [N, 3, S, S]: each face PIL-resized to S×S (bilinear officially),
+/// times `scale` (1/255), no mean/std.
+pub fn face_tensor(faces: &[RgbImage], size: [u32; 2], filter: Resize, scale: f32) -> Array4<f32> {
     let (w, h) = (size[0] as usize, size[1] as usize);
     let mut out = Array4::zeros((faces.len(), 3, h, w));
     for (n, face) in faces.iter().enumerate() {
-        let img = resize_pil(face, size[0], size[1], ResizeFilter::Bilinear);
+        let img = resize_pil(face, size[0], size[1], filter);
         fill_chw(&img, scale, |c, y, x, v| out[[n, c, y, x]] = v);
     }
     out
 }
 
-/// Temporal engine input [1, 3, T, S, S]: `GroupResize` (PIL bilinear) of each frame,
-/// stacked along time, /255, no mean/std.
-pub fn temporal_tensor(frames: &[RgbImage], size: [u32; 2], scale: f32) -> Array5<f32> {
+/// Temporal engine input [1, 3, T, S, S]: `GroupResize` (PIL bilinear officially) of
+/// each frame, stacked along time, times `scale`, no mean/std.
+pub fn temporal_tensor(frames: &[RgbImage], size: [u32; 2], filter: Resize, scale: f32) -> Array5<f32> {
     let (w, h) = (size[0] as usize, size[1] as usize);
     let mut out = Array5::zeros((1, 3, frames.len(), h, w));
     for (t, frame) in frames.iter().enumerate() {
-        let img = resize_pil(frame, size[0], size[1], ResizeFilter::Bilinear);
+        let img = resize_pil(frame, size[0], size[1], filter);
         fill_chw(&img, scale, |c, y, x, v| out[[0, c, t, y, x]] = v);
     }
     out

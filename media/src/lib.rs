@@ -1,4 +1,4 @@
-//! The media front end: open and probe a file, URL or camera with FFmpeg, decode the
+//! The media front end (emollama-media): open and probe a file, URL or camera with FFmpeg, decode the
 //! frames and the audio the encoders need, and turn them into their input tensors with
 //! PIL/torchvision-exact resizing.
 
@@ -13,7 +13,7 @@ mod video;
 
 pub use audio::decode_audio_16k_mono;
 pub use error::MediaError;
-pub use image::{resize_pil, ResizeFilter, RgbImage};
+pub use image::{resize_pil, Resize, RgbImage};
 pub use input::{probe, MediaInfo, MediaLimits, StreamInfo};
 pub use preprocess::{face_tensor, global_tensor, temporal_tensor};
 pub use select::{videomae_indices, FrameSelection};

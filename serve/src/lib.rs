@@ -1,4 +1,4 @@
-//! `emollama serve`: the headless HTTP service (axum on tokio). One [`Runtime`] is
+//! `emollama serve`: the headless HTTP service (axum on tokio). One [`Pipeline`] is
 //! built after the listener is up (so `/healthz` answers at once and `/readyz` only
 //! after warm-up), then shared by every request; a bounded queue in front of a
 //! concurrency limit turns overload into 503s; SIGTERM drains in-flight work.
@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 pub use config::{ConfigError, ServeConfig};
 
-use crate::pipeline::Runtime;
+use emollama_runtime::Pipeline;
 
 /// What `/readyz` reports once ready.
 #[derive(Debug, Clone, Serialize)]
@@ -32,7 +32,7 @@ pub struct ReadyInfo {
 
 pub struct AppState {
     pub config: ServeConfig,
-    runtime: OnceLock<Arc<Runtime>>,
+    runtime: OnceLock<Arc<Pipeline>>,
     ready: OnceLock<ReadyInfo>,
     startup_error: OnceLock<String>,
     slots: Arc<Semaphore>,
@@ -76,7 +76,7 @@ impl AppState {
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
-    build: impl FnOnce() -> Result<(Runtime, ReadyInfo), String> + Send + 'static,
+    build: impl FnOnce() -> Result<(Pipeline, ReadyInfo), String> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     // Tests and operators read this line to find the port when listening on :0.

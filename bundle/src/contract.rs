@@ -1,0 +1,49 @@
+//! What the runtime needs of each engine: the input and output names it feeds and
+//! reads (by name, never by position), and which prompt rows each output holds.
+//! [`crate::Bundle::open`] refuses a manifest whose files do not declare them, so a
+//! wrong bundle fails at open with its file named, not later inside a request.
+
+use crate::manifest::Role;
+use crate::types::RowBlock;
+
+pub const PIXEL_VALUES: &str = "pixel_values";
+pub const FACES: &str = "faces";
+pub const CLIP: &str = "clip";
+pub const WAVEFORM: &str = "waveform";
+pub const PATCH_ROWS: &str = "patch_rows";
+pub const CLS_ROW: &str = "cls_row";
+pub const LOCAL_ROW: &str = "local_row";
+pub const TEMPORAL_ROW: &str = "temporal_row";
+pub const AUDIO_ROW: &str = "audio_row";
+pub const ZERO_ROWS: &str = "zero_rows";
+/// MTCNN's nets: one image input, box regression and face probability out (O-Net also
+/// the five landmarks).
+pub const IMAGE: &str = "image";
+pub const REG: &str = "reg";
+pub const PROB: &str = "prob";
+pub const LANDMARKS: &str = "landmarks";
+
+/// The names one role must declare.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineIo {
+    pub inputs: &'static [&'static str],
+    /// Each output, with the prompt rows it holds (`[batch, rows, width]`), if any.
+    pub outputs: &'static [(&'static str, Option<RowBlock>)],
+}
+
+/// The contract of a role; `None` for roles without tensors (the LLM).
+pub fn engine_io(role: &Role) -> Option<EngineIo> {
+    Some(match role {
+        Role::GlobalEngine => EngineIo {
+            inputs: &[PIXEL_VALUES],
+            outputs: &[(PATCH_ROWS, Some(RowBlock::GlobalPatches)), (CLS_ROW, Some(RowBlock::GlobalCls))],
+        },
+        Role::LocalEngine => EngineIo { inputs: &[FACES], outputs: &[(LOCAL_ROW, Some(RowBlock::Local))] },
+        Role::TemporalEngine => EngineIo { inputs: &[CLIP], outputs: &[(TEMPORAL_ROW, Some(RowBlock::Temporal))] },
+        Role::AudioEngine => EngineIo { inputs: &[WAVEFORM], outputs: &[(AUDIO_ROW, Some(RowBlock::Audio))] },
+        Role::FacePnet | Role::FaceRnet => EngineIo { inputs: &[IMAGE], outputs: &[(REG, None), (PROB, None)] },
+        Role::FaceOnet => EngineIo { inputs: &[IMAGE], outputs: &[(REG, None), (LANDMARKS, None), (PROB, None)] },
+        Role::ZeroRows => EngineIo { inputs: &[], outputs: &[(ZERO_ROWS, None)] },
+        Role::Llm | Role::Other(_) => return None,
+    })
+}

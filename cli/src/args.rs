@@ -1,0 +1,89 @@
+//! Option groups shared by several commands (flattened into each), so a flag has one
+//! name, one help text and one meaning everywhere.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use emollama_bundle::locations::{locate_bundle, BundleSource};
+use emollama_devices::{detect, find_profile, load_profiles, profile_dirs, HostInfo, Profile};
+use emollama_engines::onnx::{Provider, ProviderPolicy};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BundleArgs {
+    /// Bundle folder; default: the installed bundle, else the synthetic one from setup.
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+}
+
+impl BundleArgs {
+    /// The bundle folder, warning when it is the synthetic fallback.
+    pub fn dir(&self) -> anyhow::Result<PathBuf> {
+        let (dir, source) = locate_bundle(self.bundle.as_deref())?;
+        if source == BundleSource::SyntheticFallback {
+            eprintln!(
+                "warning: no bundle given or installed; using the synthetic bundle at {} (random weights: its answers mean nothing)",
+                dir.display()
+            );
+        }
+        Ok(dir)
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProfileArgs {
+    /// Device profile (default: detected); its memory plan decides how the bundle loads.
+    #[arg(long)]
+    pub profile: Option<String>,
+}
+
+impl ProfileArgs {
+    /// The named profile, else the detected one.
+    pub fn resolve(&self) -> anyhow::Result<Profile> {
+        let all = profiles()?;
+        let name = match &self.profile {
+            Some(n) => n.clone(),
+            None => detect(Path::new("/"), &all).profile.unwrap_or_else(|| "x86-cpu".into()),
+        };
+        Ok(find_profile(&all, &name)?.clone())
+    }
+}
+
+/// The encoders' execution provider.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderArg {
+    /// TensorRT → CUDA → CPU, the first that works.
+    Auto,
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+impl ProviderArg {
+    pub fn policy(self) -> ProviderPolicy {
+        let one = |p: Provider| ProviderPolicy { order: vec![p], required: Some(p), ..ProviderPolicy::default() };
+        match self {
+            ProviderArg::Auto => ProviderPolicy::default(),
+            ProviderArg::Cpu => ProviderPolicy::cpu_only(),
+            ProviderArg::Cuda => one(Provider::Cuda),
+            ProviderArg::Tensorrt => one(Provider::TensorRt),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Encoder execution provider.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub provider: ProviderArg,
+    /// CPU threads for the encoders and llama.cpp (default: the profile's, else all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn profiles() -> anyhow::Result<Vec<Profile>> {
+    load_profiles(&profile_dirs()).context("reading the device profiles")
+}
+
+pub fn host() -> anyhow::Result<HostInfo> {
+    Ok(detect(Path::new("/"), &profiles()?))
+}

@@ -1,0 +1,111 @@
+//! `emollama serve`: the HTTP service, configured by a TOML file and flags.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use emollama_bundle::locations::locate_bundle;
+use emollama_runtime::{LoadOptions, Pipeline};
+use emollama_serve::{AppState, ReadyInfo, ServeConfig};
+
+use crate::args::{host, ProfileArgs};
+
+/// Every configuration key, as a flag overriding the file.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration (default /etc/emollama/config.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    #[arg(long)]
+    profile: Option<String>,
+    #[arg(long)]
+    token: Option<String>,
+    /// A folder whose media may be named by path (repeatable).
+    #[arg(long = "allowed-dir")]
+    allowed_dirs: Vec<PathBuf>,
+    #[arg(long)]
+    allow_urls: Option<bool>,
+    #[arg(long)]
+    max_upload_bytes: Option<u64>,
+    #[arg(long)]
+    max_concurrency: Option<usize>,
+    #[arg(long)]
+    max_queue: Option<usize>,
+    #[arg(long)]
+    request_timeout_s: Option<f64>,
+    #[arg(long)]
+    drain_timeout_s: Option<f64>,
+    #[arg(long)]
+    upload_dir: Option<PathBuf>,
+    #[arg(long)]
+    max_new_tokens_limit: Option<usize>,
+}
+
+fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<ServeConfig> {
+    let mut c = ServeConfig::load(args.config.as_deref())?;
+    macro_rules! over {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { c.$field = v; } )* };
+    }
+    over!(
+        listen,
+        allow_urls,
+        max_upload_bytes,
+        max_concurrency,
+        max_queue,
+        request_timeout_s,
+        drain_timeout_s,
+        max_new_tokens_limit
+    );
+    macro_rules! over_opt {
+        ($($field:ident),*) => { $( if args.$field.is_some() { c.$field = args.$field.clone(); } )* };
+    }
+    over_opt!(bundle, profile, token, upload_dir);
+    if !args.allowed_dirs.is_empty() {
+        c.allowed_dirs = args.allowed_dirs.clone();
+    }
+    if ort_library.is_some() {
+        c.ort_library = ort_library;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = serve_config(&args, ort_library)?;
+    let profile = ProfileArgs { profile: config.profile.clone() }.resolve()?;
+    let (bundle, _) = locate_bundle(config.bundle.as_deref())?;
+    if args.check_config {
+        println!("configuration OK: listen {}, bundle {}, profile {}", config.listen, bundle.display(), profile.name);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let host = host()?;
+        let load = LoadOptions { providers: None, ort_library: config.ort_library.clone(), host: Some(host.clone()) };
+        let state = std::sync::Arc::new(AppState::new(config)?);
+        let build = move || {
+            let started = std::time::Instant::now();
+            let pipeline = Pipeline::planned(&bundle, &profile, load).map_err(|e| e.to_string())?;
+            let m = pipeline.manifest();
+            let info = ReadyInfo {
+                bundle: m.id.clone(),
+                synthetic: m.synthetic,
+                profile: profile.name.clone(),
+                providers: pipeline.providers(),
+                power_mode: host.power_mode.clone(),
+                warm_up_ms: started.elapsed().as_secs_f64() * 1e3,
+            };
+            Ok((pipeline, info))
+        };
+        emollama_serve::serve(state, listener, build).await?;
+        anyhow::Ok(())
+    })
+}

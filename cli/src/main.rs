@@ -1,0 +1,59 @@
+//! The `emollama` command-line tool: one file per command under `commands/`, option
+//! groups shared in `args.rs`; `anyhow` only here, at the edge.
+
+mod args;
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "emollama",
+    version,
+    about = "Emotion-LLaMA at the edge: encoders on ONNX Runtime, LLaMA on llama.cpp"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `emollama=debug,llama.cpp=warn`.
+    /// (llama.cpp's warning about the double BOS is silenced: the official prompt has one.)
+    #[arg(long, global = true, default_value = "warn,llama.cpp=error")]
+    log: String,
+    /// Path to libonnxruntime.so (found automatically otherwise).
+    #[arg(long, global = true)]
+    ort_library: Option<PathBuf>,
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+/// The error and its causes on one line, skipping a cause its parent already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command.run(cli.ort_library) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

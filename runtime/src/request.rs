@@ -1,0 +1,308 @@
+//! What a request asks for, parsed once: the CLI's flags and the HTTP API's JSON and
+//! multipart fields all become an [`AnalyzeOptions`] (serde, one set of rules), which
+//! [`AnalyzeOptions::into_request`] validates into the typed [`AnalyzeRequest`] the
+//! pipeline runs. The enums derive clap's `ValueEnum` when the `clap` feature is on (the
+//! binary turns it on; the library itself links no CLI parser).
+
+use serde::{Deserialize, Serialize};
+
+use crate::prompt::{Task, REASON_POOL};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Mode {
+    /// All four encoders online (the product's default).
+    Full,
+    /// As the released demo: first frame + audio, zero inputs for local and temporal.
+    OfficialDemo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Preset {
+    /// The manifest's eval preset (`eval_emotion.py`: greedy, 500 new tokens).
+    Eval,
+    /// The manifest's demo preset (the Gradio demo's sampling and 2000-position cap).
+    Demo,
+    /// The emotion task answered from the label scores alone: about one prefill.
+    Fast,
+}
+
+/// Which official prompt to reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Layout {
+    /// `eval_emotion.py`: `<s>[INST] {instruction} [/INST]` (double BOS with the tokenizer's).
+    Eval,
+    /// The Gradio demo: two user turns without separator, a third BOS mid-sequence.
+    Demo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum TaskKind {
+    /// Recognise the emotion (nine labels, or six with `six_labels`).
+    Emotion,
+    /// Reason about the emotion (one instruction of the pool).
+    Reason,
+    /// Answer a free question.
+    Question,
+}
+
+/// One request, typed and validated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AnalyzeRequest {
+    pub media: String,
+    pub task: Task,
+    pub layout: Layout,
+    pub transcript: Option<String>,
+    pub mode: Mode,
+    pub preset: Preset,
+    /// Label probabilities for the emotion task.
+    pub scores: bool,
+    /// Overrides of the preset (None: the manifest's value).
+    pub max_new_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: u64,
+}
+
+impl AnalyzeRequest {
+    /// The defaults: emotion (nine labels), eval layout and preset, full mode, scores on.
+    pub fn new(media: impl Into<String>) -> Self {
+        Self {
+            media: media.into(),
+            task: Task::Emotion { six_labels: false },
+            layout: Layout::Eval,
+            transcript: None,
+            mode: Mode::Full,
+            preset: Preset::Eval,
+            scores: true,
+            max_new_tokens: None,
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            repetition_penalty: None,
+            seed: 0,
+        }
+    }
+}
+
+/// A value a request may not have, naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct RequestError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> RequestError {
+    RequestError { field, reason: reason.into() }
+}
+
+/// The options of a request as the API and the CLI give them (every field optional).
+/// JSON bodies deserialize into it directly; multipart text fields go through
+/// [`AnalyzeOptions::from_form`], which applies the same serde rules to each field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyzeOptions {
+    /// The media source (HTTP API): a file inside an allowed folder, or a URL.
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub task: Option<TaskKind>,
+    pub question: Option<String>,
+    pub transcript: Option<String>,
+    pub mode: Option<Mode>,
+    pub preset: Option<Preset>,
+    pub layout: Option<Layout>,
+    pub six_labels: Option<bool>,
+    pub reason_index: Option<u32>,
+    pub max_new_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub scores: Option<bool>,
+    /// Server-Sent Events instead of one JSON answer (HTTP API).
+    pub stream: Option<bool>,
+}
+
+/// Fields whose values are text; every other form field is read as a JSON scalar, so
+/// `max_new_tokens=-1`, `seed=1e30` or `scores=1` are refused exactly as in JSON.
+const TEXT_FIELDS: [&str; 9] = ["path", "url", "task", "question", "transcript", "mode", "preset", "layout", "media"];
+
+impl AnalyzeOptions {
+    /// Options from multipart text fields (name, value), with JSON's rules: numbers must
+    /// be numbers of the field's type, booleans `true`/`false`, names known, each once.
+    pub fn from_form<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, RequestError> {
+        let mut map = serde_json::Map::new();
+        for (name, value) in fields {
+            if map.contains_key(name) {
+                return Err(RequestError { field: "form", reason: format!("field {name:?} is given twice") });
+            }
+            let v = if TEXT_FIELDS.contains(&name) {
+                serde_json::Value::String(value.to_string())
+            } else {
+                match serde_json::from_str::<serde_json::Value>(value.trim()) {
+                    Ok(v) if !v.is_array() && !v.is_object() => v,
+                    _ => serde_json::Value::String(value.to_string()),
+                }
+            };
+            map.insert(name.to_string(), v);
+        }
+        serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| RequestError { field: "form", reason: e.to_string() })
+    }
+
+    /// Validate into a request for `media`. `max_new_tokens_limit` bounds what a request
+    /// may ask for (the service's configuration; the CLI passes the preset's maximum).
+    pub fn into_request(self, media: String, max_new_tokens_limit: u32) -> Result<AnalyzeRequest, RequestError> {
+        let task = match self.task.unwrap_or(TaskKind::Emotion) {
+            TaskKind::Emotion => Task::Emotion { six_labels: self.six_labels.unwrap_or(false) },
+            TaskKind::Reason => {
+                let i = self.reason_index.unwrap_or(0);
+                if i as usize >= REASON_POOL.len() {
+                    return Err(invalid(
+                        "reason_index",
+                        format!("{i} is out of range: the pool has instructions 0-{}", REASON_POOL.len() - 1),
+                    ));
+                }
+                Task::Reason { instruction: i as usize }
+            }
+            TaskKind::Question => Task::Question {
+                text: self.question.clone().filter(|q| !q.trim().is_empty()).ok_or_else(|| {
+                    invalid(
+                        "question",
+                        "task question needs a non-empty question (--question TEXT; `question` in the API)",
+                    )
+                })?,
+            },
+        };
+        if let Some(n) = self.max_new_tokens {
+            if n == 0 || n > max_new_tokens_limit {
+                return Err(invalid("max_new_tokens", format!("{n} must be in 1-{max_new_tokens_limit}")));
+            }
+        }
+        if let Some(t) = self.temperature {
+            if !(t.is_finite() && (0.0..=100.0).contains(&t)) {
+                return Err(invalid("temperature", format!("{t} must be in 0-100 (0: greedy)")));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(invalid("top_p", format!("{p} must be in (0, 1]")));
+            }
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !(r.is_finite() && r > 0.0 && r <= 10.0) {
+                return Err(invalid("repetition_penalty", format!("{r} must be in (0, 10]")));
+            }
+        }
+        Ok(AnalyzeRequest {
+            task,
+            layout: self.layout.unwrap_or(Layout::Eval),
+            transcript: self.transcript,
+            mode: self.mode.unwrap_or(Mode::Full),
+            preset: self.preset.unwrap_or(Preset::Eval),
+            scores: self.scores.unwrap_or(true),
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed.unwrap_or(0),
+            ..AnalyzeRequest::new(media)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(body: &str) -> Result<AnalyzeRequest, String> {
+        serde_json::from_str::<AnalyzeOptions>(body)
+            .map_err(|e| e.to_string())
+            .and_then(|o| o.into_request("m".into(), 500).map_err(|e| e.to_string()))
+    }
+
+    fn form(fields: &[(&str, &str)]) -> Result<AnalyzeRequest, String> {
+        AnalyzeOptions::from_form(fields.iter().copied())
+            .map_err(|e| e.to_string())
+            .and_then(|o| o.into_request("m".into(), 500).map_err(|e| e.to_string()))
+    }
+
+    /// One table, both forms: each value is accepted by both or refused by both.
+    #[test]
+    fn json_and_multipart_accept_and_refuse_the_same_values() {
+        let cases: &[(&str, &str, &str, bool)] = &[
+            // (field, form text, JSON literal, accepted)
+            ("max_new_tokens", "12", "12", true),
+            ("max_new_tokens", "-1", "-1", false),
+            ("max_new_tokens", "0", "0", false),
+            ("max_new_tokens", "1.5", "1.5", false),
+            ("max_new_tokens", "501", "501", false),
+            ("max_new_tokens", "ten", "\"ten\"", false),
+            ("seed", "18446744073709551615", "18446744073709551615", true),
+            ("seed", "1e30", "1e30", false),
+            ("seed", "-3", "-3", false),
+            ("temperature", "0.7", "0.7", true),
+            ("temperature", "1e300", "1e300", false),
+            ("temperature", "-0.1", "-0.1", false),
+            ("top_p", "0", "0", false),
+            ("top_p", "1", "1", true),
+            ("top_k", "40", "40", true),
+            ("top_k", "-40", "-40", false),
+            ("repetition_penalty", "1.05", "1.05", true),
+            ("repetition_penalty", "0", "0", false),
+            ("scores", "true", "true", true),
+            ("scores", "1", "1", false),
+            ("scores", "yes", "\"yes\"", false),
+            ("six_labels", "false", "false", true),
+            ("preset", "fast", "\"fast\"", true),
+            ("preset", "quick", "\"quick\"", false),
+            ("mode", "official-demo", "\"official-demo\"", true),
+            ("mode", "official_demo", "\"official_demo\"", false),
+            ("layout", "demo", "\"demo\"", true),
+            ("task", "sing", "\"sing\"", false),
+            ("nonsense", "1", "1", false),
+        ];
+        for (field, text, literal, accepted) in cases {
+            let j = json(&format!("{{\"{field}\": {literal}}}"));
+            let f = form(&[(field, text)]);
+            assert_eq!(j.is_ok(), *accepted, "JSON {field}={literal}: {j:?}");
+            assert_eq!(f.is_ok(), *accepted, "form {field}={text}: {f:?}");
+            if let (Ok(a), Ok(b)) = (&j, &f) {
+                assert_eq!(a, b, "{field}: both forms give the same request");
+            }
+        }
+        // The task's own fields, the same in both.
+        for (fields, accepted) in [
+            (vec![("task", "reason"), ("reason_index", "4")], true),
+            (vec![("task", "reason"), ("reason_index", "5")], false),
+            (vec![("task", "question")], false),
+            (vec![("task", "question"), ("question", "  ")], false),
+            (vec![("task", "question"), ("question", "Why?")], true),
+        ] {
+            let body: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .map(|(k, v)| {
+                    let v = if *k == "reason_index" { v.parse::<u32>().unwrap().into() } else { (*v).into() };
+                    (k.to_string(), v)
+                })
+                .collect();
+            let j = json(&serde_json::Value::Object(body).to_string());
+            let f = form(&fields);
+            assert_eq!((j.is_ok(), f.is_ok()), (accepted, accepted), "{fields:?}: {j:?} / {f:?}");
+        }
+        assert!(form(&[("seed", "1"), ("seed", "2")]).unwrap_err().contains("twice"));
+        assert_eq!(form(&[("transcript", "123")]).unwrap().transcript.as_deref(), Some("123"));
+    }
+}

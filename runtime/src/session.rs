@@ -1,0 +1,569 @@
+//! One request's state and its stages, one method each, in pipeline order:
+//! [`Session::decode_media`] → [`Session::encode_global`] → [`Session::detect_faces`] →
+//! [`Session::encode_local`] → [`Session::encode_temporal`] → [`Session::encode_audio`] →
+//! [`Session::tokenize_prompt`] → [`Session::prefill`] → [`Session::score_labels`] →
+//! [`Session::generate`] → [`Session::finish`]. [`Session::run`] calls them all. Each
+//! stage is timed under its [`Stage`], checks the cancel token first, and shows its
+//! inputs to the [`Observer`] (the reference checks' input dump is one).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use emollama_bundle::contract::{
+    AUDIO_ROW, CLIP, CLS_ROW, FACES, LOCAL_ROW, PATCH_ROWS, PIXEL_VALUES, TEMPORAL_ROW, WAVEFORM,
+};
+use emollama_bundle::{FrameChoice, GenerationPreset, Role, RowBlock};
+use emollama_engines::llm::{GenerateOptions, LlmContext, Sampler, SamplingParams, Segment, StopReason};
+use emollama_engines::{CancelToken, EngineError};
+use emollama_media::faces::face_crops;
+use emollama_media::{
+    decode_audio_16k_mono, decode_frames, face_tensor, global_tensor, temporal_tensor, DecodedFrames, FrameSelection,
+    MediaError, RgbImage,
+};
+use ndarray::ArrayD;
+use serde::Serialize;
+
+use crate::observer::Observer;
+use crate::pipeline::Pipeline;
+use crate::prompt::{build_prompt, extract_label, normalise_scores, Task};
+use crate::request::{AnalyzeRequest, Mode, Preset};
+use crate::stage::{Stage, Timings};
+use crate::RuntimeError;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenCounts {
+    pub prompt: usize,
+    pub generated: usize,
+    pub decode_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BundleRef {
+    pub id: String,
+    pub synthetic: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalyzeResult {
+    /// The recognised label (emotion task): from the scores with `--preset fast`, else
+    /// from the answer (a label word found in it, else the official extraction).
+    pub label: Option<String>,
+    /// `eval_emotion.py`'s extraction: last word, anything else → neutral.
+    pub label_official: Option<String>,
+    pub label_scores: Option<BTreeMap<String, f64>>,
+    pub text: String,
+    pub task: String,
+    pub mode: Mode,
+    pub preset: Preset,
+    pub transcript_used: bool,
+    pub stop: Option<StopReason>,
+    /// The answer's token ids (for checks against a reference).
+    pub answer_tokens: Vec<i32>,
+    /// What fell back to the official behaviour, and why (no audio, no face, …).
+    pub notes: Vec<String>,
+    pub timings_ms: Timings,
+    pub tokens: TokenCounts,
+    pub providers: BTreeMap<String, String>,
+    pub bundle: BundleRef,
+    pub device: String,
+}
+
+/// The face crops each face encoder sees.
+#[derive(Debug, Default)]
+struct FaceCrops {
+    /// For the MAE mean: the tracked face in each examined frame (capped frames).
+    local: Vec<RgbImage>,
+    /// For VideoMAE: one crop per sampled frame (8 pairs of consecutive frames).
+    temporal: Vec<RgbImage>,
+}
+
+/// The prompt's token segments around the embedding rows, and the label candidates.
+#[derive(Debug, Clone, Default)]
+pub struct PromptTokens {
+    pub before_rows: Vec<i32>,
+    pub after_rows: Vec<i32>,
+    pub labels: Vec<&'static str>,
+    pub label_ids: Vec<Vec<i32>>,
+}
+
+/// One request in progress.
+pub struct Session<'p> {
+    pipeline: &'p Pipeline,
+    req: AnalyzeRequest,
+    cancel: CancelToken,
+    started: Instant,
+    timings: Timings,
+    notes: Vec<String>,
+    observer: Option<Box<dyn Observer + 'p>>,
+    frames: Option<DecodedFrames>,
+    waveform: Option<Vec<f32>>,
+    crops: FaceCrops,
+    blocks: BTreeMap<RowBlock, Vec<f32>>,
+    prompt: Option<PromptTokens>,
+    ctx: Option<LlmContext>,
+    label_scores: Option<BTreeMap<String, f64>>,
+    answer: Option<Answer>,
+}
+
+#[derive(Debug, Default)]
+struct Answer {
+    text: String,
+    tokens: Vec<i32>,
+    stop: Option<StopReason>,
+    decode_per_s: f64,
+}
+
+impl<'p> Session<'p> {
+    pub(crate) fn new(pipeline: &'p Pipeline, req: AnalyzeRequest, cancel: CancelToken) -> Result<Self, RuntimeError> {
+        let session = Self {
+            pipeline,
+            req,
+            cancel,
+            started: Instant::now(),
+            timings: Timings::new(),
+            notes: Vec::new(),
+            observer: None,
+            frames: None,
+            waveform: None,
+            crops: FaceCrops::default(),
+            blocks: BTreeMap::new(),
+            prompt: None,
+            ctx: None,
+            label_scores: None,
+            answer: None,
+        };
+        // The merged sampling parameters are checked before any work.
+        SamplingParams::validate(&session.sampling())?;
+        Ok(session)
+    }
+
+    /// Show every stage's inputs to `observer` (from the next stage on).
+    pub fn observe(mut self, observer: impl Observer + 'p) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
+    pub fn request(&self) -> &AnalyzeRequest {
+        &self.req
+    }
+
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// Every stage in order, then the result.
+    pub fn run(mut self, on_piece: impl FnMut(&str)) -> Result<AnalyzeResult, RuntimeError> {
+        self.decode_media()?;
+        self.encode_global()?;
+        self.detect_faces()?;
+        self.encode_local()?;
+        self.encode_temporal()?;
+        self.encode_audio()?;
+        self.tokenize_prompt()?;
+        self.prefill()?;
+        self.score_labels()?;
+        self.generate(on_piece)?;
+        Ok(self.finish())
+    }
+
+    fn timed<T>(
+        &mut self,
+        stage: Stage,
+        work: impl FnOnce(&mut Self) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        if self.cancel.is_cancelled() {
+            return Err(EngineError::Cancelled.into());
+        }
+        let t = Instant::now();
+        let out = work(self)?;
+        self.timings.insert(stage, t.elapsed().as_secs_f64() * 1e3);
+        Ok(out)
+    }
+
+    fn observe_tensor(&mut self, name: &str, a: &ArrayD<f32>) -> Result<(), RuntimeError> {
+        match self.observer.as_mut() {
+            Some(o) => o.tensor(name, a),
+            None => Ok(()),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.req.mode == Mode::Full
+    }
+
+    /// The frames each encoder needs, from the manifest: the global frame; in full
+    /// mode every frame up to the cap (faces for the MAE mean) and VideoMAE's pairs.
+    fn selections(&self) -> Vec<FrameSelection> {
+        let m = self.pipeline.manifest();
+        let global = match m.preprocess.global.frame {
+            FrameChoice::First => FrameSelection::First,
+            FrameChoice::Middle => FrameSelection::Middle,
+        };
+        let mut out = vec![global];
+        if self.full() {
+            let t = &m.preprocess.temporal;
+            out.push(FrameSelection::AllCapped(self.pipeline.config().limits.max_face_frames));
+            out.push(FrameSelection::VideoMae {
+                segments: t.segments as usize,
+                frames_per_segment: t.frames_per_segment as usize,
+            });
+        }
+        out
+    }
+
+    /// Decode the frames every encoder needs, and the audio at the manifest's rate.
+    pub fn decode_media(&mut self) -> Result<(), RuntimeError> {
+        let selections = self.selections();
+        let limits = self.pipeline.config().limits.clone();
+        let media = self.req.media.clone();
+        let frames = self.timed(Stage::DecodeVideo, |_| Ok(decode_frames(&media, &limits, &selections)?))?;
+        self.frames = Some(frames);
+        let rate = self.pipeline.manifest().preprocess.audio.sample_rate;
+        self.waveform = self.timed(Stage::DecodeAudio, |s| match decode_audio_16k_mono(&media, &limits, rate) {
+            Ok(w) => Ok(Some(w)),
+            Err(MediaError::NoAudio { .. }) | Err(MediaError::NoSamples { .. }) => {
+                s.notes.push("no audio track: the audio row is the zero-feature row (projector bias)".into());
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        })?;
+        let m = self.pipeline.manifest();
+        let zero = ArrayD::from_shape_vec(vec![3, m.llm.embedding_width as usize], self.pipeline.zero_rows.clone())
+            .expect("3 x width");
+        self.observe_tensor("zero_rows", &zero)
+    }
+
+    fn decoded(&self) -> Result<&DecodedFrames, RuntimeError> {
+        self.frames.as_ref().ok_or(RuntimeError::StageOrder { stage: "decode_media" })
+    }
+
+    /// The global frame, resized and normalised, through the global engine: the patch
+    /// rows and the CLS row.
+    pub fn encode_global(&mut self) -> Result<(), RuntimeError> {
+        let g = self.pipeline.manifest().preprocess.global.clone();
+        let selection = self.selections()[0];
+        let frame = self
+            .decoded()?
+            .select(selection)
+            .first()
+            .copied()
+            .cloned()
+            .ok_or_else(|| RuntimeError::Media(MediaError::NoFrames { source_name: self.req.media.clone() }))?;
+        let pixels = global_tensor(&frame, g.image_size, g.resize, g.mean, g.std).into_dyn();
+        self.observe_tensor(PIXEL_VALUES, &pixels)?;
+        let cancel = self.cancel.clone();
+        let mut out = self.timed(Stage::GlobalEncoder, |s| {
+            s.pipeline.encoders().run(&Role::GlobalEngine, &[(PIXEL_VALUES, pixels.view())], &cancel)
+        })?;
+        self.blocks.insert(RowBlock::GlobalPatches, out.take(PATCH_ROWS)?.into_iter().collect());
+        self.blocks.insert(RowBlock::GlobalCls, out.take(CLS_ROW)?.into_iter().collect());
+        Ok(())
+    }
+
+    /// Faces in the capped frames (MAE) and in VideoMAE's frames, tracked and aligned.
+    pub fn detect_faces(&mut self) -> Result<(), RuntimeError> {
+        if !self.full() {
+            self.notes.push("official-demo mode: local and temporal rows are the zero-feature rows".into());
+            return Ok(());
+        }
+        if self.pipeline.faces.is_empty() {
+            self.notes
+                .push("the bundle has no face detector: local and temporal rows are the zero-feature rows".into());
+            return Ok(());
+        }
+        let selections = self.selections();
+        let crops = self.timed(Stage::Faces, |s| {
+            let decoded = s.decoded()?;
+            let capped = selections[1].indices(decoded.total);
+            let videomae = selections[2].indices(decoded.total);
+            let mut wanted: Vec<usize> = capped.iter().chain(&videomae).copied().collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            let frames = wanted.iter().filter_map(|i| decoded.frames.get(i).map(|f| (*i, f)));
+            let found: BTreeMap<usize, RgbImage> = face_crops(&s.pipeline.faces, frames)?.crops.into_iter().collect();
+            Ok(FaceCrops {
+                local: capped.iter().filter_map(|i| found.get(i).cloned()).collect(),
+                temporal: if found.is_empty() {
+                    Vec::new()
+                } else {
+                    videomae.iter().map(|i| nearest(&found, *i).clone()).collect()
+                },
+            })
+        })?;
+        if crops.local.is_empty() && crops.temporal.is_empty() {
+            self.notes
+                .push("no face found: local and temporal rows are the zero-feature rows (as the official demo)".into());
+        }
+        self.crops = crops;
+        Ok(())
+    }
+
+    /// The MAE mean over the face crops, projected (the local row).
+    pub fn encode_local(&mut self) -> Result<(), RuntimeError> {
+        let images = std::mem::take(&mut self.crops.local);
+        if images.is_empty() {
+            self.blocks.insert(RowBlock::Local, self.zero_row(0));
+            return Ok(());
+        }
+        let f = self.pipeline.manifest().preprocess.face.clone();
+        let faces = face_tensor(&images, f.image_size, f.resize, f.scale).into_dyn();
+        self.observe_tensor(FACES, &faces)?;
+        let cancel = self.cancel.clone();
+        let mut out = self.timed(Stage::LocalEncoder, |s| {
+            s.pipeline.encoders().run(&Role::LocalEngine, &[(FACES, faces.view())], &cancel)
+        })?;
+        self.blocks.insert(RowBlock::Local, out.take(LOCAL_ROW)?.into_iter().collect());
+        Ok(())
+    }
+
+    /// VideoMAE over its sampled frames' face crops, projected (the temporal row).
+    pub fn encode_temporal(&mut self) -> Result<(), RuntimeError> {
+        let images = std::mem::take(&mut self.crops.temporal);
+        if images.is_empty() {
+            self.blocks.insert(RowBlock::Temporal, self.zero_row(1));
+            return Ok(());
+        }
+        let m = self.pipeline.manifest();
+        let (t, f) = (m.preprocess.temporal.clone(), m.preprocess.face.clone());
+        let clip = temporal_tensor(&images, t.image_size, f.resize, f.scale).into_dyn();
+        self.observe_tensor(CLIP, &clip)?;
+        let cancel = self.cancel.clone();
+        let mut out = self.timed(Stage::TemporalEncoder, |s| {
+            s.pipeline.encoders().run(&Role::TemporalEngine, &[(CLIP, clip.view())], &cancel)
+        })?;
+        self.blocks.insert(RowBlock::Temporal, out.take(TEMPORAL_ROW)?.into_iter().collect());
+        Ok(())
+    }
+
+    /// HuBERT over the waveform, projected (the audio row).
+    pub fn encode_audio(&mut self) -> Result<(), RuntimeError> {
+        let Some(w) = self.waveform.take() else {
+            self.blocks.insert(RowBlock::Audio, self.zero_row(2));
+            return Ok(());
+        };
+        let wave = ArrayD::from_shape_vec(vec![1, w.len()], w).expect("1 x samples");
+        self.observe_tensor(WAVEFORM, &wave)?;
+        let cancel = self.cancel.clone();
+        let mut out = self.timed(Stage::AudioEncoder, |s| {
+            s.pipeline.encoders().run(&Role::AudioEngine, &[(WAVEFORM, wave.view())], &cancel)
+        })?;
+        self.blocks.insert(RowBlock::Audio, out.take(AUDIO_ROW)?.into_iter().collect());
+        Ok(())
+    }
+
+    /// Row `i` of the zero-feature rows (local, temporal, audio).
+    fn zero_row(&self, i: usize) -> Vec<f32> {
+        let width = self.pipeline.manifest().llm.embedding_width as usize;
+        self.pipeline.zero_rows[i * width..(i + 1) * width].to_vec()
+    }
+
+    /// The embedding rows in the manifest's `row_order` (row-major, width floats each).
+    pub fn rows(&self) -> Result<Vec<f32>, RuntimeError> {
+        let m = self.pipeline.manifest();
+        let mut rows = Vec::with_capacity(m.rows.total() as usize * m.llm.embedding_width as usize);
+        for block in &m.prompt.row_order {
+            let b = self.blocks.get(block).ok_or(RuntimeError::StageOrder { stage: "the encoder stages" })?;
+            rows.extend_from_slice(b);
+        }
+        Ok(rows)
+    }
+
+    /// The prompt text around the rows, tokenized; the label candidates.
+    pub fn tokenize_prompt(&mut self) -> Result<(), RuntimeError> {
+        let prompt = self.timed(Stage::Prompt, |s| {
+            let m = s.pipeline.manifest();
+            let text = build_prompt(s.req.layout, &s.req.task, s.req.transcript.as_deref(), &m.prompt.placeholder);
+            let llm = s.pipeline.llm();
+            let labels: Vec<&'static str> = s.req.task.labels().to_vec();
+            Ok(PromptTokens {
+                before_rows: llm.tokenize(&text.before_rows, true, true)?,
+                after_rows: llm.tokenize(&text.after_rows, false, true)?,
+                label_ids: labels.iter().map(|l| llm.tokenize(l, false, false)).collect::<Result<_, _>>()?,
+                labels,
+            })
+        })?;
+        let max_new = self.max_new_tokens();
+        if let Some(o) = self.observer.as_mut() {
+            o.prompt(&prompt, max_new)?;
+        }
+        self.prompt = Some(prompt);
+        Ok(())
+    }
+
+    fn prompt_tokens(&self) -> Result<&PromptTokens, RuntimeError> {
+        self.prompt.as_ref().ok_or(RuntimeError::StageOrder { stage: "tokenize_prompt" })
+    }
+
+    /// Prompt positions: the text tokens and the rows.
+    pub fn prompt_len(&self) -> usize {
+        let m = self.pipeline.manifest();
+        self.prompt.as_ref().map_or(0, |p| p.before_rows.len() + p.after_rows.len()) + m.rows.total() as usize
+    }
+
+    /// Text tokens, rows, text tokens into a (pooled, cleared) LLM context.
+    pub fn prefill(&mut self) -> Result<(), RuntimeError> {
+        let rows = self.rows()?;
+        let mut ctx = self.pipeline.take_context()?;
+        let result = self.timed(Stage::Prefill, |s| {
+            let p = s.prompt_tokens()?;
+            let segments =
+                [Segment::Tokens(&p.before_rows), Segment::Embeddings(&rows), Segment::Tokens(&p.after_rows)];
+            ctx.prefill_cancellable(&segments, false, Some(&s.cancel))?;
+            Ok(())
+        });
+        self.ctx = Some(ctx); // returned to the pool when the session ends, whatever happened
+        result
+    }
+
+    /// The LLM context, after [`Session::prefill`] (for checks).
+    pub fn context(&self) -> Option<&LlmContext> {
+        self.ctx.as_ref()
+    }
+
+    fn is_emotion(&self) -> bool {
+        matches!(self.req.task, Task::Emotion { .. })
+    }
+
+    /// Label probabilities from one continuation per label (emotion task; always with
+    /// the fast preset, else when asked for).
+    pub fn score_labels(&mut self) -> Result<(), RuntimeError> {
+        if !(self.is_emotion() && (self.req.scores || self.req.preset == Preset::Fast)) {
+            return Ok(());
+        }
+        let scores = self.timed(Stage::LabelScores, |s| {
+            let p = s.prompt.as_ref().ok_or(RuntimeError::StageOrder { stage: "tokenize_prompt" })?;
+            let ctx = s.ctx.as_mut().ok_or(RuntimeError::StageOrder { stage: "prefill" })?;
+            let probs = normalise_scores(&ctx.continuation_logprobs(&p.label_ids)?);
+            Ok(p.labels.iter().map(|l| l.to_string()).zip(probs).collect::<BTreeMap<_, _>>())
+        })?;
+        self.label_scores = Some(scores);
+        Ok(())
+    }
+
+    /// The manifest's generation preset for this request (the fast preset generates
+    /// only for tasks other than emotion, with the eval settings).
+    fn preset(&self) -> &GenerationPreset {
+        let g = &self.pipeline.manifest().generation;
+        match self.req.preset {
+            Preset::Demo => &g.demo,
+            Preset::Eval | Preset::Fast => &g.eval,
+        }
+    }
+
+    fn max_new_tokens(&self) -> u32 {
+        self.req.max_new_tokens.unwrap_or(self.preset().max_new_tokens)
+    }
+
+    /// The preset's sampling with the request's overrides.
+    fn sampling(&self) -> SamplingParams {
+        let p = self.preset();
+        SamplingParams {
+            temperature: self.req.temperature.unwrap_or(p.temperature),
+            top_k: self.req.top_k.unwrap_or(p.top_k) as usize,
+            top_p: self.req.top_p.unwrap_or(p.top_p),
+            repetition_penalty: self.req.repetition_penalty.unwrap_or(p.repetition_penalty),
+            seed: self.req.seed,
+        }
+    }
+
+    /// The answer, streamed to `on_piece`, with the preset's stop strings and position
+    /// cap (the demo drops rows past 2000 positions; this shortens the answer instead).
+    pub fn generate(&mut self, mut on_piece: impl FnMut(&str)) -> Result<(), RuntimeError> {
+        if self.req.preset == Preset::Fast && self.is_emotion() {
+            return Ok(());
+        }
+        let preset = self.preset().clone();
+        let cap = preset.max_positions.map_or(usize::MAX, |m| (m as usize).saturating_sub(self.prompt_len()).max(1));
+        let opts = GenerateOptions {
+            max_new_tokens: (self.max_new_tokens() as usize).min(cap),
+            stop_strings: preset.stop_strings.clone(),
+        };
+        let mut sampler = Sampler::new(self.sampling())?;
+        let before_generation = self.started.elapsed().as_secs_f64() * 1e3;
+        let g = self.timed(Stage::Generation, |s| {
+            let ctx = s.ctx.as_mut().ok_or(RuntimeError::StageOrder { stage: "prefill" })?;
+            Ok(ctx.generate(&mut sampler, &opts, Some(&s.cancel), |piece| {
+                on_piece(piece);
+                std::ops::ControlFlow::Continue(())
+            })?)
+        })?;
+        // Time to first token, from the start of the request.
+        self.timings.insert(Stage::FirstToken, before_generation + g.first_token_ms);
+        self.answer = Some(Answer {
+            text: g.text.trim().to_string(),
+            decode_per_s: g.decode_per_s(),
+            tokens: g.tokens,
+            stop: Some(g.stop),
+        });
+        Ok(())
+    }
+
+    /// The result: label (from the scores with the fast preset, else from the answer),
+    /// timings, counts.
+    pub fn finish(mut self) -> AnalyzeResult {
+        let answer = self.answer.take().unwrap_or_default();
+        let labels = self.req.task.labels();
+        let (label, label_official) = match (self.is_emotion(), &self.label_scores, self.req.preset) {
+            (false, _, _) => (None, None),
+            (true, Some(s), Preset::Fast) => {
+                let best = s.iter().max_by(|a, b| a.1.total_cmp(b.1)).map(|(l, _)| l.clone());
+                (best.clone(), best)
+            }
+            (true, _, _) => {
+                let e = extract_label(&answer.text, labels);
+                (Some(e.robust.unwrap_or_else(|| e.official.clone())), Some(e.official))
+            }
+        };
+        self.timings.insert(Stage::Total, self.started.elapsed().as_secs_f64() * 1e3);
+        let m = self.pipeline.manifest();
+        AnalyzeResult {
+            label,
+            label_official,
+            label_scores: self.label_scores.take(),
+            text: answer.text,
+            task: self.req.task.name().into(),
+            mode: self.req.mode,
+            preset: self.req.preset,
+            transcript_used: self.req.transcript.as_deref().is_some_and(|t| !t.trim().is_empty()),
+            stop: answer.stop,
+            notes: std::mem::take(&mut self.notes),
+            timings_ms: std::mem::take(&mut self.timings),
+            tokens: TokenCounts {
+                prompt: self.prompt_len(),
+                generated: answer.tokens.len(),
+                decode_per_s: answer.decode_per_s,
+            },
+            answer_tokens: answer.tokens,
+            providers: self.pipeline.providers(),
+            bundle: BundleRef { id: m.id.clone(), synthetic: m.synthetic },
+            device: self.pipeline.config().device.clone(),
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.ctx.take() {
+            self.pipeline.return_context(ctx);
+        }
+    }
+}
+
+/// The crop of frame `i`, else of the nearest frame with a face (earlier on ties): a
+/// VideoMAE frame whose face was missed takes its neighbour's, as the official loader
+/// only ever sees frames with a face.
+fn nearest(found: &BTreeMap<usize, RgbImage>, i: usize) -> &RgbImage {
+    let after = found.range(i..).next();
+    let before = found.range(..i).next_back();
+    match (before, after) {
+        (Some((b, img_b)), Some((a, img_a))) => {
+            if i - b <= a - i {
+                img_b
+            } else {
+                img_a
+            }
+        }
+        (Some((_, img)), None) | (None, Some((_, img))) => img,
+        (None, None) => unreachable!("called with at least one crop"),
+    }
+}

@@ -1,0 +1,101 @@
+//! The stages of one request, typed: the session's methods, the timings of a result,
+//! the service's metrics and the bench all name a stage by this enum, never by a string
+//! written in several files. Serialised as snake_case names (`decode_video`, …).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    DecodeVideo,
+    DecodeAudio,
+    GlobalEncoder,
+    Faces,
+    LocalEncoder,
+    TemporalEncoder,
+    AudioEncoder,
+    Prompt,
+    Prefill,
+    LabelScores,
+    /// From the request's start to the first generated token.
+    FirstToken,
+    Generation,
+    Total,
+}
+
+impl Stage {
+    /// Every stage, in pipeline order.
+    pub const ALL: [Stage; 13] = [
+        Stage::DecodeVideo,
+        Stage::DecodeAudio,
+        Stage::GlobalEncoder,
+        Stage::Faces,
+        Stage::LocalEncoder,
+        Stage::TemporalEncoder,
+        Stage::AudioEncoder,
+        Stage::Prompt,
+        Stage::Prefill,
+        Stage::LabelScores,
+        Stage::FirstToken,
+        Stage::Generation,
+        Stage::Total,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::DecodeVideo => "decode_video",
+            Stage::DecodeAudio => "decode_audio",
+            Stage::GlobalEncoder => "global_encoder",
+            Stage::Faces => "faces",
+            Stage::LocalEncoder => "local_encoder",
+            Stage::TemporalEncoder => "temporal_encoder",
+            Stage::AudioEncoder => "audio_encoder",
+            Stage::Prompt => "prompt",
+            Stage::Prefill => "prefill",
+            Stage::LabelScores => "label_scores",
+            Stage::FirstToken => "first_token",
+            Stage::Generation => "generation",
+            Stage::Total => "total",
+        }
+    }
+
+    /// The stages that do work of their own (not the summaries `first_token`, `total`).
+    pub fn is_work(self) -> bool {
+        !matches!(self, Stage::FirstToken | Stage::Total)
+    }
+
+    pub fn is_encoder(self) -> bool {
+        matches!(self, Stage::GlobalEncoder | Stage::LocalEncoder | Stage::TemporalEncoder | Stage::AudioEncoder)
+    }
+
+    pub fn is_media(self) -> bool {
+        matches!(self, Stage::DecodeVideo | Stage::DecodeAudio | Stage::Faces)
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Milliseconds per stage.
+pub type Timings = BTreeMap<Stage, f64>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_serde_names() {
+        for s in Stage::ALL {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.name()));
+        }
+        let t: Timings = [(Stage::DecodeVideo, 1.5)].into();
+        let text = serde_json::to_string(&t).unwrap();
+        assert_eq!(text, "{\"decode_video\":1.5}");
+        assert_eq!(serde_json::from_str::<Timings>(&text).unwrap(), t);
+    }
+}
