@@ -248,7 +248,7 @@ pub fn plan(m: &Manifest, p: &Profile) -> Plan {
         ("face detectors".into(), parts.face_detectors),
     ];
     biggest.extend(parts.encoders.iter().map(|(r, b)| (r.clone(), *b)));
-    biggest.sort_by(|a, b| b.1.cmp(&a.1));
+    biggest.sort_by_key(|b| std::cmp::Reverse(b.1));
     let top: Vec<String> = biggest.iter().take(3).map(|(n, b)| format!("{n} {:.2} GB", gb(*b))).collect();
     let message = match outcome {
         Outcome::FitsResident if changes.is_empty() => format!("fits resident: {:.2} of {:.2} GB usable", gb(resident), gb(usable)),

@@ -190,8 +190,8 @@ fn area_resize(img: &RgbImage, x0: usize, y0: usize, x1: usize, y1: usize, out_w
                 let row = (y0 + y) * stride;
                 for x in xs..xe {
                     let p = row + (x0 + x) * 3;
-                    for c in 0..3 {
-                        sum[c] += f32::from(img.data[p + c]);
+                    for (c, s) in sum.iter_mut().enumerate() {
+                        *s += f32::from(img.data[p + c]);
                     }
                 }
             }

@@ -20,8 +20,8 @@ fn fill_chw(img: &RgbImage, scale: f32, mut put: impl FnMut(usize, usize, usize,
     let w = img.width as usize;
     for (i, px) in img.data.chunks_exact(3).enumerate() {
         let (y, x) = (i / w, i % w);
-        for c in 0..3 {
-            put(c, y, x, f32::from(px[c]) * scale);
+        for (c, v) in px.iter().enumerate() {
+            put(c, y, x, f32::from(*v) * scale);
         }
     }
 }

@@ -89,7 +89,7 @@ pub fn decode_frames(
             None => n < if first_only { 1 } else { keep_cap },
         };
         if needed {
-            frames.insert(n, converter.to_rgb(frame, &name)?);
+            frames.insert(n, converter.convert(frame, &name)?);
         }
         let more = match &wanted {
             Some(w) => w.iter().next_back().is_some_and(|&last| n < last),
@@ -158,7 +158,7 @@ impl Converter {
         Self { rotation, scaler: None }
     }
 
-    fn to_rgb(&mut self, frame: &Video, name: &str) -> Result<RgbImage, MediaError> {
+    fn convert(&mut self, frame: &Video, name: &str) -> Result<RgbImage, MediaError> {
         let rotated;
         let src = if self.rotation != 0 {
             rotated = rotate_planes(frame, self.rotation).ok_or_else(|| MediaError::PixelFormat {

@@ -62,7 +62,8 @@ fn a_different_stop_string_in_the_manifest_ends_the_answer_there() {
 }
 
 /// Records the shape of every tensor a session feeds its engines.
-struct Shapes(std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<usize>)>>>);
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<usize>)>>>;
+struct Shapes(Seen);
 
 impl Observer for Shapes {
     fn tensor(&mut self, name: &str, t: &ArrayD<f32>) -> Result<(), RuntimeError> {

@@ -47,7 +47,6 @@ fn context(model: &Arc<LlmModel>, n_ctx: u32) -> LlmContext {
         n_threads_batch: 2,
         kv_cache_type: KvType::F32,
         flash_attention: FlashAttention::Off,
-        ..Default::default()
     };
     LlmContext::new(model.clone(), params).unwrap()
 }

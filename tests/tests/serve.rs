@@ -208,7 +208,9 @@ fn bad_requests_get_the_right_status_and_the_server_keeps_serving() {
     assert_eq!(http(srv.port, "GET", "/healthz", &[], b"").status, 200);
     let json = || vec![("Content-Type", "application/json".to_string())];
     let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
-    let cases: Vec<(&str, u16, Vec<(&str, String)>, Vec<u8>)> = vec![
+    /// (what, expected status, headers, body)
+    type Case<'a> = (&'a str, u16, Vec<(&'a str, String)>, Vec<u8>);
+    let cases: Vec<Case> = vec![
         ("garbage media", 422, vec![("Content-Type", multipart_ct())], multipart(&garbage, &[])),
         ("empty upload", 400, vec![("Content-Type", multipart_ct())], multipart(b"", &[])),
         ("wrong content type", 415, vec![("Content-Type", "text/plain".into())], b"hello".to_vec()),

@@ -145,6 +145,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// Providers this binary can use with the loaded library: compiled in, and present in
 /// the library (a CPU-only libonnxruntime has no CUDA/TensorRT even in a GPU build).
 /// Call after `init_runtime`.
+// Pushes behind features: without them the vector is only CPU, which clippy reads as
+// an init-then-push.
+#[allow(clippy::vec_init_then_push)]
 pub fn available_providers() -> Vec<Provider> {
     let mut out = Vec::new();
     #[cfg(feature = "tensorrt")]
