@@ -140,3 +140,36 @@ fn gpu_providers_fall_back_loudly_or_fail_when_required() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_cancelled_token_stops_an_encoder_run_before_and_during_it() {
+    let bundle = Bundle::open(&common::bundle_dir()).unwrap();
+    let engine = load(&bundle, &Role::AudioEngine, ProviderPolicy::cpu_only()).unwrap();
+    let wave = ArrayD::<f32>::from_shape_fn(IxDyn(&[1, 16000 * 60]), |i| ((i[1] as f32) * 0.01).sin() * 0.3);
+    let feeds = [("waveform", wave.view())];
+    // Already cancelled: the run does not start.
+    let token = emollama_engines::CancelToken::new();
+    token.cancel();
+    assert!(matches!(engine.run_cancellable(&feeds, Some(&token)), Err(EngineError::Cancelled)));
+    // Cancelled from another thread while ONNX Runtime runs: terminated, not finished.
+    let started = std::time::Instant::now();
+    engine.run(&feeds).unwrap();
+    let full = started.elapsed();
+    let token = emollama_engines::CancelToken::new();
+    let canceller = token.clone();
+    let wait = full / 10;
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(wait);
+        canceller.cancel();
+    });
+    let started = std::time::Instant::now();
+    let result = engine.run_cancellable(&feeds, Some(&token));
+    let cancelled_after = started.elapsed();
+    t.join().unwrap();
+    println!("60 s of audio: full run {full:?}, cancelled after {cancelled_after:?}");
+    // The run started long before the cancel (a tenth of a full run), so only a
+    // terminated run returns Cancelled; the times are printed, not asserted (shared CPU).
+    assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+    // The engine serves the next run.
+    engine.warm_up(&|_| 16000).unwrap();
+}
