@@ -136,7 +136,7 @@ pub struct AnalyzeOptions {
 
 /// Fields whose values are text; every other form field is read as a JSON scalar, so
 /// `max_new_tokens=-1`, `seed=1e30` or `scores=1` are refused exactly as in JSON.
-const TEXT_FIELDS: [&str; 9] = ["path", "url", "task", "question", "transcript", "mode", "preset", "layout", "media"];
+const TEXT_FIELDS: [&str; 8] = ["path", "url", "task", "question", "transcript", "mode", "preset", "layout"];
 
 impl AnalyzeOptions {
     /// Options from multipart text fields (name, value), with JSON's rules: numbers must

@@ -12,8 +12,9 @@ use std::time::Instant;
 use emollama_bundle::contract::{
     AUDIO_ROW, CLIP, CLS_ROW, FACES, LOCAL_ROW, PATCH_ROWS, PIXEL_VALUES, TEMPORAL_ROW, WAVEFORM,
 };
-use emollama_bundle::{FrameChoice, GenerationPreset, Role, RowBlock};
+use emollama_bundle::{BundleError, FrameChoice, GenerationPreset, Role, RowBlock};
 use emollama_engines::llm::{GenerateOptions, LlmContext, Sampler, SamplingParams, Segment, StopReason};
+use emollama_engines::onnx::Outputs;
 use emollama_engines::{CancelToken, EngineError};
 use emollama_media::faces::face_crops;
 use emollama_media::{
@@ -153,12 +154,7 @@ impl<'p> Session<'p> {
 
     /// Every stage in order, then the result.
     pub fn run(mut self, on_piece: impl FnMut(&str)) -> Result<AnalyzeResult, RuntimeError> {
-        self.decode_media()?;
-        self.encode_global()?;
-        self.detect_faces()?;
-        self.encode_local()?;
-        self.encode_temporal()?;
-        self.encode_audio()?;
+        self.encode()?;
         self.tokenize_prompt()?;
         self.prefill()?;
         self.score_labels()?;
@@ -180,6 +176,30 @@ impl<'p> Session<'p> {
         Ok(out)
     }
 
+    /// The media and encoder stages: everything [`Session::rows`] needs.
+    pub fn encode(&mut self) -> Result<(), RuntimeError> {
+        self.decode_media()?;
+        self.encode_global()?;
+        self.detect_faces()?;
+        self.encode_local()?;
+        self.encode_temporal()?;
+        self.encode_audio()
+    }
+
+    /// Show `input` to the observer, run `role`'s engine on it under `stage`, return
+    /// its outputs.
+    fn run_encoder(
+        &mut self,
+        stage: Stage,
+        role: Role,
+        name: &str,
+        input: &ArrayD<f32>,
+    ) -> Result<Outputs, RuntimeError> {
+        self.observe_tensor(name, input)?;
+        let cancel = self.cancel.clone();
+        self.timed(stage, |s| s.pipeline.encoders().run(&role, &[(name, input.view())], &cancel))
+    }
+
     fn observe_tensor(&mut self, name: &str, a: &ArrayD<f32>) -> Result<(), RuntimeError> {
         match self.observer.as_mut() {
             Some(o) => o.tensor(name, a),
@@ -191,29 +211,33 @@ impl<'p> Session<'p> {
         self.req.mode == Mode::Full
     }
 
-    /// The frames each encoder needs, from the manifest: the global frame; in full
-    /// mode every frame up to the cap (faces for the MAE mean) and VideoMAE's pairs.
-    fn selections(&self) -> Vec<FrameSelection> {
-        let m = self.pipeline.manifest();
-        let global = match m.preprocess.global.frame {
+    /// The global encoder's frame (the manifest's choice).
+    fn global_selection(&self) -> FrameSelection {
+        match self.pipeline.manifest().preprocess.global.frame {
             FrameChoice::First => FrameSelection::First,
             FrameChoice::Middle => FrameSelection::Middle,
-        };
-        let mut out = vec![global];
-        if self.full() {
-            let t = &m.preprocess.temporal;
-            out.push(FrameSelection::AllCapped(self.pipeline.config().limits.max_face_frames));
-            out.push(FrameSelection::VideoMae {
-                segments: t.segments as usize,
-                frames_per_segment: t.frames_per_segment as usize,
-            });
         }
-        out
+    }
+
+    /// In full mode, the face frames: every frame up to the cap (the MAE mean) and
+    /// VideoMAE's pairs over the whole clip.
+    fn face_selections(&self) -> Option<[FrameSelection; 2]> {
+        let t = &self.pipeline.manifest().preprocess.temporal;
+        self.full().then(|| {
+            [
+                FrameSelection::AllCapped(self.pipeline.config().limits.max_face_frames),
+                FrameSelection::VideoMae {
+                    segments: t.segments as usize,
+                    frames_per_segment: t.frames_per_segment as usize,
+                },
+            ]
+        })
     }
 
     /// Decode the frames every encoder needs, and the audio at the manifest's rate.
     pub fn decode_media(&mut self) -> Result<(), RuntimeError> {
-        let selections = self.selections();
+        let mut selections = vec![self.global_selection()];
+        selections.extend(self.face_selections().into_iter().flatten());
         let limits = self.pipeline.config().limits.clone();
         let media = self.req.media.clone();
         let frames = self.timed(Stage::DecodeVideo, |_| Ok(decode_frames(&media, &limits, &selections)?))?;
@@ -241,20 +265,15 @@ impl<'p> Session<'p> {
     /// rows and the CLS row.
     pub fn encode_global(&mut self) -> Result<(), RuntimeError> {
         let g = self.pipeline.manifest().preprocess.global.clone();
-        let selection = self.selections()[0];
         let frame = self
             .decoded()?
-            .select(selection)
+            .select(self.global_selection())
             .first()
             .copied()
             .cloned()
             .ok_or_else(|| RuntimeError::Media(MediaError::NoFrames { source_name: self.req.media.clone() }))?;
         let pixels = global_tensor(&frame, g.image_size, g.resize, g.mean, g.std).into_dyn();
-        self.observe_tensor(PIXEL_VALUES, &pixels)?;
-        let cancel = self.cancel.clone();
-        let mut out = self.timed(Stage::GlobalEncoder, |s| {
-            s.pipeline.encoders().run(&Role::GlobalEngine, &[(PIXEL_VALUES, pixels.view())], &cancel)
-        })?;
+        let mut out = self.run_encoder(Stage::GlobalEncoder, Role::GlobalEngine, PIXEL_VALUES, &pixels)?;
         self.blocks.insert(RowBlock::GlobalPatches, out.take(PATCH_ROWS)?.into_iter().collect());
         self.blocks.insert(RowBlock::GlobalCls, out.take(CLS_ROW)?.into_iter().collect());
         Ok(())
@@ -262,20 +281,19 @@ impl<'p> Session<'p> {
 
     /// Faces in the capped frames (MAE) and in VideoMAE's frames, tracked and aligned.
     pub fn detect_faces(&mut self) -> Result<(), RuntimeError> {
-        if !self.full() {
+        let Some([capped, videomae]) = self.face_selections() else {
             self.notes.push("official-demo mode: local and temporal rows are the zero-feature rows".into());
             return Ok(());
-        }
+        };
         if self.pipeline.faces.is_empty() {
             self.notes
                 .push("the bundle has no face detector: local and temporal rows are the zero-feature rows".into());
             return Ok(());
         }
-        let selections = self.selections();
         let crops = self.timed(Stage::Faces, |s| {
             let decoded = s.decoded()?;
-            let capped = selections[1].indices(decoded.total);
-            let videomae = selections[2].indices(decoded.total);
+            let capped = capped.indices(decoded.total);
+            let videomae = videomae.indices(decoded.total);
             let mut wanted: Vec<usize> = capped.iter().chain(&videomae).copied().collect();
             wanted.sort_unstable();
             wanted.dedup();
@@ -302,16 +320,11 @@ impl<'p> Session<'p> {
     pub fn encode_local(&mut self) -> Result<(), RuntimeError> {
         let images = std::mem::take(&mut self.crops.local);
         if images.is_empty() {
-            self.blocks.insert(RowBlock::Local, self.zero_row(0));
-            return Ok(());
+            return self.zero_row(RowBlock::Local);
         }
-        let f = self.pipeline.manifest().preprocess.face.clone();
+        let f = &self.pipeline.manifest().preprocess.face;
         let faces = face_tensor(&images, f.image_size, f.resize, f.scale).into_dyn();
-        self.observe_tensor(FACES, &faces)?;
-        let cancel = self.cancel.clone();
-        let mut out = self.timed(Stage::LocalEncoder, |s| {
-            s.pipeline.encoders().run(&Role::LocalEngine, &[(FACES, faces.view())], &cancel)
-        })?;
+        let mut out = self.run_encoder(Stage::LocalEncoder, Role::LocalEngine, FACES, &faces)?;
         self.blocks.insert(RowBlock::Local, out.take(LOCAL_ROW)?.into_iter().collect());
         Ok(())
     }
@@ -320,17 +333,11 @@ impl<'p> Session<'p> {
     pub fn encode_temporal(&mut self) -> Result<(), RuntimeError> {
         let images = std::mem::take(&mut self.crops.temporal);
         if images.is_empty() {
-            self.blocks.insert(RowBlock::Temporal, self.zero_row(1));
-            return Ok(());
+            return self.zero_row(RowBlock::Temporal);
         }
-        let m = self.pipeline.manifest();
-        let (t, f) = (m.preprocess.temporal.clone(), m.preprocess.face.clone());
-        let clip = temporal_tensor(&images, t.image_size, f.resize, f.scale).into_dyn();
-        self.observe_tensor(CLIP, &clip)?;
-        let cancel = self.cancel.clone();
-        let mut out = self.timed(Stage::TemporalEncoder, |s| {
-            s.pipeline.encoders().run(&Role::TemporalEngine, &[(CLIP, clip.view())], &cancel)
-        })?;
+        let p = &self.pipeline.manifest().preprocess;
+        let clip = temporal_tensor(&images, p.temporal.image_size, p.face.resize, p.face.scale).into_dyn();
+        let mut out = self.run_encoder(Stage::TemporalEncoder, Role::TemporalEngine, CLIP, &clip)?;
         self.blocks.insert(RowBlock::Temporal, out.take(TEMPORAL_ROW)?.into_iter().collect());
         Ok(())
     }
@@ -338,23 +345,25 @@ impl<'p> Session<'p> {
     /// HuBERT over the waveform, projected (the audio row).
     pub fn encode_audio(&mut self) -> Result<(), RuntimeError> {
         let Some(w) = self.waveform.take() else {
-            self.blocks.insert(RowBlock::Audio, self.zero_row(2));
-            return Ok(());
+            return self.zero_row(RowBlock::Audio);
         };
         let wave = ArrayD::from_shape_vec(vec![1, w.len()], w).expect("1 x samples");
-        self.observe_tensor(WAVEFORM, &wave)?;
-        let cancel = self.cancel.clone();
-        let mut out = self.timed(Stage::AudioEncoder, |s| {
-            s.pipeline.encoders().run(&Role::AudioEngine, &[(WAVEFORM, wave.view())], &cancel)
-        })?;
+        let mut out = self.run_encoder(Stage::AudioEncoder, Role::AudioEngine, WAVEFORM, &wave)?;
         self.blocks.insert(RowBlock::Audio, out.take(AUDIO_ROW)?.into_iter().collect());
         Ok(())
     }
 
-    /// Row `i` of the zero-feature rows (local, temporal, audio).
-    fn zero_row(&self, i: usize) -> Vec<f32> {
+    /// Use the zero-feature row (the projector bias) for `block`: no input for its encoder.
+    fn zero_row(&mut self, block: RowBlock) -> Result<(), RuntimeError> {
+        let i = match block {
+            RowBlock::Local => 0,
+            RowBlock::Temporal => 1,
+            RowBlock::Audio => 2,
+            _ => return Err(BundleError::Inconsistent(format!("{block} has no zero-feature row")).into()),
+        };
         let width = self.pipeline.manifest().llm.embedding_width as usize;
-        self.pipeline.zero_rows[i * width..(i + 1) * width].to_vec()
+        self.blocks.insert(block, self.pipeline.zero_rows[i * width..(i + 1) * width].to_vec());
+        Ok(())
     }
 
     /// The embedding rows in the manifest's `row_order` (row-major, width floats each).

@@ -44,6 +44,7 @@ impl ApiError {
     fn outcome(&self) -> &'static str {
         match self.status {
             StatusCode::SERVICE_UNAVAILABLE if self.code == "timeout" => "timeout",
+            StatusCode::SERVICE_UNAVAILABLE if self.code == "cancelled" => "cancelled",
             StatusCode::SERVICE_UNAVAILABLE => "busy",
             s if s.is_client_error() => "client_error",
             _ => "server_error",

@@ -103,12 +103,7 @@ fn the_manifest_row_order_is_the_order_of_the_prompt_rows() {
     let req = AnalyzeRequest::new(talking_face());
     let rows_of = |p: &Pipeline| {
         let mut s = p.session(&req, Default::default()).unwrap();
-        s.decode_media().unwrap();
-        s.encode_global().unwrap();
-        s.detect_faces().unwrap();
-        s.encode_local().unwrap();
-        s.encode_temporal().unwrap();
-        s.encode_audio().unwrap();
+        s.encode().unwrap();
         s.rows().unwrap()
     };
     let base = pipeline(&common::bundle_dir()).unwrap();
@@ -243,12 +238,7 @@ fn a_plan_with_q8_0_kv_runs_a_q8_0_kv_cache() {
     let kv_bytes = |p: &Pipeline| {
         let req = AnalyzeRequest { mode: emollama_runtime::Mode::OfficialDemo, ..AnalyzeRequest::new(talking_face()) };
         let mut s = p.session(&req, Default::default()).unwrap();
-        s.decode_media().unwrap();
-        s.encode_global().unwrap();
-        s.detect_faces().unwrap();
-        s.encode_local().unwrap();
-        s.encode_temporal().unwrap();
-        s.encode_audio().unwrap();
+        s.encode().unwrap();
         s.tokenize_prompt().unwrap();
         s.prefill().unwrap();
         s.context().unwrap().kv_state_bytes()

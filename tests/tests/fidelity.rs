@@ -13,12 +13,7 @@ fn local_row(cap: usize, media: &str) -> Vec<f32> {
     let config = RuntimeConfig { threads: 2, limits, ..RuntimeConfig::default() };
     let p = Pipeline::load(Bundle::open(&common::bundle_dir()).unwrap(), config).unwrap();
     let mut s = p.session(&AnalyzeRequest::new(media), Default::default()).unwrap();
-    s.decode_media().unwrap();
-    s.encode_global().unwrap();
-    s.detect_faces().unwrap();
-    s.encode_local().unwrap();
-    s.encode_temporal().unwrap();
-    s.encode_audio().unwrap();
+    s.encode().unwrap();
     let m = p.manifest();
     let d = m.llm.embedding_width as usize;
     let at = m.rows.global_patches as usize * d;
