@@ -17,8 +17,9 @@ use clap::Parser;
 )]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `emollama=debug,llama.cpp=warn`.
-    /// (llama.cpp's warning about the double BOS is silenced: the official prompt has one.)
-    #[arg(long, global = true, default_value = "warn,llama.cpp=error")]
+    /// (llama.cpp's warning about the double BOS is demoted to debug: the official
+    /// prompt has one.)
+    #[arg(long, global = true, default_value = "warn")]
     log: String,
     /// Path to libonnxruntime.so (found automatically otherwise).
     #[arg(long, global = true)]
@@ -48,6 +49,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: journald stores the bytes as they come.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command.run(cli.ort_library) {
         Ok(()) => ExitCode::SUCCESS,

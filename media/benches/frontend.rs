@@ -52,7 +52,7 @@ fn main() {
     // first frame, 16 frames at 224 bilinear for the clip tensor.
     let ours = || {
         let t = Instant::now();
-        let d = decode_frames(clip_s, &limits, &sels).unwrap();
+        let d = decode_frames(clip_s, &limits, &sels, &Default::default()).unwrap();
         let g = global_tensor(d.select(FrameSelection::First)[0], [448, 448], Resize::Bicubic, mean, std);
         let frames: Vec<_> =
             d.select(FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 }).into_iter().cloned().collect();

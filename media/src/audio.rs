@@ -1,6 +1,7 @@
 //! Audio: the first audio stream resampled to 16 kHz mono f32, as
 //! `ffmpeg -i in -ac 1 -ar 16000 -f f32le` (MERTools' extraction, spec §1.2).
 
+use emollama_engines::CancelToken;
 use ff::format::sample::{Sample, Type as SampleType};
 use ff::media::Type;
 use ff::software::resampling;
@@ -10,12 +11,18 @@ use ffmpeg_next as ff;
 
 use super::error::MediaError;
 use super::input::{open_input, MediaLimits};
+use super::video::check;
 
 /// All samples of the first audio stream at `rate` Hz, mono, f32 in [-1, 1].
 /// A file without audio is `MediaError::NoAudio` (the pipeline decides what then).
-pub fn decode_audio_16k_mono(source: &str, limits: &MediaLimits, rate: u32) -> Result<Vec<f32>, MediaError> {
+pub fn decode_audio_16k_mono(
+    source: &str,
+    limits: &MediaLimits,
+    rate: u32,
+    cancel: &CancelToken,
+) -> Result<Vec<f32>, MediaError> {
     let name = source.to_string();
-    let (mut input, _) = open_input(source, limits)?;
+    let (mut input, _) = open_input(source, limits, cancel)?;
     let stream = input.streams().best(Type::Audio).ok_or_else(|| MediaError::NoAudio { source_name: name.clone() })?;
     let index = stream.index();
     let err = |e: ff::Error| MediaError::Decode { source_name: name.clone(), reason: e.to_string() };
@@ -56,6 +63,7 @@ pub fn decode_audio_16k_mono(source: &str, limits: &MediaLimits, rate: u32) -> R
     };
 
     loop {
+        check(source, cancel)?;
         match packet.read(&mut input) {
             Ok(()) => {}
             Err(ff::Error::Eof) => break,
@@ -76,6 +84,7 @@ pub fn decode_audio_16k_mono(source: &str, limits: &MediaLimits, rate: u32) -> R
             });
         }
     }
+    check(source, cancel)?; // an interrupted read ends the loop like a truncated tail
     let _ = decoder.send_eof();
     while decoder.receive_frame(&mut frame).is_ok() {
         push(&mut frame, &mut resampler, &mut out)?;

@@ -11,6 +11,8 @@ pub enum MediaError {
     FileTooLarge { source_name: String, size: u64, limit: u64 },
     #[error("cannot open {source_name}: {reason}")]
     Open { source_name: String, reason: String },
+    #[error("reading {source_name} was cancelled")]
+    Cancelled { source_name: String },
     #[error("timed out after {seconds:.0} s reading {source_name}")]
     Timeout { source_name: String, seconds: f64 },
     #[error("{source_name} has no video stream")]

@@ -6,7 +6,7 @@
 use emollama_bundle::contract::{IMAGE, LANDMARKS, PROB, REG};
 use emollama_bundle::{Bundle, Role};
 use emollama_engines::onnx::{EncoderEngine, EngineOptions, OrtRuntime, Outputs};
-use emollama_engines::EngineError;
+use emollama_engines::{CancelToken, EngineError};
 use ndarray::{Array4, ArrayD, Axis};
 use serde::Serialize;
 
@@ -449,22 +449,29 @@ impl FaceDetector {
         &self,
         frames: impl IntoIterator<Item = (usize, &'a RgbImage)>,
     ) -> Result<FaceCrops, EngineError> {
-        face_crops(std::slice::from_ref(self), frames)
+        face_crops(std::slice::from_ref(self), frames, &CancelToken::new())
     }
 }
 
 /// [`FaceDetector::face_crops`] with several detectors working on frames in parallel
 /// (one thread each; every frame is detected independently, so the result is the same
-/// as with one detector).
+/// as with one detector). `cancel` is checked before each frame.
 pub fn face_crops<'a>(
     detectors: &[FaceDetector],
     frames: impl IntoIterator<Item = (usize, &'a RgbImage)>,
+    cancel: &CancelToken,
 ) -> Result<FaceCrops, EngineError> {
+    let detect = |det: &FaceDetector, i: usize, img: &RgbImage| {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        Ok((i, det.detect(img)?))
+    };
     let frames: Vec<(usize, &RgbImage)> = frames.into_iter().collect();
     let workers = detectors.len().clamp(1, frames.len().max(1));
     let mut detections: Vec<(usize, Vec<Face>)> = if workers <= 1 {
         let det = detectors.first().expect("at least one detector");
-        frames.iter().map(|(i, img)| Ok((*i, det.detect(img)?))).collect::<Result<_, EngineError>>()?
+        frames.iter().map(|(i, img)| detect(det, *i, img)).collect::<Result<_, EngineError>>()?
     } else {
         std::thread::scope(|scope| {
             let handles: Vec<_> = detectors[..workers]
@@ -472,10 +479,9 @@ pub fn face_crops<'a>(
                 .enumerate()
                 .map(|(w, det)| {
                     let mine: Vec<(usize, &RgbImage)> = frames.iter().skip(w).step_by(workers).copied().collect();
+                    let detect = &detect;
                     scope.spawn(move || {
-                        mine.into_iter()
-                            .map(|(i, img)| Ok((i, det.detect(img)?)))
-                            .collect::<Result<Vec<_>, EngineError>>()
+                        mine.into_iter().map(|(i, img)| detect(det, i, img)).collect::<Result<Vec<_>, EngineError>>()
                     })
                 })
                 .collect();

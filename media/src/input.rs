@@ -9,6 +9,8 @@ use ff::media::Type;
 use ffmpeg_next as ff;
 use serde::{Deserialize, Serialize};
 
+use emollama_engines::CancelToken;
+
 use super::error::MediaError;
 
 /// Limits checked before decoding, from configuration.
@@ -22,6 +24,8 @@ pub struct MediaLimits {
     pub network_timeout_s: f64,
     /// Face frames for the local encoder: all frames up to this many, else a uniform subsample.
     pub max_face_frames: usize,
+    /// Seconds of a live (RTSP) source captured for one request.
+    pub live_capture_s: f64,
 }
 
 impl Default for MediaLimits {
@@ -33,6 +37,7 @@ impl Default for MediaLimits {
             max_height: 4096,
             network_timeout_s: 15.0,
             max_face_frames: 64,
+            live_capture_s: 5.0,
         }
     }
 }
@@ -63,7 +68,8 @@ pub struct MediaInfo {
     pub audio: Option<StreamInfo>,
 }
 
-pub(crate) fn is_network(source: &str) -> bool {
+/// Whether `source` is a URL FFmpeg fetches over the network.
+pub fn is_network(source: &str) -> bool {
     source.contains("://") && !source.starts_with("file://")
 }
 
@@ -71,11 +77,21 @@ fn is_camera(source: &str) -> bool {
     source.starts_with("/dev/video")
 }
 
-/// Open an input, bounded in time for network sources (the interrupt callback aborts a
-/// read that outlives its deadline, so nothing hangs on an unreachable host).
-pub(crate) fn open_input(source: &str, limits: &MediaLimits) -> Result<(Input, Option<Instant>), MediaError> {
+/// Open an input. Every read is interruptible: FFmpeg polls the interrupt callback in
+/// its I/O loops, so a cancelled request stops mid-read, and a network read that
+/// outlives its deadline is aborted (nothing hangs on an unreachable host). A local
+/// input may name local files only (`protocol_whitelist=file`): an uploaded playlist
+/// cannot make FFmpeg fetch from the network.
+pub(crate) fn open_input(
+    source: &str,
+    limits: &MediaLimits,
+    cancel: &CancelToken,
+) -> Result<(Input, Option<Instant>), MediaError> {
     super::init();
     let name = source.to_string();
+    if cancel.is_cancelled() {
+        return Err(MediaError::Cancelled { source_name: name });
+    }
     let open_err = |e: ff::Error| MediaError::Open { source_name: name.clone(), reason: e.to_string() };
     if is_camera(source) {
         let fmt =
@@ -90,18 +106,13 @@ pub(crate) fn open_input(source: &str, limits: &MediaLimits) -> Result<(Input, O
     }
     if is_network(source) {
         let deadline = Instant::now() + Duration::from_secs_f64(limits.network_timeout_s);
-        let mut opts = ff::Dictionary::new();
-        let us = ((limits.network_timeout_s * 1e6) as i64).to_string();
-        opts.set("rw_timeout", &us);
-        opts.set("timeout", &us);
-        let input = ff::format::input_with_interrupt_and_dictionary(source, move || Instant::now() > deadline, opts)
-            .map_err(|e| {
-                if Instant::now() > deadline {
-                    MediaError::Timeout { source_name: name.clone(), seconds: limits.network_timeout_s }
-                } else {
-                    open_err(e)
-                }
-            })?;
+        let stop = cancel.clone();
+        let input = ff::format::input_with_interrupt_and_dictionary(
+            source,
+            move || stop.is_cancelled() || Instant::now() > deadline,
+            network_options(source, limits),
+        )
+        .map_err(|e| stopped(source, limits, cancel, deadline).unwrap_or_else(|| open_err(e)))?;
         return Ok((input, Some(deadline)));
     }
     let path = Path::new(source.strip_prefix("file://").unwrap_or(source));
@@ -112,7 +123,46 @@ pub(crate) fn open_input(source: &str, limits: &MediaLimits) -> Result<(Input, O
     if meta.len() > limits.max_file_bytes {
         return Err(MediaError::FileTooLarge { source_name: name, size: meta.len(), limit: limits.max_file_bytes });
     }
-    Ok((ff::format::input(path).map_err(open_err)?, None))
+    let mut opts = ff::Dictionary::new();
+    opts.set("protocol_whitelist", "file");
+    let stop = cancel.clone();
+    let input =
+        ff::format::input_with_interrupt_and_dictionary(path, move || stop.is_cancelled(), opts).map_err(|e| {
+            if cancel.is_cancelled() {
+                MediaError::Cancelled { source_name: name.clone() }
+            } else {
+                open_err(e)
+            }
+        })?;
+    Ok((input, None))
+}
+
+/// FFmpeg's own socket timeouts for a network input (the interrupt callback is the
+/// wall-clock bound), and the protocols it may use: the URL's own, never `file`.
+pub(crate) fn network_options(source: &str, limits: &MediaLimits) -> ff::Dictionary<'static> {
+    let mut opts = ff::Dictionary::new();
+    let us = ((limits.network_timeout_s * 1e6) as i64).to_string();
+    opts.set("rw_timeout", &us);
+    opts.set("timeout", &us);
+    let protocols = if source.starts_with("rtsp") { "rtsp,rtp,srtp,tcp,udp" } else { "http,https,tcp,tls" };
+    opts.set("protocol_whitelist", protocols);
+    opts
+}
+
+/// Why a network operation stopped early, when it did: cancelled, or past its deadline.
+pub(crate) fn stopped(
+    source: &str,
+    limits: &MediaLimits,
+    cancel: &CancelToken,
+    deadline: Instant,
+) -> Option<MediaError> {
+    if cancel.is_cancelled() {
+        Some(MediaError::Cancelled { source_name: source.to_string() })
+    } else if Instant::now() > deadline {
+        Some(MediaError::Timeout { source_name: source.to_string(), seconds: limits.network_timeout_s })
+    } else {
+        None
+    }
 }
 
 /// Rotation from the stream's display matrix, as the CLI's autorotate reads it.
@@ -178,8 +228,8 @@ fn is_image_container(name: &str) -> bool {
 }
 
 /// Probe without decoding; checks the limits on size, resolution and duration.
-pub fn probe(source: &str, limits: &MediaLimits) -> Result<MediaInfo, MediaError> {
-    let (input, _) = open_input(source, limits)?;
+pub fn probe(source: &str, limits: &MediaLimits, cancel: &CancelToken) -> Result<MediaInfo, MediaError> {
+    let (input, _) = open_input(source, limits, cancel)?;
     let container = input.format().name().to_string();
     let duration_s =
         if input.duration() > 0 { input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE) } else { 0.0 };

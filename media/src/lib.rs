@@ -5,6 +5,7 @@
 mod audio;
 mod error;
 pub mod faces;
+mod fetch;
 mod image;
 mod input;
 mod preprocess;
@@ -13,8 +14,9 @@ mod video;
 
 pub use audio::decode_audio_16k_mono;
 pub use error::MediaError;
+pub use fetch::fetch_network;
 pub use image::{resize_pil, Resize, RgbImage};
-pub use input::{probe, MediaInfo, MediaLimits, StreamInfo};
+pub use input::{is_network, probe, MediaInfo, MediaLimits, StreamInfo};
 pub use preprocess::{face_tensor, global_tensor, temporal_tensor};
 pub use select::{videomae_indices, FrameSelection};
 pub use video::{decode_frames, DecodedFrames};

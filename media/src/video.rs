@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use emollama_engines::CancelToken;
 use ff::format::Pixel;
 use ff::media::Type;
 use ff::software::scaling::{self, Flags};
@@ -33,11 +34,17 @@ impl DecodedFrames {
 const SCALER_FLAGS: Flags = Flags::BICUBIC;
 
 /// Count the video stream's packets (one per frame) without decoding.
-fn count_frames(source: &str, limits: &MediaLimits, stream_index: usize) -> Result<usize, MediaError> {
-    let (mut input, _) = open_input(source, limits)?;
+fn count_frames(
+    source: &str,
+    limits: &MediaLimits,
+    stream_index: usize,
+    cancel: &CancelToken,
+) -> Result<usize, MediaError> {
+    let (mut input, _) = open_input(source, limits, cancel)?;
     let mut n = 0;
     let mut packet = ff::Packet::empty();
     loop {
+        check(source, cancel)?;
         match packet.read(&mut input) {
             Ok(()) if packet.stream() == stream_index => n += 1,
             Ok(()) | Err(ff::Error::InvalidData) => {}
@@ -54,8 +61,9 @@ pub fn decode_frames(
     source: &str,
     limits: &MediaLimits,
     selections: &[FrameSelection],
+    cancel: &CancelToken,
 ) -> Result<DecodedFrames, MediaError> {
-    let info = probe(source, limits)?;
+    let info = probe(source, limits, cancel)?;
     let name = source.to_string();
     let vinfo = info.video.clone().ok_or_else(|| MediaError::NoVideo { source_name: name.clone() })?;
     let first_only = selections.iter().all(|s| *s == FrameSelection::First);
@@ -64,12 +72,12 @@ pub fn decode_frames(
     let total_known = if first_only || is_network(source) || source.starts_with("/dev/video") {
         None
     } else {
-        Some(count_frames(source, limits, vinfo.index)?)
+        Some(count_frames(source, limits, vinfo.index, cancel)?)
     };
     let wanted: Option<BTreeSet<usize>> = total_known.map(|t| selections.iter().flat_map(|s| s.indices(t)).collect());
     let keep_cap = limits.max_face_frames.max(16);
 
-    let (mut input, _) = open_input(source, limits)?;
+    let (mut input, _) = open_input(source, limits, cancel)?;
     let stream = input.streams().best(Type::Video).ok_or_else(|| MediaError::NoVideo { source_name: name.clone() })?;
     let index = stream.index();
     let decode_err = |e: ff::Error| MediaError::Decode { source_name: name.clone(), reason: e.to_string() };
@@ -100,6 +108,7 @@ pub fn decode_frames(
     let mut packet = ff::Packet::empty();
     let mut bad_packets = 0;
     while !done {
+        check(source, cancel)?;
         match packet.read(&mut input) {
             Ok(()) => {}
             Err(ff::Error::Eof) => break,
@@ -128,6 +137,7 @@ pub fn decode_frames(
             }
         }
     }
+    check(source, cancel)?; // an interrupted read ends the loop like a truncated tail
     if !done {
         let _ = decoder.send_eof();
         while decoder.receive_frame(&mut decoded).is_ok() {
@@ -145,6 +155,14 @@ pub fn decode_frames(
     // is what was read, up to the cap.
     let total = total_known.unwrap_or(n);
     Ok(DecodedFrames { info, total, frames })
+}
+
+/// Stop between packets once the request is cancelled.
+pub(crate) fn check(source: &str, cancel: &CancelToken) -> Result<(), MediaError> {
+    if cancel.is_cancelled() {
+        return Err(MediaError::Cancelled { source_name: source.to_string() });
+    }
+    Ok(())
 }
 
 /// Frame → rotated → RGB24, with the scaler cached for the stream's format and size.

@@ -26,6 +26,9 @@ pub struct RuntimeConfig {
     pub face_detectors: usize,
     pub providers: ProviderPolicy,
     pub limits: MediaLimits,
+    /// Where a URL source is fetched to for the request's decoding (the service sets its
+    /// private upload folder).
+    pub scratch_dir: PathBuf,
     pub ort_library: Option<PathBuf>,
     /// Shown in results (`device`).
     pub device: String,
@@ -127,6 +130,7 @@ impl Default for RuntimeConfig {
             face_detectors: threads.clamp(1, emollama_devices::MAX_FACE_DETECTORS),
             providers: ProviderPolicy::default(),
             limits: MediaLimits::default(),
+            scratch_dir: std::env::temp_dir(),
             ort_library: None,
             device: format!("{} CPU, {threads} threads", std::env::consts::ARCH),
         }

@@ -37,6 +37,10 @@ pub enum RuntimeError {
 impl RuntimeError {
     /// Whether the request was cancelled (client gone, deadline, shutdown).
     pub fn is_cancelled(&self) -> bool {
-        matches!(self, RuntimeError::Engine(emollama_engines::EngineError::Cancelled))
+        matches!(
+            self,
+            RuntimeError::Engine(emollama_engines::EngineError::Cancelled)
+                | RuntimeError::Media(emollama_media::MediaError::Cancelled { .. })
+        )
     }
 }

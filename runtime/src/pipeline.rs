@@ -87,6 +87,8 @@ pub struct LoadOptions {
     pub ort_library: Option<PathBuf>,
     /// The host's software, to key TensorRT caches (default: none recorded).
     pub host: Option<HostInfo>,
+    /// Where URL sources are fetched to (default: the system's temporary folder).
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// Loaded once, shared by every request.
@@ -140,6 +142,9 @@ impl Pipeline {
             config.providers = providers;
         }
         config.ort_library = opts.ort_library;
+        if let Some(dir) = opts.scratch_dir {
+            config.scratch_dir = dir;
+        }
         let mut pipeline = Self::load(bundle, config)?;
         pipeline.plan = Some(plan);
         Ok(pipeline)
@@ -246,6 +251,12 @@ impl Pipeline {
     /// Whether the encoders are loaded one after another (memory plan).
     pub fn encoders_in_turn(&self) -> bool {
         self.config.encoders == Residency::InTurn
+    }
+
+    /// Everything about `req` that can be refused without its media: the merged sampling
+    /// values of its preset, and whether its prompt (transcript included) fits the context.
+    pub fn check_request(&self, req: &AnalyzeRequest) -> Result<(), RuntimeError> {
+        self.session(req, CancelToken::new())?.check_fits()
     }
 
     /// A session for one request, cancelled through `cancel`.

@@ -18,8 +18,8 @@ use emollama_engines::onnx::Outputs;
 use emollama_engines::{CancelToken, EngineError};
 use emollama_media::faces::face_crops;
 use emollama_media::{
-    decode_audio_16k_mono, decode_frames, face_tensor, global_tensor, temporal_tensor, DecodedFrames, FrameSelection,
-    MediaError, RgbImage,
+    decode_audio_16k_mono, decode_frames, face_tensor, fetch_network, global_tensor, is_network, temporal_tensor,
+    DecodedFrames, FrameSelection, MediaError, RgbImage,
 };
 use ndarray::ArrayD;
 use serde::Serialize;
@@ -104,6 +104,23 @@ pub struct Session<'p> {
     ctx: Option<LlmContext>,
     label_scores: Option<BTreeMap<String, f64>>,
     answer: Option<Answer>,
+    /// The local copy of a URL source, removed with the session.
+    fetched: Option<ScratchFile>,
+}
+
+/// A file of the scratch folder, removed when dropped.
+struct ScratchFile(std::path::PathBuf);
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn scratch_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("emollama-fetch-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +149,7 @@ impl<'p> Session<'p> {
             ctx: None,
             label_scores: None,
             answer: None,
+            fetched: None,
         };
         // The merged sampling parameters are checked before any work.
         SamplingParams::validate(&session.sampling())?;
@@ -234,23 +252,32 @@ impl<'p> Session<'p> {
         })
     }
 
-    /// Decode the frames every encoder needs, and the audio at the manifest's rate.
+    /// Decode the frames every encoder needs, and the audio at the manifest's rate. A URL
+    /// is fetched once into the scratch folder first; every read is then local.
     pub fn decode_media(&mut self) -> Result<(), RuntimeError> {
         let mut selections = vec![self.global_selection()];
         selections.extend(self.face_selections().into_iter().flatten());
         let limits = self.pipeline.config().limits.clone();
-        let media = self.req.media.clone();
-        let frames = self.timed(Stage::DecodeVideo, |_| Ok(decode_frames(&media, &limits, &selections)?))?;
+        let mut media = self.req.media.clone();
+        if is_network(&media) {
+            let local = ScratchFile(self.pipeline.config().scratch_dir.join(scratch_name()));
+            self.timed(Stage::Fetch, |s| Ok(fetch_network(&media, &local.0, &limits, &s.cancel)?))?;
+            media = local.0.to_string_lossy().into_owned();
+            self.fetched = Some(local);
+        }
+        let cancel = self.cancel.clone();
+        let frames = self.timed(Stage::DecodeVideo, |_| Ok(decode_frames(&media, &limits, &selections, &cancel)?))?;
         self.frames = Some(frames);
         let rate = self.pipeline.manifest().preprocess.audio.sample_rate;
-        self.waveform = self.timed(Stage::DecodeAudio, |s| match decode_audio_16k_mono(&media, &limits, rate) {
-            Ok(w) => Ok(Some(w)),
-            Err(MediaError::NoAudio { .. }) | Err(MediaError::NoSamples { .. }) => {
-                s.notes.push("no audio track: the audio row is the zero-feature row (projector bias)".into());
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        })?;
+        self.waveform =
+            self.timed(Stage::DecodeAudio, |s| match decode_audio_16k_mono(&media, &limits, rate, &cancel) {
+                Ok(w) => Ok(Some(w)),
+                Err(MediaError::NoAudio { .. }) | Err(MediaError::NoSamples { .. }) => {
+                    s.notes.push("no audio track: the audio row is the zero-feature row (projector bias)".into());
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
+            })?;
         let m = self.pipeline.manifest();
         let zero = ArrayD::from_shape_vec(vec![3, m.llm.embedding_width as usize], self.pipeline.zero_rows.clone())
             .expect("3 x width");
@@ -298,7 +325,8 @@ impl<'p> Session<'p> {
             wanted.sort_unstable();
             wanted.dedup();
             let frames = wanted.iter().filter_map(|i| decoded.frames.get(i).map(|f| (*i, f)));
-            let found: BTreeMap<usize, RgbImage> = face_crops(&s.pipeline.faces, frames)?.crops.into_iter().collect();
+            let found: BTreeMap<usize, RgbImage> =
+                face_crops(&s.pipeline.faces, frames, &s.cancel)?.crops.into_iter().collect();
             Ok(FaceCrops {
                 local: capped.iter().filter_map(|i| found.get(i).cloned()).collect(),
                 temporal: if found.is_empty() {
@@ -401,6 +429,20 @@ impl<'p> Session<'p> {
 
     fn prompt_tokens(&self) -> Result<&PromptTokens, RuntimeError> {
         self.prompt.as_ref().ok_or(RuntimeError::StageOrder { stage: "tokenize_prompt" })
+    }
+
+    /// Refuse a prompt that cannot fit the context, before any media work (the service
+    /// checks a request this way before admitting it to a slot).
+    pub fn check_fits(&mut self) -> Result<(), RuntimeError> {
+        if self.prompt.is_none() {
+            self.tokenize_prompt()?;
+        }
+        let needed = self.prompt_len() + 1;
+        let n_ctx = self.pipeline.config().n_ctx;
+        if needed > n_ctx as usize {
+            return Err(EngineError::ContextOverflow { needed, n_ctx }.into());
+        }
+        Ok(())
     }
 
     /// Prompt positions: the text tokens and the rows.

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// A URL source copied to a local file (network sources only).
+    Fetch,
     DecodeVideo,
     DecodeAudio,
     GlobalEncoder,
@@ -27,7 +29,8 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 13] = [
+    pub const ALL: [Stage; 14] = [
+        Stage::Fetch,
         Stage::DecodeVideo,
         Stage::DecodeAudio,
         Stage::GlobalEncoder,
@@ -45,6 +48,7 @@ impl Stage {
 
     pub fn name(self) -> &'static str {
         match self {
+            Stage::Fetch => "fetch",
             Stage::DecodeVideo => "decode_video",
             Stage::DecodeAudio => "decode_audio",
             Stage::GlobalEncoder => "global_encoder",
@@ -71,7 +75,7 @@ impl Stage {
     }
 
     pub fn is_media(self) -> bool {
-        matches!(self, Stage::DecodeVideo | Stage::DecodeAudio | Stage::Faces)
+        matches!(self, Stage::Fetch | Stage::DecodeVideo | Stage::DecodeAudio | Stage::Faces)
     }
 }
 

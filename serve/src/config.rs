@@ -23,11 +23,30 @@ pub struct ServeConfig {
     pub allowed_dirs: Vec<PathBuf>,
     /// Whether a request may name an http(s)/rtsp URL.
     pub allow_urls: bool,
+    /// Hosts a URL may name (`host`, `host:port` or `scheme://host[:port]`). Empty: any
+    /// public host. Loopback, private and link-local addresses and this service's own
+    /// port are refused unless listed here.
+    pub allowed_url_hosts: Vec<String>,
+    /// Largest multipart upload (the media file).
     pub max_upload_bytes: u64,
+    /// Largest JSON body, and largest text field of a multipart upload.
+    pub max_json_bytes: u64,
     /// Requests run at once (the LLM is one device: 1 is right on a Jetson).
     pub max_concurrency: usize,
-    /// Requests that may wait for a slot; beyond that: 503 with Retry-After.
+    /// Requests that may wait for a slot (their bodies are read while they wait);
+    /// beyond that: 503 with Retry-After, before the body is read.
     pub max_queue: usize,
+    /// Open connections; beyond that a new one gets 503 and is closed.
+    pub max_connections: usize,
+    /// Time to receive a request's headers, from the connection's start or the end of
+    /// the previous response (so it is also the idle keep-alive limit).
+    pub header_timeout_s: f64,
+    /// Body read: this long for the first bytes, plus one second per `body_min_rate`
+    /// bytes received (a client slower than that on average is cut off).
+    pub body_timeout_s: f64,
+    /// Bytes per second a body must average, after `body_timeout_s`.
+    pub body_min_rate: u64,
+    /// From admission to the end of the answer, queue wait included, plain or streamed.
     pub request_timeout_s: f64,
     /// On SIGTERM: how long in-flight requests may take to finish.
     pub drain_timeout_s: f64,
@@ -48,9 +67,15 @@ impl Default for ServeConfig {
             token: None,
             allowed_dirs: Vec::new(),
             allow_urls: false,
+            allowed_url_hosts: Vec::new(),
             max_upload_bytes: 256 << 20,
+            max_json_bytes: 1 << 20,
             max_concurrency: 1,
             max_queue: 4,
+            max_connections: 64,
+            header_timeout_s: 10.0,
+            body_timeout_s: 30.0,
+            body_min_rate: 64 << 10,
             request_timeout_s: 300.0,
             drain_timeout_s: 30.0,
             upload_dir: None,
@@ -64,8 +89,32 @@ impl Default for ServeConfig {
 pub enum ConfigError {
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    #[error("invalid configuration: {key} = {value}: {reason}")]
+    Invalid { key: &'static str, value: String, reason: String },
+}
+
+fn invalid(key: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, value: value.to_string(), reason: reason.into() }
+}
+
+/// A number of seconds: finite and within `[min, max]` (`min` excluded when `open`).
+fn seconds(key: &'static str, v: f64, min: f64, open: bool, max: f64) -> Result<(), ConfigError> {
+    let above = if open { v > min } else { v >= min };
+    if v.is_finite() && above && v <= max {
+        Ok(())
+    } else {
+        let lower = if open { "(" } else { "[" };
+        // Debug formatting: 1e300 prints as 1e300, not as 301 digits.
+        Err(invalid(key, format!("{v:?}"), format!("must be a finite number of seconds in {lower}{min}, {max}]")))
+    }
+}
+
+fn count(key: &'static str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(invalid(key, v, format!("must be in {min}-{max}")))
+    }
 }
 
 impl ServeConfig {
@@ -84,25 +133,51 @@ impl ServeConfig {
         }
     }
 
+    /// Every value checked, so that nothing can fail later in a request or at shutdown.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.listen.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
-            return Err(ConfigError::Invalid(format!(
-                "listening on {} (beyond loopback) requires a token",
-                self.listen
-            )));
+        match self.token.as_deref() {
+            Some(t) if t.trim().is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(invalid("token", "(hidden)", "must be non-empty, without spaces or control characters"));
+            }
+            None if !self.listen.ip().is_loopback() => {
+                return Err(invalid("listen", self.listen, "listening beyond loopback requires a token"));
+            }
+            _ => {}
         }
-        if self.max_concurrency == 0 {
-            return Err(ConfigError::Invalid("max_concurrency must be at least 1".into()));
-        }
-        if self.max_upload_bytes == 0 || self.request_timeout_s <= 0.0 || self.drain_timeout_s < 0.0 {
-            return Err(ConfigError::Invalid("max_upload_bytes and request_timeout_s must be positive".into()));
-        }
+        seconds("header_timeout_s", self.header_timeout_s, 0.0, true, 3600.0)?;
+        seconds("body_timeout_s", self.body_timeout_s, 0.0, true, 3600.0)?;
+        seconds("request_timeout_s", self.request_timeout_s, 0.0, true, 86400.0)?;
+        seconds("drain_timeout_s", self.drain_timeout_s, 0.0, false, 3600.0)?;
+        count("body_min_rate", self.body_min_rate, 1, 1 << 40)?;
+        count("max_concurrency", self.max_concurrency as u64, 1, 64)?;
+        count("max_queue", self.max_queue as u64, 0, 4096)?;
+        count("max_upload_bytes", self.max_upload_bytes, 1, 1 << 40)?;
+        count("max_json_bytes", self.max_json_bytes, 1 << 10, 64 << 20)?;
+        count("max_new_tokens_limit", self.max_new_tokens_limit as u64, 1, 1 << 20)?;
+        let admitted = (self.max_concurrency + self.max_queue) as u64;
+        count("max_connections", self.max_connections as u64, admitted.max(1), 1 << 16)?;
         for d in &self.allowed_dirs {
             if !d.is_dir() {
-                return Err(ConfigError::Invalid(format!("allowed_dirs entry {} is not a folder", d.display())));
+                return Err(invalid("allowed_dirs", d.display(), "not a folder"));
             }
         }
+        for h in &self.allowed_url_hosts {
+            crate::urls::AllowedHost::parse(h).map_err(|reason| invalid("allowed_url_hosts", h, reason))?;
+        }
+        let upload_dir = self.upload_parent();
+        crate::uploads::check_writable(&upload_dir)
+            .map_err(|e| invalid("upload_dir", upload_dir.display(), format!("not a writable folder: {e}")))?;
         Ok(())
+    }
+
+    /// The folder the private upload folder is made in.
+    pub fn upload_parent(&self) -> PathBuf {
+        self.upload_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    pub(crate) fn duration(seconds: f64) -> std::time::Duration {
+        // Validated finite and bounded; the fallback only guards against misuse.
+        std::time::Duration::try_from_secs_f64(seconds).unwrap_or(std::time::Duration::from_secs(1))
     }
 }
 
@@ -118,5 +193,41 @@ mod tests {
         let c: ServeConfig = toml::from_str("listen = \"0.0.0.0:9000\"\ntoken = \"s3cret\"\n").unwrap();
         c.validate().unwrap();
         assert!(toml::from_str::<ServeConfig>("lisen = \"x\"").is_err(), "unknown keys are rejected");
+    }
+
+    /// The shipped configuration parses and validates (its folders exist on a device only).
+    #[test]
+    fn the_packaged_config_is_valid() {
+        let mut c: ServeConfig = toml::from_str(include_str!("../../packaging/config.toml")).unwrap();
+        assert_eq!(c.max_connections, ServeConfig::default().max_connections);
+        c.upload_dir = None;
+        c.allowed_dirs.clear();
+        c.validate().unwrap();
+    }
+
+    /// D7: non-finite and huge numbers are refused here, not by a panic later.
+    #[test]
+    fn refuses_numbers_that_would_panic_or_mislead() {
+        for text in [
+            "request_timeout_s = nan",
+            "request_timeout_s = inf",
+            "request_timeout_s = 1e300",
+            "drain_timeout_s = 1e300",
+            "drain_timeout_s = -1.0",
+            "header_timeout_s = 0.0",
+            "body_timeout_s = nan",
+            "max_concurrency = 0",
+            "max_connections = 2",
+            "token = \"   \"",
+            "token = \"a b\"",
+            "allowed_url_hosts = [\"http://\"]",
+            "upload_dir = \"/nonexistent/emollama\"",
+        ] {
+            let c: ServeConfig = toml::from_str(text).unwrap();
+            let e = c.validate().expect_err(text);
+            println!("{text}: {e}");
+        }
+        let c: ServeConfig = toml::from_str("request_timeout_s = 2.5\ndrain_timeout_s = 0.0").unwrap();
+        c.validate().unwrap();
     }
 }

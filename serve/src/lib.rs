@@ -1,22 +1,33 @@
-//! `emollama serve`: the headless HTTP service (axum on tokio). One [`Pipeline`] is
-//! built after the listener is up (so `/healthz` answers at once and `/readyz` only
-//! after warm-up), then shared by every request; a bounded queue in front of a
-//! concurrency limit turns overload into 503s; SIGTERM drains in-flight work.
+//! `emollama serve`: the headless HTTP service (hyper/axum on tokio). The listener is
+//! up first (so `/healthz` answers at once, `/readyz` only after warm-up); one
+//! [`Pipeline`] is then built and shared by every request. Admission bounds the
+//! requests that are reading, waiting or running; the limits of a reverse proxy
+//! (connections, header/body/idle timeouts, body sizes) are applied here, since a
+//! Jetson usually has none in front. SIGTERM drains (see [`shutdown`]).
 
+mod body;
 pub mod config;
-mod http;
+mod error;
+mod job;
+mod listener;
 mod metrics;
+mod request_log;
+mod routes;
+pub mod shutdown;
 pub mod systemd;
+pub mod uploads;
+pub mod urls;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 pub use config::{ConfigError, ServeConfig};
 
+use emollama_engines::CancelToken;
 use emollama_runtime::Pipeline;
 
 /// What `/readyz` reports once ready.
@@ -35,50 +46,70 @@ pub struct AppState {
     runtime: OnceLock<Arc<Pipeline>>,
     ready: OnceLock<ReadyInfo>,
     startup_error: OnceLock<String>,
+    /// Run slots; closed when draining, which answers the queue with 503.
     slots: Arc<Semaphore>,
-    /// Requests admitted (waiting or running).
+    /// Requests admitted (reading their body, waiting for a slot, or running).
     admitted: AtomicUsize,
     running: AtomicUsize,
+    connections: AtomicUsize,
     draining: AtomicBool,
     metrics: Mutex<metrics::Metrics>,
     model_bytes: AtomicUsize,
-    upload_dir: tempfile::TempDir,
+    /// Cancel tokens of the admitted runs, by job number.
+    active: Mutex<HashMap<u64, CancelToken>>,
+    next_job: AtomicU64,
+    url_policy: urls::UrlPolicy,
+    pub uploads: uploads::UploadDir,
 }
 
 impl AppState {
-    pub fn new(config: ServeConfig) -> std::io::Result<Self> {
-        let parent = config.upload_dir.clone().unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&parent)?;
-        // A private folder (0700) for uploads, removed with the process.
-        let upload_dir = tempfile::Builder::new().prefix("emollama-uploads-").tempdir_in(parent)?;
+    /// `listen` is the bound address (the URL policy refuses the service's own port).
+    pub fn new(config: ServeConfig, listen: std::net::SocketAddr) -> std::io::Result<Self> {
+        let uploads = uploads::UploadDir::create(&config.upload_parent())?;
         Ok(Self {
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
+            url_policy: urls::UrlPolicy::new(&config.allowed_url_hosts, listen),
             config,
             runtime: OnceLock::new(),
             ready: OnceLock::new(),
             startup_error: OnceLock::new(),
             admitted: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             metrics: Mutex::new(metrics::Metrics::default()),
             model_bytes: AtomicUsize::new(0),
-            upload_dir,
+            active: Mutex::new(HashMap::new()),
+            next_job: AtomicU64::new(0),
+            uploads,
         })
     }
 
-    fn metrics(&self) -> std::sync::MutexGuard<'_, metrics::Metrics> {
+    fn metrics(&self) -> MutexGuard<'_, metrics::Metrics> {
         self.metrics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn active(&self) -> MutexGuard<'_, HashMap<u64, CancelToken>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests admitted and not finished.
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::SeqCst)
     }
 }
 
-/// Serve until SIGTERM/SIGINT, then drain. `build` makes the runtime (blocking; it
-/// runs on a worker thread after the listener is up).
+/// Serve until stopped; returns the process's exit status (see [`shutdown::run`]),
+/// after removing the upload folder. `build` makes the pipeline (blocking; it runs on a
+/// worker thread after the listener is up).
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     build: impl FnOnce() -> Result<(Pipeline, ReadyInfo), String> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<i32> {
     let addr = listener.local_addr()?;
+    // Signals are caught from here on: a SIGTERM during warm-up drains as well.
+    let signals = shutdown::Signals::install()?;
     // Tests and operators read this line to find the port when listening on :0.
     println!("emollama serve: listening on http://{addr}");
     systemd::notify(&format!("STATUS=loading bundle, listening on {addr}"));
@@ -111,30 +142,22 @@ pub async fn serve(
         });
     }
 
-    let app = http::router(state.clone());
-    let drain = Duration::from_secs_f64(state.config.drain_timeout_s);
-    let shutdown_state = state.clone();
-    let shutdown = async move {
-        wait_for_signal().await;
-        shutdown_state.draining.store(true, Ordering::SeqCst);
-        systemd::notify("STOPPING=1");
-        tracing::info!("draining: no new connections, in-flight requests finish within {drain:?}");
-        // Past the deadline, leave anyway (exit 0: this is the requested stop).
-        tokio::spawn(async move {
-            tokio::time::sleep(drain).await;
-            tracing::warn!("drain deadline reached; exiting with requests still running");
-            std::process::exit(0);
-        });
-    };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let app = routes::router(state.clone());
+    let accept = tokio::spawn(listener::accept_loop(listener, app, state.clone(), closing_rx));
+    let code = shutdown::run(&state, signals).await;
+    let _ = closing.send(true);
+    if code == 0 {
+        // After a drain, let each connection finish the response it is writing (briefly);
+        // a second signal asked for an immediate stop.
+        let flushed = async {
+            while state.connections.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), flushed).await;
     }
+    accept.abort();
+    state.uploads.remove();
+    Ok(code)
 }

@@ -32,7 +32,22 @@ pub struct Metrics {
     stages: BTreeMap<Stage, Histogram>,
     decode_tokens_per_second: f64,
     generated_tokens: u64,
+    connections_refused: u64,
 }
+
+/// The values read at render time.
+pub struct Gauges {
+    pub queue_depth: usize,
+    pub in_flight: usize,
+    pub connections: usize,
+    pub ready: bool,
+    pub draining: bool,
+    pub model_bytes: u64,
+}
+
+/// Outcomes of `emollama_requests_total`, all rendered (zero included) so that a
+/// dashboard's rate() never meets a missing series.
+pub const OUTCOMES: [&str; 7] = ["ok", "client_error", "server_error", "busy", "draining", "cancelled", "timeout"];
 
 impl Metrics {
     pub fn request(&mut self, outcome: &'static str) {
@@ -49,13 +64,22 @@ impl Metrics {
         self.generated_tokens += generated as u64;
     }
 
-    pub fn render(&self, queue_depth: usize, in_flight: usize, ready: bool, model_bytes: u64) -> String {
+    /// Tokens of a request that did not finish (cancelled, timed out).
+    pub fn tokens(&mut self, generated: usize) {
+        self.generated_tokens += generated as u64;
+    }
+
+    pub fn connection_refused(&mut self) {
+        self.connections_refused += 1;
+    }
+
+    pub fn render(&self, g: &Gauges) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
             "# HELP emollama_requests_total Analyze requests by outcome.\n# TYPE emollama_requests_total counter"
         );
-        for outcome in ["ok", "client_error", "server_error", "busy", "cancelled", "timeout"] {
+        for outcome in OUTCOMES {
             let _ = writeln!(
                 s,
                 "emollama_requests_total{{outcome=\"{outcome}\"}} {}",
@@ -75,20 +99,28 @@ impl Metrics {
             let _ = writeln!(s, "emollama_stage_seconds_count{{stage=\"{stage}\"}} {}", h.count);
         }
         let gauges = [
-            ("emollama_queue_depth", "Requests waiting for a slot.", queue_depth as f64),
-            ("emollama_in_flight", "Requests running.", in_flight as f64),
-            ("emollama_ready", "1 once the engines are loaded and warmed up.", if ready { 1.0 } else { 0.0 }),
+            ("emollama_queue_depth", "Requests admitted, not yet running (body or slot wait).", g.queue_depth as f64),
+            ("emollama_in_flight", "Requests running.", g.in_flight as f64),
+            ("emollama_connections", "Open connections.", g.connections as f64),
+            ("emollama_ready", "1 once the engines are loaded and warmed up.", f64::from(u8::from(g.ready))),
+            ("emollama_draining", "1 while shutting down.", f64::from(u8::from(g.draining))),
             (
                 "emollama_decode_tokens_per_second",
                 "Decode speed of the last request that generated.",
                 self.decode_tokens_per_second,
             ),
-            ("emollama_model_bytes", "Bytes of the bundle's files.", model_bytes as f64),
+            ("emollama_model_bytes", "Bytes of the bundle's files.", g.model_bytes as f64),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
-        let _ = writeln!(s, "# HELP emollama_generated_tokens_total Tokens generated.\n# TYPE emollama_generated_tokens_total counter\nemollama_generated_tokens_total {}", self.generated_tokens);
+        let counters = [
+            ("emollama_generated_tokens_total", "Tokens generated.", self.generated_tokens),
+            ("emollama_connections_refused_total", "Connections refused at max_connections.", self.connections_refused),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
         s
     }
 }

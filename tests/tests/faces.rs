@@ -56,8 +56,13 @@ fn the_cat_has_no_face() {
     assert!(det.detect(&img).unwrap().is_empty());
     // A clip without any face is reported as such.
     let pattern = common::media_dir().join("test-pattern.mp4");
-    let decoded =
-        decode_frames(pattern.to_str().unwrap(), &MediaLimits::default(), &[FrameSelection::AllCapped(8)]).unwrap();
+    let decoded = decode_frames(
+        pattern.to_str().unwrap(),
+        &MediaLimits::default(),
+        &[FrameSelection::AllCapped(8)],
+        &Default::default(),
+    )
+    .unwrap();
     let crops = det.face_crops(decoded.frames.iter().map(|(i, f)| (*i, f))).unwrap();
     assert!(crops.is_empty() && crops.frames_examined == 8);
 }
@@ -66,8 +71,13 @@ fn the_cat_has_no_face() {
 fn talking_face_crop_is_stable_across_frames() {
     let det = detector();
     let path = common::media_dir().join("talking-face.mp4");
-    let decoded =
-        decode_frames(path.to_str().unwrap(), &MediaLimits::default(), &[FrameSelection::AllCapped(24)]).unwrap();
+    let decoded = decode_frames(
+        path.to_str().unwrap(),
+        &MediaLimits::default(),
+        &[FrameSelection::AllCapped(24)],
+        &Default::default(),
+    )
+    .unwrap();
     let idx = FrameSelection::AllCapped(24).indices(decoded.total);
     let detections: Vec<_> = idx.iter().map(|&i| (i, det.detect(&decoded.frames[&i]).unwrap())).collect();
     let tracked = track_largest(&detections);

@@ -153,7 +153,9 @@ fn frames_are_byte_identical_to_the_ffmpeg_cli() {
     clips.push(("talking-face.mp4".into(), common::media_dir().join("talking-face.mp4")));
     clips.push(("test-pattern.mp4".into(), common::media_dir().join("test-pattern.mp4")));
     for (name, path) in &clips {
-        let ours = decode_frames(path.to_str().unwrap(), &limits, &[FrameSelection::AllCapped(10_000)]).unwrap();
+        let ours =
+            decode_frames(path.to_str().unwrap(), &limits, &[FrameSelection::AllCapped(10_000)], &Default::default())
+                .unwrap();
         let cli = cli_frames(path);
         let first = ours.frames.values().next().unwrap();
         let frame_bytes = first.data.len();
@@ -179,9 +181,10 @@ fn rotation_metadata_is_honoured() {
         if let Some(deg) =
             name.strip_prefix("rot").and_then(|s| s.strip_suffix(".mp4")).and_then(|d| d.parse::<u32>().ok())
         {
-            let info = probe(path.to_str().unwrap(), &limits).unwrap();
+            let info = probe(path.to_str().unwrap(), &limits, &Default::default()).unwrap();
             assert_eq!(info.video.as_ref().unwrap().rotation, deg, "{name}");
-            let frames = decode_frames(path.to_str().unwrap(), &limits, &[FrameSelection::First]).unwrap();
+            let frames =
+                decode_frames(path.to_str().unwrap(), &limits, &[FrameSelection::First], &Default::default()).unwrap();
             let f = &frames.frames[&0];
             let expect = if deg == 180 { (96, 64) } else { (64, 96) };
             assert_eq!((f.width, f.height), expect, "{name}");
@@ -200,7 +203,7 @@ fn selections_pick_the_cli_frames() {
         FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 },
         FrameSelection::Uniform(5),
     ];
-    let ours = decode_frames(path.to_str().unwrap(), &limits, &sels).unwrap();
+    let ours = decode_frames(path.to_str().unwrap(), &limits, &sels, &Default::default()).unwrap();
     let fb = ours.frames[&0].data.len();
     assert_eq!(ours.total, cli.len() / fb);
     for sel in sels {
@@ -233,7 +236,7 @@ fn audio_is_sample_exact_with_the_ffmpeg_cli() {
     clips.push(("talking-face.mp4".into(), common::media_dir().join("talking-face.mp4")));
     clips.push(("speech.wav".into(), common::media_dir().join("speech.wav")));
     for (name, path) in &clips {
-        let ours = decode_audio_16k_mono(path.to_str().unwrap(), &limits, 16000).unwrap();
+        let ours = decode_audio_16k_mono(path.to_str().unwrap(), &limits, 16000, &Default::default()).unwrap();
         let cli = cli_audio(path);
         assert_eq!(ours.len(), cli.len(), "{name}: sample count");
         let same = ours.iter().zip(&cli).all(|(a, b)| a.to_bits() == b.to_bits());
@@ -278,12 +281,15 @@ fn resizing_matches_pil_and_torchvision() {
 fn no_audio_is_reported_not_an_error_deep_inside() {
     let limits = MediaLimits::default();
     let path = common::media_dir().join("no-audio.mp4");
-    let info = probe(path.to_str().unwrap(), &limits).unwrap();
+    let info = probe(path.to_str().unwrap(), &limits, &Default::default()).unwrap();
     assert!(info.audio.is_none() && info.video.is_some());
-    assert!(matches!(decode_audio_16k_mono(path.to_str().unwrap(), &limits, 16000), Err(MediaError::NoAudio { .. })));
+    assert!(matches!(
+        decode_audio_16k_mono(path.to_str().unwrap(), &limits, 16000, &Default::default()),
+        Err(MediaError::NoAudio { .. })
+    ));
     let speech = common::media_dir().join("speech.wav");
     assert!(matches!(
-        decode_frames(speech.to_str().unwrap(), &limits, &[FrameSelection::First]),
+        decode_frames(speech.to_str().unwrap(), &limits, &[FrameSelection::First], &Default::default()),
         Err(MediaError::NoVideo { .. })
     ));
 }
@@ -294,7 +300,9 @@ fn bad_media_gets_specific_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let frames = |path: &Path, limits: &MediaLimits| decode_frames(&s(path), limits, &[FrameSelection::First]);
+    let frames = |path: &Path, limits: &MediaLimits| {
+        decode_frames(&s(path), limits, &[FrameSelection::First], &Default::default())
+    };
 
     assert!(matches!(frames(&p("missing.mp4"), &limits), Err(MediaError::NotFound(_))));
     std::fs::write(p("empty.mp4"), b"").unwrap();
@@ -347,7 +355,7 @@ fn network_inputs_fail_fast_or_time_out() {
     // Nothing listens on this port: refused at once.
     let limits = MediaLimits { network_timeout_s: 2.0, ..MediaLimits::default() };
     let started = Instant::now();
-    let r = probe("http://127.0.0.1:9/clip.mp4", &limits);
+    let r = probe("http://127.0.0.1:9/clip.mp4", &limits, &Default::default());
     assert!(matches!(r, Err(MediaError::Open { .. }) | Err(MediaError::Timeout { .. })), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     // A server that accepts and never answers: the deadline ends the wait.
@@ -359,9 +367,86 @@ fn network_inputs_fail_fast_or_time_out() {
         let _ = conn.write_all(b"");
     });
     let started = Instant::now();
-    let r = probe(&format!("http://127.0.0.1:{port}/clip.mp4"), &limits);
+    let r = probe(&format!("http://127.0.0.1:{port}/clip.mp4"), &limits, &Default::default());
     let waited = started.elapsed();
     assert!(matches!(r, Err(MediaError::Timeout { .. }) | Err(MediaError::Open { .. })), "{r:?}");
     assert!(waited < Duration::from_secs(4), "waited {waited:?}");
     server.join().unwrap();
+}
+
+/// An HTTP/1.0 server answering every request with `data`, after `delay`.
+fn serve_bytes(data: Vec<u8>, delay: Duration) -> (u16, std::thread::JoinHandle<usize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut served = 0;
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    let mut buf = [0u8; 4096];
+                    let _ = std::io::Read::read(&mut conn, &mut buf);
+                    std::thread::sleep(delay);
+                    let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+                    let _ = conn.write_all(head.as_bytes());
+                    let _ = conn.write_all(&data);
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        served
+    });
+    (port, handle)
+}
+
+/// A URL is fetched once, byte for byte (the container, rotation included, exactly as
+/// served); the limits and the cancel token apply while it downloads.
+#[test]
+fn a_url_is_fetched_byte_for_byte_under_its_limits() {
+    let clip = common::media_dir().join("talking-face.mp4");
+    let data = std::fs::read(&clip).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let limits = MediaLimits { network_timeout_s: 3.0, ..MediaLimits::default() };
+    let (port, server) = serve_bytes(data.clone(), Duration::ZERO);
+    let dest = dir.path().join("fetched");
+    let url = format!("http://127.0.0.1:{port}/clip.mp4");
+    let n = emollama_media::fetch_network(&url, &dest, &limits, &Default::default()).unwrap();
+    assert_eq!(n as usize, data.len());
+    assert_eq!(std::fs::read(&dest).unwrap(), data, "byte for byte");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+    let over = MediaLimits { max_file_bytes: 1000, ..limits.clone() };
+    let r = emollama_media::fetch_network(&url, &dir.path().join("big"), &over, &Default::default());
+    assert!(matches!(r, Err(MediaError::FileTooLarge { .. })), "{r:?}");
+    assert_eq!(server.join().unwrap(), 2, "one connection per fetch");
+    // Cancelled while the server is slow to answer: out at once, as Cancelled.
+    let (port, server) = serve_bytes(data, Duration::from_secs(2));
+    let cancel = emollama_engines::CancelToken::new();
+    let c = cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c.cancel();
+    });
+    let started = Instant::now();
+    let url = format!("http://127.0.0.1:{port}/clip.mp4");
+    let r = emollama_media::fetch_network(&url, &dir.path().join("cancelled"), &limits, &cancel);
+    assert!(matches!(r, Err(MediaError::Cancelled { .. })), "{r:?}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    let _ = server.join();
+}
+
+/// A cancelled token stops decoding between packets, as `Cancelled`.
+#[test]
+fn a_cancelled_request_stops_decoding() {
+    let clip = common::media_dir().join("talking-face.mp4");
+    let cancel = emollama_engines::CancelToken::new();
+    cancel.cancel();
+    let limits = MediaLimits::default();
+    let r = decode_frames(clip.to_str().unwrap(), &limits, &[FrameSelection::AllCapped(64)], &cancel);
+    assert!(matches!(r, Err(MediaError::Cancelled { .. })), "{r:?}");
+    let r = decode_audio_16k_mono(clip.to_str().unwrap(), &limits, 16000, &cancel);
+    assert!(matches!(r, Err(MediaError::Cancelled { .. })), "{r:?}");
 }

@@ -6,136 +6,10 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut cmd = Command::new(common::emollama_bin());
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--bundle",
-        common::bundle_dir().to_str().unwrap(),
-        "--profile",
-        "x86-cpu",
-    ])
-    .args(["--allowed-dir", common::media_dir().to_str().unwrap()])
-    .args(extra)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while out.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    let line = String::from_utf8(line).unwrap();
-    let port = line.rsplit(':').next().unwrap().trim().parse().unwrap_or_else(|_| panic!("no port in {line:?}"));
-    Server { child, port }
-}
-
-struct Resp {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req += &format!("{k}: {v}\r\n");
-    }
-    req += "\r\n";
-    let _ = s.write_all(req.as_bytes());
-    let _ = s.write_all(body);
-    read_response(&mut s)
-}
-
-fn read_response(s: &mut TcpStream) -> Resp {
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-    Resp { status, headers: head.to_string(), body }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn wait_ready(port: u16) {
-    let started = Instant::now();
-    loop {
-        let r = http(port, "GET", "/readyz", &[], b"");
-        if r.status == 200 {
-            return;
-        }
-        assert_eq!(r.status, 503, "readyz before warm-up: {}", r.body);
-        assert!(started.elapsed() < Duration::from_secs(60), "not ready in 60 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A JSON request naming a local file; `extra` adds fields (`, "preset": "fast"`).
-fn json_path(path: &Path, max_new_tokens: usize, extra: &str) -> Vec<u8> {
-    format!("{{\"path\": \"{}\", \"max_new_tokens\": {max_new_tokens}{extra}}}", path.display()).into_bytes()
-}
-
-const BOUNDARY: &str = "emollamaBoundary7MA4YWxk";
-
-fn multipart_ct() -> String {
-    format!("multipart/form-data; boundary={BOUNDARY}")
-}
-
-/// A multipart body with text `fields` and the `media` file.
-fn multipart(file: &[u8], fields: &[(&str, &str)]) -> Vec<u8> {
-    let boundary = BOUNDARY;
-    let mut body = Vec::new();
-    for (k, v) in fields {
-        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes());
-    }
-    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"clip.mp4\"\r\nContent-Type: video/mp4\r\n\r\n").as_bytes());
-    body.extend(file);
-    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
-    body
-}
-
-const JSON: (&str, &str) = ("Content-Type", "application/json");
+use common::server::*;
 
 #[test]
 fn analyze_by_upload_and_path_with_sse_readiness_and_metrics() {
@@ -263,15 +137,6 @@ fn bad_requests_get_the_right_status_and_the_server_keeps_serving() {
     // Still serving.
     let r = http(srv.port, "POST", "/v1/analyze", &[JSON, auth], &json_path(&clip, 8, ""));
     assert_eq!(r.status, 200, "{}", r.body);
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap()
 }
 
 #[test]

@@ -106,7 +106,12 @@ pub fn run(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
     if let Some(t) = args.engines.threads {
         profile.defaults.threads = t.max(1);
     }
-    let load = LoadOptions { providers: Some(args.engines.provider.policy()), ort_library, host: Some(host()?) };
+    let load = LoadOptions {
+        providers: Some(args.engines.provider.policy()),
+        ort_library,
+        host: Some(host()?),
+        scratch_dir: None,
+    };
     let pipeline = Pipeline::planned(&dir, &profile, load).with_context(|| format!("bundle {}", dir.display()))?;
     let json = args.json;
     if !json && transcript.is_none() {

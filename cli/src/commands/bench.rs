@@ -49,7 +49,7 @@ pub fn run(args: BenchArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
         runs: args.runs.max(1),
         warmup: args.warmup,
         max_new_tokens: args.max_new_tokens,
-        load: LoadOptions { providers: None, ort_library, host: Some(host) },
+        load: LoadOptions { providers: None, ort_library, host: Some(host), scratch_dir: None },
     };
     let report = run_bench(&opts, &std::env::current_exe()?)?;
     let written = write_outputs(&report, &args.out)?;

@@ -31,12 +31,25 @@ pub struct ServeArgs {
     allowed_dirs: Vec<PathBuf>,
     #[arg(long)]
     allow_urls: Option<bool>,
+    /// A host URLs may name: host, host:port or scheme://host[:port] (repeatable).
+    #[arg(long = "allowed-url-host")]
+    allowed_url_hosts: Vec<String>,
     #[arg(long)]
     max_upload_bytes: Option<u64>,
+    #[arg(long)]
+    max_json_bytes: Option<u64>,
     #[arg(long)]
     max_concurrency: Option<usize>,
     #[arg(long)]
     max_queue: Option<usize>,
+    #[arg(long)]
+    max_connections: Option<usize>,
+    #[arg(long)]
+    header_timeout_s: Option<f64>,
+    #[arg(long)]
+    body_timeout_s: Option<f64>,
+    #[arg(long)]
+    body_min_rate: Option<u64>,
     #[arg(long)]
     request_timeout_s: Option<f64>,
     #[arg(long)]
@@ -56,8 +69,13 @@ fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Resul
         listen,
         allow_urls,
         max_upload_bytes,
+        max_json_bytes,
         max_concurrency,
         max_queue,
+        max_connections,
+        header_timeout_s,
+        body_timeout_s,
+        body_min_rate,
         request_timeout_s,
         drain_timeout_s,
         max_new_tokens_limit
@@ -68,6 +86,9 @@ fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Resul
     over_opt!(bundle, profile, token, upload_dir);
     if !args.allowed_dirs.is_empty() {
         c.allowed_dirs = args.allowed_dirs.clone();
+    }
+    if !args.allowed_url_hosts.is_empty() {
+        c.allowed_url_hosts = args.allowed_url_hosts.clone();
     }
     if ort_library.is_some() {
         c.ort_library = ort_library;
@@ -81,16 +102,27 @@ pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
     let profile = ProfileArgs { profile: config.profile.clone() }.resolve()?;
     let (bundle, _) = locate_bundle(config.bundle.as_deref())?;
     if args.check_config {
-        println!("configuration OK: listen {}, bundle {}, profile {}", config.listen, bundle.display(), profile.name);
+        println!(
+            "configuration OK: listen {}, bundle {}, profile {}, uploads in {}",
+            config.listen,
+            bundle.display(),
+            profile.name,
+            config.upload_parent().display()
+        );
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let host = host()?;
-        let load = LoadOptions { providers: None, ort_library: config.ort_library.clone(), host: Some(host.clone()) };
-        let state = std::sync::Arc::new(AppState::new(config)?);
+        let state = std::sync::Arc::new(AppState::new(config, listener.local_addr()?)?);
+        let load = LoadOptions {
+            providers: None,
+            ort_library: state.config.ort_library.clone(),
+            host: Some(host.clone()),
+            scratch_dir: Some(state.uploads.path().to_path_buf()),
+        };
         let build = move || {
             let started = std::time::Instant::now();
             let pipeline = Pipeline::planned(&bundle, &profile, load).map_err(|e| e.to_string())?;
@@ -105,7 +137,10 @@ pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
             };
             Ok((pipeline, info))
         };
-        emollama_serve::serve(state, listener, build).await?;
-        anyhow::Ok(())
-    })
+        anyhow::Ok(emollama_serve::serve(state, listener, build).await?)
+    })?;
+    // Blocking threads may still hold cancelled work: do not wait for them (the upload
+    // folder is already removed).
+    rt.shutdown_background();
+    std::process::exit(code)
 }

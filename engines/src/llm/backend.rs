@@ -31,6 +31,10 @@ unsafe extern "C" fn log_to_tracing(level: sys::ggml_log_level, text: *const c_c
     if msg.is_empty() {
         return;
     }
+    // The eval layout starts with BOS and the tokenizer adds one more, exactly as the
+    // official eval_emotion.py does: llama.cpp's warning about it is expected, once
+    // per request, so it is demoted.
+    let level = if msg.contains("starts with 2 BOS tokens") { sys::GGML_LOG_LEVEL_DEBUG } else { level };
     match level {
         sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "llama.cpp", "{msg}"),
         sys::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "llama.cpp", "{msg}"),

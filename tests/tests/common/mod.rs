@@ -2,6 +2,8 @@
 //! PyTorch goldens and the sample media, and readers for them.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

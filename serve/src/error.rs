@@ -1,0 +1,98 @@
+//! The one error shape of every answer: JSON `{"error": {"code", "message"}}` with a
+//! stable code, `Retry-After` on 503s that a client should retry, and the outcome under
+//! which `/metrics` counts it.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use emollama_engines::EngineError;
+use emollama_media::MediaError;
+use emollama_runtime::RuntimeError;
+
+/// An error answered as JSON `{"error": {"code", "message"}}` with a stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    retry_after: Option<u64>,
+}
+
+/// nginx's "client closed request": the client left before its answer.
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub(crate) fn retry(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub(crate) fn internal(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message.to_string())
+    }
+
+    /// The `/metrics` outcome this answer counts under.
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self.status {
+            _ if self.code == "timeout" => "timeout",
+            _ if self.code == "cancelled" => "cancelled",
+            StatusCode::SERVICE_UNAVAILABLE if self.code == "draining" => "draining",
+            StatusCode::SERVICE_UNAVAILABLE => "busy",
+            s if s.is_client_error() => "client_error",
+            _ => "server_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+pub(crate) fn runtime_error(e: RuntimeError) -> ApiError {
+    use StatusCode as S;
+    match e {
+        RuntimeError::Media(m) => match m {
+            MediaError::NotFound(_) => ApiError::new(S::NOT_FOUND, "media_not_found", m.to_string()),
+            MediaError::Empty(_) => ApiError::new(S::BAD_REQUEST, "empty_media", m.to_string()),
+            MediaError::FileTooLarge { .. } => ApiError::new(S::PAYLOAD_TOO_LARGE, "media_too_large", m.to_string()),
+            MediaError::Timeout { .. } => ApiError::new(S::UNPROCESSABLE_ENTITY, "media_timeout", m.to_string()),
+            MediaError::Cancelled { .. } => {
+                ApiError::new(S::from_u16(CLIENT_CLOSED).expect("valid"), "cancelled", "the request was cancelled")
+            }
+            MediaError::TooLong { .. } | MediaError::ResolutionTooLarge { .. } => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, "media_over_limit", m.to_string())
+            }
+            _ => ApiError::new(S::UNPROCESSABLE_ENTITY, "unreadable_media", m.to_string()),
+        },
+        RuntimeError::Engine(EngineError::Sampling(msg)) => {
+            ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_parameter", msg)
+        }
+        RuntimeError::Request(r) => ApiError::new(S::BAD_REQUEST, "invalid_field", r.to_string()),
+        RuntimeError::Engine(EngineError::ContextOverflow { .. }) => {
+            ApiError::new(S::UNPROCESSABLE_ENTITY, "context_overflow", e.to_string())
+        }
+        RuntimeError::Engine(EngineError::Cancelled) => {
+            ApiError::new(S::from_u16(CLIENT_CLOSED).expect("valid"), "cancelled", "the request was cancelled")
+        }
+        other => ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
+    }
+}

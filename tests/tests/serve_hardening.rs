@@ -1,0 +1,706 @@
+//! `emollama serve` against a hostile client and a careless operator: one test per
+//! defect of `serve-findings.md` (D1–D18) and for the URL allow-list, each on the real
+//! process over real sockets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::server::*;
+
+fn upload_folders(parent: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(parent)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("emollama-uploads-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn uploads_in(parent: &Path) -> Vec<PathBuf> {
+    upload_folders(parent)
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("upload-"))
+        .collect()
+}
+
+fn multipart_head(port_auth: &str, length: u64) -> String {
+    format!(
+        "POST /v1/analyze HTTP/1.1\r\nHost: x\r\n{port_auth}Content-Type: {}\r\nContent-Length: {length}\r\n\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"x.mp4\"\r\n\r\n",
+        multipart_ct()
+    )
+}
+
+/// D1: with the service full, a request is refused from its headers; the admitted ones
+/// stream to disk, so memory stays put while clients hold large bodies.
+#[test]
+fn d1_bodies_are_read_after_admission_so_a_full_service_costs_only_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(
+        &[
+            "--max-concurrency",
+            "1",
+            "--max-queue",
+            "1",
+            "--max-upload-bytes",
+            "67108864",
+            "--body-timeout-s",
+            "120",
+            "--upload-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    wait_ready(srv.port);
+    let before = rss_kb(srv.child.id());
+    // Two clients are admitted (the capacity) and send 20 MB each of a 60 MB body, then hold.
+    let chunk = vec![b'x'; 1 << 20];
+    let holders: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(srv.port);
+            s.write_all(multipart_head("", 60_000_000).as_bytes()).unwrap();
+            for _ in 0..20 {
+                s.write_all(&chunk).unwrap();
+            }
+            s
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "both held bodies on disk", || {
+        uploads_in(dir.path()).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum::<u64>() >= 40 << 20
+    });
+    // Eight more: each refused from its headers alone, not one body byte sent.
+    let started = Instant::now();
+    for _ in 0..8 {
+        let mut s = connect(srv.port);
+        s.write_all(multipart_head("", 60_000_000).as_bytes()).unwrap();
+        let r = read_response(&mut s);
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(error_code(&r), "busy");
+        assert!(r.headers.to_ascii_lowercase().contains("retry-after"));
+    }
+    let refused_in = started.elapsed();
+    let after = rss_kb(srv.child.id());
+    let files = uploads_in(dir.path()).len();
+    println!(
+        "D1: 2 clients holding 20 MB bodies, 8 refused in {:.0} ms; RSS {} -> {} MB; {files} upload files",
+        refused_in.as_secs_f64() * 1e3,
+        before / 1024,
+        after / 1024
+    );
+    assert_eq!(files, 2, "only the admitted bodies are on disk");
+    // Stated bound: 32 MB over the idle service (the held bodies are on disk, not in RSS).
+    assert!(after <= before + 32 * 1024, "RSS {before} kB -> {after} kB");
+    assert_eq!(metric(srv.port, "emollama_requests_total{outcome=\"busy\"}"), 8.0);
+    drop(holders);
+    wait_until(Duration::from_secs(10), "the abandoned uploads removed", || uploads_in(dir.path()).is_empty());
+    assert_eq!(http(srv.port, "POST", "/v1/analyze", &[JSON], &quick_request()).status, 200);
+}
+
+/// D2: headers, idle keep-alive and bodies are bounded in time; connections in number.
+#[test]
+fn d2_slowloris_idle_connections_slow_bodies_and_the_connection_cap() {
+    let srv = start(
+        &[
+            "--header-timeout-s",
+            "2",
+            "--body-timeout-s",
+            "1",
+            "--body-min-rate",
+            "1000",
+            "--max-connections",
+            "6",
+            "--max-queue",
+            "1",
+        ],
+        &[],
+    );
+    wait_ready(srv.port);
+    // Headers at a few bytes a second: closed at the header timeout.
+    let started = Instant::now();
+    let mut s = connect(srv.port);
+    s.write_all(b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(8) {
+        if s.write_all(b"X").is_err() || closed_within(&mut s, Duration::from_millis(300)) {
+            closed = true;
+            break;
+        }
+    }
+    let slowloris = started.elapsed();
+    assert!(closed && slowloris < Duration::from_secs(4), "slowloris held the connection for {slowloris:?}");
+    // Idle keep-alive: closed at the same timeout after the last response.
+    let mut s = connect(srv.port);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let idle = Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(5)), "an idle keep-alive connection stayed open");
+    let idle = idle.elapsed();
+    // A body slower than 1 s + 1 s per 1000 bytes: 408 with the JSON error shape.
+    let mut s = connect(srv.port);
+    s.write_all(
+        b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{",
+    )
+    .unwrap();
+    let body_started = Instant::now();
+    let drip = std::thread::spawn({
+        let mut s = s.try_clone().unwrap();
+        move || {
+            for _ in 0..40 {
+                if s.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    });
+    let r = read_response(&mut s);
+    let slow_body = body_started.elapsed();
+    assert_eq!(r.status, 408, "{}", r.body);
+    assert_eq!(error_code(&r), "body_timeout");
+    assert!(slow_body < Duration::from_secs(5), "{slow_body:?}");
+    drop(s);
+    drip.join().unwrap();
+    // Six connections open: the seventh gets 503 at once, unread.
+    let held: Vec<TcpStream> = (0..6).map(|_| connect(srv.port)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = connect(srv.port);
+    let r = read_response(&mut extra);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(error_code(&r), "too_many_connections");
+    drop(held);
+    wait_until(Duration::from_secs(5), "connections freed", || {
+        TcpStream::connect(("127.0.0.1", srv.port)).is_ok() && http(srv.port, "GET", "/healthz", &[], b"").status == 200
+    });
+    assert!(metric(srv.port, "emollama_connections_refused_total") >= 1.0);
+    println!(
+        "D2: slowloris closed after {:.1} s, idle keep-alive after {:.1} s, slow body cut after {:.1} s",
+        slowloris.as_secs_f64(),
+        idle.as_secs_f64(),
+        slow_body.as_secs_f64()
+    );
+}
+
+/// D3, D4: the run timeout cuts a streamed request like a plain one, and the slot is
+/// free for the next request at once.
+#[test]
+fn d3_d4_the_run_timeout_cuts_streamed_and_plain_requests_and_frees_the_slot() {
+    let srv = start(&["--request-timeout-s", "1.5", "--max-concurrency", "1"], &[]);
+    wait_ready(srv.port);
+    let started = Instant::now();
+    let r = http(srv.port, "POST", "/v1/analyze?stream=true", &[JSON], &long_request());
+    let streamed = started.elapsed();
+    assert_eq!(r.status, 200);
+    let events: Vec<&str> = r.body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(events.last(), Some(&"error"), "{events:?}");
+    assert!(!events.contains(&"result"), "{events:?}");
+    assert!(r.body.contains("\"timeout\""), "{}", r.body);
+    assert!(streamed < Duration::from_secs(4), "streamed request ran {streamed:?}");
+    let next = Instant::now();
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &quick_request());
+    assert_eq!(r.status, 200, "the next request gets the slot: {}", r.body);
+    let next_streamed = next.elapsed();
+
+    let started = Instant::now();
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &long_request());
+    let plain = started.elapsed();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(error_code(&r), "timeout");
+    assert!(plain < Duration::from_secs(4), "plain request ran {plain:?}");
+    let next = Instant::now();
+    assert_eq!(http(srv.port, "POST", "/v1/analyze", &[JSON], &quick_request()).status, 200);
+    let next_plain = next.elapsed();
+    assert_eq!(metric(srv.port, "emollama_requests_total{outcome=\"timeout\"}"), 2.0);
+    assert_eq!(metric(srv.port, "emollama_in_flight"), 0.0);
+    println!(
+        "D3/D4: timeout 1.5 s: streamed cut at {:.2} s, plain at {:.2} s; the next request answered in {:.2} / {:.2} s",
+        streamed.as_secs_f64(),
+        plain.as_secs_f64(),
+        next_streamed.as_secs_f64(),
+        next_plain.as_secs_f64()
+    );
+}
+
+/// A TCP server that accepts, counts and never answers.
+fn hanging_server() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            c.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (port, count)
+}
+
+/// An HTTP/1.0 server of one file, counting the requests it answers.
+fn file_server(path: PathBuf) -> (u16, Arc<AtomicUsize>) {
+    slow_file_server(path, Duration::ZERO)
+}
+
+/// The same, answering each request after `delay` (a request that holds its slot for
+/// a known time without using the CPU).
+fn slow_file_server(path: PathBuf, delay: Duration) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            std::thread::sleep(delay);
+            let data = std::fs::read(&path).unwrap();
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {}\r\n\r\n", data.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&data);
+        }
+    });
+    (port, count)
+}
+
+fn url_body(url: &str) -> Vec<u8> {
+    format!("{{\"url\": \"{url}\", \"max_new_tokens\": 4, \"preset\": \"fast\"}}").into_bytes()
+}
+
+/// D4: a URL that never answers is opened once, cut at the run timeout (not the 15 s
+/// media deadline), and does not keep the slot.
+#[test]
+fn d4_a_hanging_url_is_opened_once_and_cut_at_the_run_timeout() {
+    let (hang, opened) = hanging_server();
+    let allowed = format!("127.0.0.1:{hang}");
+    let srv = start(&["--allow-urls", "true", "--allowed-url-host", &allowed, "--request-timeout-s", "1.5"], &[]);
+    wait_ready(srv.port);
+    let started = Instant::now();
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &url_body(&format!("http://127.0.0.1:{hang}/clip.mp4")));
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(error_code(&r), "timeout");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(opened.load(Ordering::SeqCst), 1, "the URL is opened once per request");
+    let next = Instant::now();
+    assert_eq!(http(srv.port, "POST", "/v1/analyze", &[JSON], &quick_request()).status, 200);
+    println!(
+        "D4: a hanging URL answered 503 timeout after {:.2} s; the next request took {:.2} s",
+        took.as_secs_f64(),
+        next.elapsed().as_secs_f64()
+    );
+}
+
+/// The SSRF observation: internal addresses and the service's own port are refused
+/// unless listed; a listed host is fetched, once.
+#[test]
+fn urls_internal_addresses_are_refused_unless_allow_listed() {
+    let (files, served) = file_server(common::media_dir().join("test-pattern.mp4"));
+    let srv = start(&["--allow-urls", "true"], &[]);
+    wait_ready(srv.port);
+    let own = format!("http://127.0.0.1:{}/healthz", srv.port);
+    let local = format!("http://127.0.0.1:{files}/clip.mp4");
+    for url in [
+        local.as_str(),
+        own.as_str(),
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/clip.mp4",
+        "http://192.168.1.1/clip.mp4",
+        "http://[::1]:8080/clip.mp4",
+        "http://localhost/clip.mp4",
+        "rtsp://0.0.0.0/live",
+        "file:///etc/passwd",
+    ] {
+        let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &url_body(url));
+        assert_eq!((r.status, error_code(&r).as_str()), (403, "url_not_allowed"), "{url}: {}", r.body);
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 0, "nothing was fetched");
+    drop(srv);
+    let listed = format!("127.0.0.1:{files}");
+    let srv = start(&["--allow-urls", "true", "--allowed-url-host", &listed], &[]);
+    wait_ready(srv.port);
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &url_body(&local));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert!(v["timings_ms"]["fetch"].as_f64().is_some(), "{}", r.body);
+    assert_eq!(served.load(Ordering::SeqCst), 1, "one fetch per request");
+    let other = http(srv.port, "POST", "/v1/analyze", &[JSON], &url_body("http://127.0.0.1:9/clip.mp4"));
+    assert_eq!(other.status, 403, "a host not on the list: {}", other.body);
+}
+
+/// D5: no upload survives a drain-deadline exit, and a restart after SIGKILL removes
+/// the folder the killed process left. D6: the folder is 0700 and each upload 0600
+/// under this test's umask (022).
+#[test]
+fn d5_d6_uploads_are_private_and_removed_on_every_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let umask_mode = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777;
+    std::fs::remove_file(&probe).unwrap();
+    let args = ["--upload-dir", dir.path().to_str().unwrap(), "--drain-timeout-s", "0.5"];
+    let mut srv = start(&args, &[]);
+    wait_ready(srv.port);
+    let port = srv.port;
+    let body = multipart(
+        &std::fs::read(common::media_dir().join("talking-face.mp4")).unwrap(),
+        &[("max_new_tokens", "500"), ("preset", "demo"), ("temperature", "1.5"), ("scores", "false")],
+    );
+    let client =
+        std::thread::spawn(move || http(port, "POST", "/v1/analyze", &[("Content-Type", &multipart_ct())], &body));
+    wait_until(Duration::from_secs(30), "the upload running", || metric(port, "emollama_in_flight") == 1.0);
+    let folders = upload_folders(dir.path());
+    assert_eq!(folders.len(), 1);
+    let folder_mode = std::fs::metadata(&folders[0]).unwrap().permissions().mode() & 0o777;
+    let files = uploads_in(dir.path());
+    assert_eq!(files.len(), 1);
+    let file_mode = std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777;
+    println!("D6: umask gives {umask_mode:o}; upload folder {folder_mode:o}, upload {file_mode:o}");
+    assert_eq!((folder_mode, file_mode), (0o700, 0o600));
+    signal(srv.child.id(), "TERM");
+    let exited = Instant::now();
+    let status = srv.child.wait().unwrap();
+    srv.port = 0;
+    let r = client.join().unwrap();
+    println!(
+        "D5: drain deadline 0.5 s: exit {status:?} after {:.2} s; the running request got {}",
+        exited.elapsed().as_secs_f64(),
+        r.status
+    );
+    assert!(status.success());
+    assert!(exited.elapsed() < Duration::from_secs(5));
+    assert!(upload_folders(dir.path()).is_empty(), "left behind: {:?}", upload_folders(dir.path()));
+    // SIGKILL leaves the folder; the next start removes it.
+    let mut killed = start(&args, &[]);
+    wait_ready(killed.port);
+    signal(killed.child.id(), "KILL");
+    let _ = killed.child.wait();
+    killed.port = 0;
+    let left = upload_folders(dir.path());
+    assert_eq!(left.len(), 1, "SIGKILL cannot clean up");
+    let srv = start(&args, &[]);
+    wait_ready(srv.port);
+    let now = upload_folders(dir.path());
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, left, "the killed process's folder is removed at start");
+    // The unit keeps what the service writes private too.
+    let unit =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/emollama.service")).unwrap();
+    for line in ["UMask=0077", "StateDirectoryMode=0700"] {
+        assert!(unit.lines().any(|l| l.trim() == line), "the unit sets {line}");
+    }
+}
+
+fn check_config(args: &[&str]) -> (i32, String) {
+    let out = Command::new(common::emollama_bin())
+        .args(["serve", "--check-config", "--bundle", common::bundle_dir().to_str().unwrap(), "--profile", "x86-cpu"])
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// D7, D16, D18: what would fail later is refused by `--check-config` and at start,
+/// with exit 1 and the key named, never a panic.
+#[test]
+fn d7_d16_d18_check_config_refuses_what_would_fail_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_file = dir.path().join("file");
+    std::fs::write(&a_file, b"x").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--request-timeout-s", "NaN"], "request_timeout_s"),
+        (vec!["--request-timeout-s", "inf"], "request_timeout_s"),
+        (vec!["--request-timeout-s", "1e300"], "request_timeout_s"),
+        (vec!["--drain-timeout-s", "1e300"], "drain_timeout_s"),
+        (vec!["--header-timeout-s", "0"], "header_timeout_s"),
+        (vec!["--token", "   "], "token"),
+        (vec!["--upload-dir", "/nonexistent/emollama"], "upload_dir"),
+        (vec!["--upload-dir", a_file.to_str().unwrap()], "upload_dir"),
+        (vec!["--max-connections", "1"], "max_connections"),
+        (vec!["--allowed-url-host", "ftp://x"], "allowed_url_hosts"),
+    ];
+    for (args, key) in &cases {
+        let (code, err) = check_config(args);
+        assert_eq!(code, 1, "{args:?}: exit {code}: {err}");
+        assert!(err.contains(key) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "request_timeout_s = nan\n").unwrap();
+    let (code, err) = check_config(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    // At start too: exit 1 before listening, not 101 in a restart loop.
+    let out = Command::new(common::emollama_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout-s", "1e300"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, err) = check_config(&["--upload-dir", dir.path().to_str().unwrap(), "--request-timeout-s", "2.5"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// D8: multipart fields follow JSON's rules, value for value.
+#[test]
+fn d8_multipart_and_json_refuse_the_same_values() {
+    let srv = start(&[], &[]);
+    wait_ready(srv.port);
+    let clip = std::fs::read(common::media_dir().join("test-pattern.mp4")).unwrap();
+    let path = common::media_dir().join("test-pattern.mp4");
+    for (field, value) in [
+        ("max_new_tokens", "-1"),
+        ("max_new_tokens", "2.5"),
+        ("max_new_tokens", "18446744073709551616"),
+        ("top_k", "-5"),
+        ("seed", "-1"),
+        ("temperature", "NaN"),
+        ("scores", "1"),
+    ] {
+        let r = http(
+            srv.port,
+            "POST",
+            "/v1/analyze",
+            &[("Content-Type", &multipart_ct())],
+            &multipart(&clip, &[(field, value)]),
+        );
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (400, "invalid_field"),
+            "multipart {field}={value}: {}",
+            r.body
+        );
+        let body = format!("{{\"path\": \"{}\", \"{field}\": {value}}}", path.display());
+        let r = http(srv.port, "POST", "/v1/analyze", &[JSON], body.as_bytes());
+        assert_eq!(r.status, 400, "JSON {field}={value}: {}", r.body);
+    }
+}
+
+/// D9: outside the allowed folders every path answers 403, whether it exists or not;
+/// a symlink out of an allowed folder too; a missing file inside answers 404.
+#[test]
+fn d9_paths_outside_the_allowed_folders_answer_alike() {
+    let allowed = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", allowed.path().join("link.mp4")).unwrap();
+    let srv = start(&["--allowed-dir", allowed.path().to_str().unwrap()], &[]);
+    wait_ready(srv.port);
+    let media = common::media_dir();
+    let ask = |p: String| {
+        let r = http(srv.port, "POST", "/v1/analyze", &[JSON], format!("{{\"path\": \"{p}\"}}").as_bytes());
+        (r.status, error_code(&r))
+    };
+    let outside = (403, "path_not_allowed".to_string());
+    assert_eq!(ask(format!("{}/../../../../etc/passwd", media.display())), outside);
+    assert_eq!(ask(format!("{}/../../../../etc/no-such-file", media.display())), outside);
+    assert_eq!(ask(format!("{}/link.mp4", allowed.path().display())), outside);
+    assert_eq!(ask("relative/clip.mp4".into()), outside);
+    assert_eq!(ask(format!("{}/missing.mp4", media.display())), (404, "media_not_found".to_string()));
+}
+
+/// D10: on SIGTERM the queue gets 503 with Retry-After, `/readyz` says draining while
+/// the running request finishes, the process exits 0; a second signal stops at once.
+#[test]
+fn d10_sigterm_refuses_the_queue_shows_draining_and_a_second_signal_stops_at_once() {
+    // The running request waits 3 s for its URL (no CPU), then runs 64 tokens.
+    let (files, _) = slow_file_server(common::media_dir().join("talking-face.mp4"), Duration::from_secs(3));
+    let url = format!("http://127.0.0.1:{files}/clip.mp4");
+    let listed = format!("127.0.0.1:{files}");
+    let args = ["--allow-urls", "true", "--allowed-url-host", &listed, "--max-concurrency", "1", "--max-queue", "3"];
+    let slow = move || format!("{{\"url\": \"{url}\", \"max_new_tokens\": 64}}").into_bytes();
+    let mut srv = start(&[&args[..], &["--drain-timeout-s", "60"]].concat(), &[]);
+    wait_ready(srv.port);
+    let port = srv.port;
+    let body = slow();
+    let running = std::thread::spawn(move || http(port, "POST", "/v1/analyze", &[JSON], &body));
+    wait_until(Duration::from_secs(30), "one running", || metric(port, "emollama_in_flight") == 1.0);
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || (http(port, "POST", "/v1/analyze", &[JSON], &quick_request()), Instant::now()))
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "two queued", || metric(port, "emollama_queue_depth") == 2.0);
+    signal(srv.child.id(), "TERM");
+    let signalled = Instant::now();
+    // While the running request runs: draining is visible, health checks answered.
+    let ready = http(port, "GET", "/readyz", &[], b"");
+    assert_eq!((ready.status, error_code(&ready).as_str()), (503, "draining"), "observable while draining");
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").status, 200, "health checks still answered");
+    let late = http(port, "POST", "/v1/analyze", &[JSON], &quick_request());
+    assert_eq!((late.status, error_code(&late).as_str()), (503, "draining"));
+    for q in queued {
+        let (r, at) = q.join().unwrap();
+        assert_eq!((r.status, error_code(&r).as_str()), (503, "draining"), "{}", r.body);
+        assert!(r.headers.to_ascii_lowercase().contains("retry-after"));
+        assert!(at.duration_since(signalled) < Duration::from_secs(2), "queued answered after {:?}", at - signalled);
+    }
+    let r = running.join().unwrap();
+    assert_eq!(r.status, 200, "the running request finishes: {}", r.body);
+    let status = srv.child.wait().unwrap();
+    srv.port = 0;
+    assert!(status.success(), "{status:?}");
+
+    // A second signal: out at once, 128 + 15.
+    let mut srv = start(&[&args[..], &["--drain-timeout-s", "60"]].concat(), &[]);
+    wait_ready(srv.port);
+    let port = srv.port;
+    let body = slow();
+    let _running = std::thread::spawn(move || http(port, "POST", "/v1/analyze", &[JSON], &body));
+    wait_until(Duration::from_secs(30), "one running", || metric(port, "emollama_in_flight") == 1.0);
+    signal(srv.child.id(), "TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    let second = Instant::now();
+    signal(srv.child.id(), "TERM");
+    let status = srv.child.wait().unwrap();
+    srv.port = 0;
+    println!("D10: second SIGTERM: exit {status:?} after {:.2} s", second.elapsed().as_secs_f64());
+    assert_eq!(status.code(), Some(143));
+    assert!(second.elapsed() < Duration::from_secs(2));
+}
+
+/// D11: a plain request whose client leaves is counted as cancelled.
+#[test]
+fn d11_a_plain_request_whose_client_leaves_is_counted() {
+    let srv = start(&[], &[]);
+    wait_ready(srv.port);
+    let body = long_request();
+    let mut s = connect(srv.port);
+    let head = format!(
+        "POST /v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    wait_until(Duration::from_secs(30), "running", || metric(srv.port, "emollama_in_flight") == 1.0);
+    drop(s);
+    wait_until(Duration::from_secs(10), "counted as cancelled", || {
+        metric(srv.port, "emollama_requests_total{outcome=\"cancelled\"}") == 1.0
+    });
+    wait_until(Duration::from_secs(5), "the slot released", || metric(srv.port, "emollama_in_flight") == 0.0);
+}
+
+/// D12: a request is validated before it waits for a slot: answered while another runs.
+#[test]
+fn d12_requests_are_validated_before_they_wait_for_the_slot() {
+    // The running request waits 3 s for its URL: the slot is busy for a known time.
+    let (files, _) = slow_file_server(common::media_dir().join("talking-face.mp4"), Duration::from_secs(3));
+    let listed = format!("127.0.0.1:{files}");
+    let srv = start(
+        &["--allow-urls", "true", "--allowed-url-host", &listed, "--max-concurrency", "1", "--max-queue", "2"],
+        &[],
+    );
+    wait_ready(srv.port);
+    let port = srv.port;
+    let body = url_body(&format!("http://127.0.0.1:{files}/clip.mp4"));
+    let running = std::thread::spawn(move || http(port, "POST", "/v1/analyze", &[JSON], &body));
+    wait_until(Duration::from_secs(30), "one running", || metric(port, "emollama_in_flight") == 1.0);
+    let clip = common::media_dir().join("test-pattern.mp4");
+    let transcript = "word ".repeat(120_000);
+    for (what, body, status, code) in [
+        (
+            "fast preset, temperature -1",
+            json_path(&clip, 4, ", \"preset\": \"fast\", \"temperature\": -1"),
+            400,
+            "invalid_field",
+        ),
+        (
+            "top_p 0 in the demo preset",
+            json_path(&clip, 4, ", \"preset\": \"demo\", \"top_p\": 0"),
+            400,
+            "invalid_field",
+        ),
+        (
+            "a 600 kB transcript",
+            json_path(&clip, 4, &format!(", \"transcript\": \"{transcript}\"")),
+            422,
+            "context_overflow",
+        ),
+    ] {
+        let t = Instant::now();
+        let r = http(port, "POST", "/v1/analyze", &[JSON], &body);
+        assert_eq!((r.status, error_code(&r).as_str()), (status, code), "{what}: {}", r.body);
+        assert_eq!(metric(port, "emollama_in_flight"), 1.0, "{what}: answered while the slot is busy");
+        println!("D12: {what}: {} in {:.0} ms while the slot was busy", r.status, t.elapsed().as_secs_f64() * 1e3);
+    }
+    assert_eq!(running.join().unwrap().status, 200);
+}
+
+/// D13–D16: the protocol details.
+#[test]
+fn d13_to_d16_length_before_continue_one_media_part_one_error_shape_any_case_bearer() {
+    let srv = start(&["--token", "s3cret"], &[]);
+    wait_ready(srv.port);
+    let auth = ("Authorization", "Bearer s3cret");
+    // D13: 413 before 100 Continue.
+    let mut s = connect(srv.port);
+    let head = format!("POST /v1/analyze HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Type: {}\r\nContent-Length: 10000000000\r\nExpect: 100-continue\r\n\r\n", multipart_ct());
+    s.write_all(head.as_bytes()).unwrap();
+    let r = read_response(&mut s);
+    assert!(r.headers.starts_with("HTTP/1.1 413"), "{}", r.headers);
+    assert!(!r.headers.contains("100 Continue"));
+    let mut s = connect(srv.port);
+    s.write_all(b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s).status, 413, "a JSON body over max_json_bytes, from its length");
+    // D14: two media parts.
+    let clip = std::fs::read(common::media_dir().join("test-pattern.mp4")).unwrap();
+    let mut body = multipart(&clip, &[]);
+    body.truncate(body.len() - format!("--{BOUNDARY}--\r\n").len());
+    body.extend(
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"b.mp4\"\r\n\r\n")
+            .as_bytes(),
+    );
+    body.extend(&clip);
+    body.extend(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    let r = http(srv.port, "POST", "/v1/analyze", &[("Content-Type", &multipart_ct()), auth], &body);
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "ambiguous_media"), "{}", r.body);
+    // D15: malformed chunked JSON is 400; 405 has the JSON shape.
+    let mut s = connect(srv.port);
+    s.write_all(b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n").unwrap();
+    let r = read_response(&mut s);
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "malformed_body"), "{}", r.body);
+    let r = http(srv.port, "GET", "/v1/analyze", &[auth], b"");
+    assert_eq!((r.status, error_code(&r).as_str()), (405, "method_not_allowed"));
+    // D16: the scheme in any case.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let value = format!("{scheme} s3cret");
+        let r = http(srv.port, "POST", "/v1/analyze", &[JSON, ("Authorization", &value)], &quick_request());
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body);
+    }
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON, ("Authorization", "Basic czNjcmV0")], &quick_request());
+    assert_eq!(r.status, 401);
+}
+
+/// D17: one line per request at info (what the unit runs), no llama.cpp warning.
+#[test]
+fn d17_one_log_line_per_request_at_info_and_no_llama_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let mut srv = start_with(&["--log", "info"], &[], Stdio::from(std::fs::File::create(&log).unwrap()));
+    wait_ready(srv.port);
+    let ok = http(srv.port, "POST", "/v1/analyze", &[JSON, ("X-Request-Id", "test-42")], &quick_request());
+    assert_eq!(ok.status, 200);
+    assert!(ok.headers.to_ascii_lowercase().contains("x-request-id: test-42"));
+    let bad = http(srv.port, "POST", "/v1/analyze", &[JSON], b"{\"path\": 3}");
+    assert_eq!(bad.status, 400);
+    signal(srv.child.id(), "TERM");
+    srv.child.wait().unwrap();
+    srv.port = 0;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("emollama::request")).collect();
+    println!("D17: {lines:#?}");
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("id=test-42") && lines[0].contains("status=200") && lines[0].contains("outcome=\"ok\""));
+    assert!(lines[0].contains("ms=") && lines[0].contains("tokens="));
+    assert!(lines[1].contains("status=400") && lines[1].contains("client_error"));
+    assert!(!text.contains("WARN"), "no warning per request: {text}");
+    assert!(!text.contains('\u{1b}'), "no terminal colours in a log file");
+}
