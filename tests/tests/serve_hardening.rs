@@ -531,9 +531,12 @@ fn d10_sigterm_refuses_the_queue_shows_draining_and_a_second_signal_stops_at_onc
     wait_until(Duration::from_secs(10), "two queued", || metric(port, "emollama_queue_depth") == 2.0);
     signal(srv.child.id(), "TERM");
     let signalled = Instant::now();
-    // While the running request runs: draining is visible, health checks answered.
-    let ready = http(port, "GET", "/readyz", &[], b"");
-    assert_eq!((ready.status, error_code(&ready).as_str()), (503, "draining"), "observable while draining");
+    // While the running request runs: draining is visible (once the signal is handled),
+    // health checks answered.
+    wait_until(Duration::from_secs(2), "/readyz says draining", || {
+        let ready = http(port, "GET", "/readyz", &[], b"");
+        ready.status == 503 && error_code(&ready) == "draining"
+    });
     assert_eq!(http(port, "GET", "/healthz", &[], b"").status, 200, "health checks still answered");
     let late = http(port, "POST", "/v1/analyze", &[JSON], &quick_request());
     assert_eq!((late.status, error_code(&late).as_str()), (503, "draining"));
@@ -557,7 +560,8 @@ fn d10_sigterm_refuses_the_queue_shows_draining_and_a_second_signal_stops_at_onc
     let _running = std::thread::spawn(move || http(port, "POST", "/v1/analyze", &[JSON], &body));
     wait_until(Duration::from_secs(30), "one running", || metric(port, "emollama_in_flight") == 1.0);
     signal(srv.child.id(), "TERM");
-    std::thread::sleep(Duration::from_millis(200));
+    // Two signals sent before the first is handled would merge into one.
+    wait_until(Duration::from_secs(2), "draining", || metric(port, "emollama_draining") == 1.0);
     let second = Instant::now();
     signal(srv.child.id(), "TERM");
     let status = srv.child.wait().unwrap();

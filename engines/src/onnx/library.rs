@@ -66,11 +66,30 @@ pub fn init_runtime(explicit: Option<&Path>) -> Result<&'static OrtRuntime, Engi
     };
     let builder = ort::init_from(&path)
         .map_err(|e| EngineError::OrtLibraryLoad { path: path.clone(), message: e.to_string() })?;
-    let environment = builder.with_name("emollama").build().map_err(|e| EngineError::OrtEnvironment(e.to_string()))?;
+    let environment = builder
+        .with_name("emollama")
+        .with_logger(std::sync::Arc::new(log_to_tracing))
+        .build()
+        .map_err(|e| EngineError::OrtEnvironment(e.to_string()))?;
     let version =
         library_version(&path).or_else(|| version_from_build_info(ort::info())).unwrap_or_else(|| "unknown".into());
     tracing::info!(library = %path.display(), %version, "ONNX Runtime loaded");
     Ok(RUNTIME.get_or_init(|| OrtRuntime { library: path, version, environment }))
+}
+
+/// ONNX Runtime's log into `tracing` (target `onnxruntime`), as llama.cpp's: one log,
+/// one format, no colour codes in the journal. A kernel's failure is logged by the
+/// executor and also returned by the run (and reported with the request): the log line
+/// is demoted to debug, since a run terminated by a cancel token fails that way too.
+fn log_to_tracing(level: ort::logging::LogLevel, _category: &str, _id: &str, location: &str, message: &str) {
+    use ort::logging::LogLevel as L;
+    let returned_by_run = location.contains("sequential_executor") && message.starts_with("Non-zero status code");
+    match level {
+        L::Error | L::Fatal if !returned_by_run => tracing::error!(target: "onnxruntime", "{message}"),
+        L::Warning => tracing::warn!(target: "onnxruntime", "{message}"),
+        L::Error | L::Fatal | L::Info => tracing::debug!(target: "onnxruntime", "{message}"),
+        L::Verbose => tracing::trace!(target: "onnxruntime", "{message}"),
+    }
 }
 
 /// The library's own version string (`OrtGetApiBase()->GetVersionString()`). ort loads
