@@ -266,7 +266,9 @@ fn resizing_matches_pil_and_torchvision() {
             let max = diffs.iter().copied().max().unwrap();
             let mean_abs = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
             println!("{name} {file}: max {max}/255, mean {mean_abs:.4}/255");
-            assert!(max <= 2 && mean_abs <= 0.5, "{name} {file}: max {max}, mean {mean_abs}");
+            // Bit-exact against the official environment's Pillow (10.1.0), portrait
+            // downscales included (Pillow 13 orders its passes differently there).
+            assert_eq!(max, 0, "{name} {file}: max {max}/255, mean {mean_abs}/255");
         }
         let t = global_tensor(&input, [448, 448], Resize::Bicubic, mean, std);
         let want: Vec<f32> = golden(&format!("{name}.global.f32"))

@@ -4,6 +4,8 @@ For each input image (and a few crops of odd sizes) it writes the RGB input and 
 torchvision's transforms produce from a PIL image:
   - global: Resize((448, 448), BICUBIC) -> ToTensor -> Normalize(CLIP mean, std)   (blip2_image_eval)
   - face:   Resize((224, 224)) (bilinear) -> ToTensor                                 (MAE extractor)
+Variants: the image, an odd-sized crop, a tall crop (upscaled), a 720x1280 portrait
+frame (downscaled both ways). Pillow is the official environment's (10.1.0).
 Resize is done with PIL exactly as torchvision does for PIL inputs; ToTensor is /255 in f32.
 
 usage: python -m emollama_export.media_goldens --out DIR IMAGE...
@@ -36,7 +38,14 @@ def main(argv=None) -> None:
     for path in args.images:
         full = Image.open(path).convert("RGB")
         w, h = full.size
-        variants = {"full": full, "odd": full.crop((3, 5, 3 + 151, 5 + 97)), "tall": full.crop((0, 0, 45, min(h, 301)))}
+        variants = {
+            "full": full,
+            "odd": full.crop((3, 5, 3 + 151, 5 + 97)),
+            "tall": full.crop((0, 0, 45, min(h, 301))),
+            # A phone's portrait frame, downscaled in both directions: where Pillow
+            # versions differ in the order of their two passes.
+            "portrait": full.resize((720, 1280), Image.BICUBIC),
+        }
         for tag, img in variants.items():
             name = f"{path.stem}-{tag}"
             (args.out / f"{name}.input.rgb").write_bytes(np.asarray(img, dtype=np.uint8).tobytes())
