@@ -452,3 +452,29 @@ fn a_cancelled_request_stops_decoding() {
     let r = decode_audio_16k_mono(clip.to_str().unwrap(), &limits, 16000, &cancel);
     assert!(matches!(r, Err(MediaError::Cancelled { .. })), "{r:?}");
 }
+
+/// A local file may name local files only: an uploaded playlist whose segments are URLs
+/// makes FFmpeg fetch nothing (the service's uploads cannot reach the network). FFmpeg
+/// 5.1 already limits a local playlist's segments to `file,crypto,data`; the runtime's
+/// `protocol_whitelist=file` keeps that true whatever FFmpeg's defaults become.
+#[test]
+fn a_local_playlist_cannot_reach_the_network() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let playlist = dir.path().join("upload-0");
+    std::fs::write(
+        &playlist,
+        format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nhttp://127.0.0.1:{port}/seg0.ts\n#EXT-X-ENDLIST\n"),
+    )
+    .unwrap();
+    let r = decode_frames(
+        playlist.to_str().unwrap(),
+        &MediaLimits::default(),
+        &[FrameSelection::First],
+        &Default::default(),
+    );
+    assert!(r.is_err(), "a playlist of URLs decoded: {:?}", r.map(|d| d.total));
+    assert!(listener.accept().is_err(), "FFmpeg connected to the playlist's URL");
+}
