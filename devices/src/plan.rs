@@ -133,29 +133,7 @@ fn totals(parts: &PlanParts) -> (u64, u64) {
 /// fit when the defaults do not.
 pub fn plan(m: &Manifest, p: &Profile) -> Plan {
     let usable = (p.usable_headless_gb * GB) as u64;
-    // The bundle's own LLM type is what loads; the profile's type is a proposal.
-    let bundle_type = bundle_llm_type(m);
-    // A CPU runs each encoder file at its own precision: nothing to choose.
-    let file_precision = Role::ENGINES
-        .iter()
-        .filter_map(|r| m.files.iter().find(|f| &f.role == r))
-        .map(|f| engine_file_precision(f.precision))
-        .max()
-        .unwrap_or(EnginePrecision::Fp32);
-    let threads = p.threads();
-    // llama.cpp cannot hold a quantized cache for heads that are not whole blocks.
-    let head_dim = m.llm.head_dim;
-    let kv_default = if p.defaults.kv_cache.fits_head_dim(head_dim) { p.defaults.kv_cache } else { KvType::F16 };
-    let defaults = PlanSettings {
-        llm_type: bundle_type.unwrap_or(p.defaults.llm_quant),
-        n_ctx: p.defaults.n_ctx.min(m.llm.n_ctx_train),
-        n_batch: p.defaults.n_batch,
-        kv_type: kv_default,
-        encoder_precision: if p.has_gpu() { p.defaults.encoder_precision } else { file_precision },
-        encoders: Residency::Resident,
-        threads,
-        face_detectors: threads.clamp(1, MAX_FACE_DETECTORS),
-    };
+    let (defaults, forced) = default_settings(m, p);
     let in_turn_allowed = p.defaults.encoder_residency == Residency::InTurn;
     let evaluate = |s: &PlanSettings| {
         let parts = parts(m, p, s);
@@ -169,61 +147,7 @@ pub fn plan(m: &Manifest, p: &Profile) -> Plan {
         };
         (parts, resident, in_turn, outcome)
     };
-    // Candidate changes, cheapest in quality first: KV type, context, encoder precision,
-    // then smaller LLM types.
-    let mut candidates: Vec<(PlanSettings, Vec<String>)> = vec![(defaults.clone(), Vec::new())];
-    let mut forced = Vec::new();
-    if kv_default != p.defaults.kv_cache {
-        forced.push(format!(
-            "KV cache {kv_default} instead of {} (head size {head_dim} is not a multiple of its {}-element blocks)",
-            p.defaults.kv_cache,
-            p.defaults.kv_cache.block_size()
-        ));
-    }
-    let kv_opts: Vec<KvType> =
-        [defaults.kv_type, KvType::Q8_0].into_iter().filter(|k| k.fits_head_dim(head_dim)).collect();
-    let ctx_opts = [defaults.n_ctx, 1024, 512];
-    let enc_opts: &[EnginePrecision] = if p.has_gpu() {
-        &[defaults.encoder_precision, EnginePrecision::Fp16, EnginePrecision::Int8]
-    } else {
-        &[defaults.encoder_precision]
-    };
-    let quant_opts = [defaults.llm_type, p.defaults.llm_quant, GgufType::Q4KM, GgufType::Iq4Xs, GgufType::Q3KM];
-    for q in quant_opts {
-        for e in enc_opts {
-            for c in ctx_opts {
-                for &k in &kv_opts {
-                    let s = PlanSettings {
-                        llm_type: q,
-                        n_ctx: c.min(defaults.n_ctx),
-                        kv_type: k,
-                        encoder_precision: (*e).min(defaults.encoder_precision),
-                        ..defaults.clone()
-                    };
-                    let mut changes = Vec::new();
-                    if s.kv_type != defaults.kv_type {
-                        changes.push(format!("KV cache {} instead of {}", s.kv_type, defaults.kv_type));
-                    }
-                    if s.n_ctx != defaults.n_ctx {
-                        changes.push(format!("n_ctx {} instead of {}", s.n_ctx, defaults.n_ctx));
-                    }
-                    if s.encoder_precision != defaults.encoder_precision {
-                        changes.push(format!(
-                            "encoders in {} instead of {}",
-                            s.encoder_precision, defaults.encoder_precision
-                        ));
-                    }
-                    if s.llm_type != defaults.llm_type {
-                        changes.push(format!("LLM as {} instead of {}", s.llm_type, defaults.llm_type));
-                    }
-                    if !candidates.iter().any(|(c, _)| c == &s) {
-                        candidates.push((s, changes));
-                    }
-                }
-            }
-        }
-    }
-    candidates.sort_by_key(|(_, ch)| ch.len());
+    let candidates = candidates(&defaults, p, m.llm.head_dim);
     let acceptable = |o: Outcome| o == Outcome::FitsResident || (in_turn_allowed && o == Outcome::FitsInTurn);
     let chosen = candidates
         .iter()
@@ -239,36 +163,7 @@ pub fn plan(m: &Manifest, p: &Profile) -> Plan {
     if outcome == Outcome::FitsInTurn {
         settings.encoders = Residency::InTurn;
     }
-    let gb = |b: u64| b as f64 / GB;
-    let mut biggest: Vec<(String, u64)> = vec![
-        (format!("LLM weights ({})", settings.llm_type), parts.llm_weights),
-        (format!("KV cache ({} × {})", settings.n_ctx, settings.kv_type), parts.kv_cache),
-        ("compute buffers".into(), parts.compute_buffers),
-        ("runtime contexts".into(), parts.runtime_contexts),
-        ("face detectors".into(), parts.face_detectors),
-    ];
-    biggest.extend(parts.encoders.iter().map(|(r, b)| (r.clone(), *b)));
-    biggest.sort_by_key(|b| std::cmp::Reverse(b.1));
-    let top: Vec<String> = biggest.iter().take(3).map(|(n, b)| format!("{n} {:.2} GB", gb(*b))).collect();
-    let message = match outcome {
-        Outcome::FitsResident if changes.is_empty() => format!("fits resident: {:.2} of {:.2} GB usable", gb(resident), gb(usable)),
-        Outcome::FitsResident => format!("fits resident with: {} ({:.2} of {:.2} GB)", changes.join(", "), gb(resident), gb(usable)),
-        Outcome::FitsInTurn => format!(
-            "fits with encoders loaded in turn{}{} ({:.2} of {:.2} GB; all resident would need {:.2} GB)",
-            if changes.is_empty() { "" } else { " and: " },
-            changes.join(", "),
-            gb(in_turn),
-            gb(usable),
-            gb(resident)
-        ),
-        Outcome::DoesNotFit => format!(
-            "does not fit: needs {:.2} GB even with encoders in turn, {:.2} GB usable on {}; biggest parts: {}; fix: a smaller LLM quantization (q3_k_m), KV cache q8_0, n_ctx 512, int8 encoders, or a larger device",
-            gb(in_turn),
-            gb(usable),
-            p.display,
-            top.join(", ")
-        ),
-    };
+    let message = message(outcome, &changes, &settings, &parts, (resident, in_turn, usable), p);
     Plan {
         profile: p.name.clone(),
         bundle: m.id.clone(),
@@ -280,5 +175,144 @@ pub fn plan(m: &Manifest, p: &Profile) -> Plan {
         outcome,
         changes,
         message,
+    }
+}
+
+/// What the profile proposes for this bundle, and the changes forced on it before any
+/// fitting (a KV type the head size cannot hold).
+fn default_settings(m: &Manifest, p: &Profile) -> (PlanSettings, Vec<String>) {
+    // The bundle's own LLM type is what loads; the profile's type is a proposal.
+    let bundle_type = bundle_llm_type(m);
+    // A CPU runs each encoder file at its own precision: nothing to choose.
+    let file_precision = Role::ENGINES
+        .iter()
+        .filter_map(|r| m.files.iter().find(|f| &f.role == r))
+        .map(|f| engine_file_precision(f.precision))
+        .max()
+        .unwrap_or(EnginePrecision::Fp32);
+    let threads = p.threads();
+    // llama.cpp cannot hold a quantized cache for heads that are not whole blocks.
+    let head_dim = m.llm.head_dim;
+    let kv_default = if p.defaults.kv_cache.fits_head_dim(head_dim) { p.defaults.kv_cache } else { KvType::F16 };
+    let mut forced = Vec::new();
+    if kv_default != p.defaults.kv_cache {
+        forced.push(format!(
+            "KV cache {kv_default} instead of {} (head size {head_dim} is not a multiple of its {}-element blocks)",
+            p.defaults.kv_cache,
+            p.defaults.kv_cache.block_size()
+        ));
+    }
+    let defaults = PlanSettings {
+        llm_type: bundle_type.unwrap_or(p.defaults.llm_quant),
+        n_ctx: p.defaults.n_ctx.min(m.llm.n_ctx_train),
+        n_batch: p.defaults.n_batch,
+        kv_type: kv_default,
+        encoder_precision: if p.has_gpu() { p.defaults.encoder_precision } else { file_precision },
+        encoders: Residency::Resident,
+        threads,
+        face_detectors: threads.clamp(1, MAX_FACE_DETECTORS),
+    };
+    (defaults, forced)
+}
+
+/// Every candidate setting with the changes it makes to `defaults`, fewest changes
+/// first; among equals, cheapest in quality first: KV type, context, encoder precision,
+/// then smaller LLM types.
+fn candidates(defaults: &PlanSettings, p: &Profile, head_dim: u32) -> Vec<(PlanSettings, Vec<String>)> {
+    let kv_opts: Vec<KvType> =
+        [defaults.kv_type, KvType::Q8_0].into_iter().filter(|k| k.fits_head_dim(head_dim)).collect();
+    let ctx_opts = [defaults.n_ctx, 1024, 512];
+    let enc_opts: &[EnginePrecision] = if p.has_gpu() {
+        &[defaults.encoder_precision, EnginePrecision::Fp16, EnginePrecision::Int8]
+    } else {
+        &[defaults.encoder_precision]
+    };
+    let quant_opts = [defaults.llm_type, p.defaults.llm_quant, GgufType::Q4KM, GgufType::Iq4Xs, GgufType::Q3KM];
+    let mut candidates: Vec<(PlanSettings, Vec<String>)> = vec![(defaults.clone(), Vec::new())];
+    for q in quant_opts {
+        for e in enc_opts {
+            for c in ctx_opts {
+                for &k in &kv_opts {
+                    let s = PlanSettings {
+                        llm_type: q,
+                        n_ctx: c.min(defaults.n_ctx),
+                        kv_type: k,
+                        encoder_precision: (*e).min(defaults.encoder_precision),
+                        ..defaults.clone()
+                    };
+                    if !candidates.iter().any(|(c, _)| c == &s) {
+                        let changes = changes_from(defaults, &s);
+                        candidates.push((s, changes));
+                    }
+                }
+            }
+        }
+    }
+    candidates.sort_by_key(|(_, ch)| ch.len());
+    candidates
+}
+
+/// What `s` changes from `defaults`, in words.
+fn changes_from(defaults: &PlanSettings, s: &PlanSettings) -> Vec<String> {
+    let mut changes = Vec::new();
+    if s.kv_type != defaults.kv_type {
+        changes.push(format!("KV cache {} instead of {}", s.kv_type, defaults.kv_type));
+    }
+    if s.n_ctx != defaults.n_ctx {
+        changes.push(format!("n_ctx {} instead of {}", s.n_ctx, defaults.n_ctx));
+    }
+    if s.encoder_precision != defaults.encoder_precision {
+        changes.push(format!("encoders in {} instead of {}", s.encoder_precision, defaults.encoder_precision));
+    }
+    if s.llm_type != defaults.llm_type {
+        changes.push(format!("LLM as {} instead of {}", s.llm_type, defaults.llm_type));
+    }
+    changes
+}
+
+/// The plan in one line; for a bundle that does not fit, its biggest parts and the fixes.
+fn message(
+    outcome: Outcome,
+    changes: &[String],
+    settings: &PlanSettings,
+    parts: &PlanParts,
+    (resident, in_turn, usable): (u64, u64, u64),
+    p: &Profile,
+) -> String {
+    let gb = |b: u64| b as f64 / GB;
+    match outcome {
+        Outcome::FitsResident if changes.is_empty() => {
+            format!("fits resident: {:.2} of {:.2} GB usable", gb(resident), gb(usable))
+        }
+        Outcome::FitsResident => {
+            format!("fits resident with: {} ({:.2} of {:.2} GB)", changes.join(", "), gb(resident), gb(usable))
+        }
+        Outcome::FitsInTurn => format!(
+            "fits with encoders loaded in turn{}{} ({:.2} of {:.2} GB; all resident would need {:.2} GB)",
+            if changes.is_empty() { "" } else { " and: " },
+            changes.join(", "),
+            gb(in_turn),
+            gb(usable),
+            gb(resident)
+        ),
+        Outcome::DoesNotFit => {
+            let mut biggest: Vec<(String, u64)> = vec![
+                (format!("LLM weights ({})", settings.llm_type), parts.llm_weights),
+                (format!("KV cache ({} × {})", settings.n_ctx, settings.kv_type), parts.kv_cache),
+                ("compute buffers".into(), parts.compute_buffers),
+                ("runtime contexts".into(), parts.runtime_contexts),
+                ("face detectors".into(), parts.face_detectors),
+            ];
+            biggest.extend(parts.encoders.iter().map(|(r, b)| (r.clone(), *b)));
+            biggest.sort_by_key(|b| std::cmp::Reverse(b.1));
+            let top: Vec<String> = biggest.iter().take(3).map(|(n, b)| format!("{n} {:.2} GB", gb(*b))).collect();
+            format!(
+                "does not fit: needs {:.2} GB even with encoders in turn, {:.2} GB usable on {}; biggest parts: {}; fix: a smaller LLM quantization (q3_k_m), KV cache q8_0, n_ctx 512, int8 encoders, or a larger device",
+                gb(in_turn),
+                gb(usable),
+                p.display,
+                top.join(", ")
+            )
+        }
     }
 }
