@@ -34,3 +34,31 @@ pub enum MediaError {
     #[error("{source_name}: unsupported pixel format {format}")]
     PixelFormat { source_name: String, format: String },
 }
+
+impl MediaError {
+    /// The same error told about `name` (a URL whose local copy was read): a client
+    /// sees its own source, never the service's scratch path.
+    pub fn about(self, name: &str) -> Self {
+        use MediaError as E;
+        let n = name.to_string();
+        match self {
+            E::NotFound(_) => E::NotFound(name.into()),
+            E::Empty(_) => E::Empty(name.into()),
+            E::FileTooLarge { size, limit, .. } => E::FileTooLarge { source_name: n, size, limit },
+            E::Open { reason, .. } => E::Open { source_name: n, reason },
+            E::Cancelled { .. } => E::Cancelled { source_name: n },
+            E::Timeout { seconds, .. } => E::Timeout { source_name: n, seconds },
+            E::NoVideo { .. } => E::NoVideo { source_name: n },
+            E::NoAudio { .. } => E::NoAudio { source_name: n },
+            E::StillImage { .. } => E::StillImage { source_name: n },
+            E::ResolutionTooLarge { width, height, max_width, max_height, .. } => {
+                E::ResolutionTooLarge { source_name: n, width, height, max_width, max_height }
+            }
+            E::TooLong { seconds, limit, .. } => E::TooLong { source_name: n, seconds, limit },
+            E::NoFrames { .. } => E::NoFrames { source_name: n },
+            E::NoSamples { .. } => E::NoSamples { source_name: n },
+            E::Decode { reason, .. } => E::Decode { source_name: n, reason },
+            E::PixelFormat { format, .. } => E::PixelFormat { source_name: n, format },
+        }
+    }
+}

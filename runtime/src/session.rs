@@ -266,18 +266,23 @@ impl<'p> Session<'p> {
             self.fetched = Some(local);
         }
         let cancel = self.cancel.clone();
-        let frames = self.timed(Stage::DecodeVideo, |_| Ok(decode_frames(&media, &limits, &selections, &cancel)?))?;
+        // Errors name the request's source, not the local copy of a URL.
+        let source = self.req.media.clone();
+        let named = |e: MediaError| if media == source { e } else { e.about(&source) };
+        let frames = self
+            .timed(Stage::DecodeVideo, |_| Ok(decode_frames(&media, &limits, &selections, &cancel).map_err(named)?))?;
         self.frames = Some(frames);
         let rate = self.pipeline.manifest().preprocess.audio.sample_rate;
-        self.waveform =
-            self.timed(Stage::DecodeAudio, |s| match decode_audio_16k_mono(&media, &limits, rate, &cancel) {
+        self.waveform = self.timed(Stage::DecodeAudio, |s| {
+            match decode_audio_16k_mono(&media, &limits, rate, &cancel).map_err(named) {
                 Ok(w) => Ok(Some(w)),
                 Err(MediaError::NoAudio { .. }) | Err(MediaError::NoSamples { .. }) => {
                     s.notes.push("no audio track: the audio row is the zero-feature row (projector bias)".into());
                     Ok(None)
                 }
                 Err(e) => Err(e.into()),
-            })?;
+            }
+        })?;
         let m = self.pipeline.manifest();
         let zero = ArrayD::from_shape_vec(vec![3, m.llm.embedding_width as usize], self.pipeline.zero_rows.clone())
             .expect("3 x width");

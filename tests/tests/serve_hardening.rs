@@ -328,14 +328,24 @@ fn urls_internal_addresses_are_refused_unless_allow_listed() {
     }
     assert_eq!(served.load(Ordering::SeqCst), 0, "nothing was fetched");
     drop(srv);
+    let garbage_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(garbage_file.path(), (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<u8>>()).unwrap();
+    let (garbage, _) = file_server(garbage_file.path().to_path_buf());
     let listed = format!("127.0.0.1:{files}");
-    let srv = start(&["--allow-urls", "true", "--allowed-url-host", &listed], &[]);
+    let listed_garbage = format!("http://127.0.0.1:{garbage}");
+    let srv =
+        start(&["--allow-urls", "true", "--allowed-url-host", &listed, "--allowed-url-host", &listed_garbage], &[]);
     wait_ready(srv.port);
     let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &url_body(&local));
     assert_eq!(r.status, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert!(v["timings_ms"]["fetch"].as_f64().is_some(), "{}", r.body);
     assert_eq!(served.load(Ordering::SeqCst), 1, "one fetch per request");
+    // Unreadable media from a URL: the error names the URL, not the service's local copy.
+    let bad_url = format!("http://127.0.0.1:{garbage}/clip.mp4");
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &url_body(&bad_url));
+    assert_eq!((r.status, error_code(&r).as_str()), (422, "unreadable_media"), "{}", r.body);
+    assert!(r.body.contains(&bad_url) && !r.body.contains("emollama-fetch"), "{}", r.body);
     let other = http(srv.port, "POST", "/v1/analyze", &[JSON], &url_body("http://127.0.0.1:9/clip.mp4"));
     assert_eq!(other.status, 403, "a host not on the list: {}", other.body);
 }
