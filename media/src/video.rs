@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use emollama_engines::CancelToken;
+use ff::format::context::Input;
 use ff::format::Pixel;
 use ff::media::Type;
 use ff::software::scaling::{self, Flags};
@@ -75,38 +76,20 @@ pub fn decode_frames(
         Some(count_frames(source, limits, vinfo.index, cancel)?)
     };
     let wanted: Option<BTreeSet<usize>> = total_known.map(|t| selections.iter().flat_map(|s| s.indices(t)).collect());
-    let keep_cap = limits.max_face_frames.max(16);
-
     let (mut input, _) = open_input(source, limits, cancel)?;
-    let stream = input.streams().best(Type::Video).ok_or_else(|| MediaError::NoVideo { source_name: name.clone() })?;
-    let index = stream.index();
-    let decode_err = |e: ff::Error| MediaError::Decode { source_name: name.clone(), reason: e.to_string() };
-    let mut ctx = ff::codec::Context::from_parameters(stream.parameters()).map_err(decode_err)?;
-    // Frame threading on all cores, as the CLI does (libavcodec's API default is one thread).
-    ctx.set_threading(ff::codec::threading::Config::kind(ff::codec::threading::Type::Frame));
-    let mut decoder = ctx.decoder().video().map_err(decode_err)?;
-
-    let mut frames = BTreeMap::new();
-    let mut converter = Converter::new(vinfo.rotation);
-    let mut decoded = Video::empty();
-    let mut n = 0usize;
-    let mut done = false;
-    let mut keep = |frame: &Video, n: usize, frames: &mut BTreeMap<usize, RgbImage>| -> Result<bool, MediaError> {
-        let needed = match &wanted {
-            Some(w) => w.contains(&n),
-            None => n < if first_only { 1 } else { keep_cap },
-        };
-        if needed {
-            frames.insert(n, converter.convert(frame, &name)?);
-        }
-        let more = match &wanted {
-            Some(w) => w.iter().next_back().is_some_and(|&last| n < last),
-            None => n + 1 < if first_only { 1 } else { keep_cap },
-        };
-        Ok(more)
+    let (index, mut decoder) = video_decoder(&input, &name)?;
+    let mut keeper = Keeper {
+        wanted,
+        // Without a known total (first frame only, or a stream): the first frames, up to the cap.
+        cap: if first_only { 1 } else { limits.max_face_frames.max(16) },
+        converter: Converter::new(vinfo.rotation),
+        frames: BTreeMap::new(),
+        n: 0,
     };
+    let mut decoded = Video::empty();
     let mut packet = ff::Packet::empty();
     let mut bad_packets = 0;
+    let mut done = false;
     while !done {
         check(source, cancel)?;
         match packet.read(&mut input) {
@@ -116,7 +99,7 @@ pub fn decode_frames(
                 bad_packets += 1;
                 continue;
             }
-            Err(e) if frames.is_empty() && n == 0 => {
+            Err(e) if keeper.frames.is_empty() && keeper.n == 0 => {
                 return Err(MediaError::Decode { source_name: name.clone(), reason: e.to_string() })
             }
             Err(_) => break, // truncated tail: keep what decoded
@@ -128,11 +111,8 @@ pub fn decode_frames(
             continue; // a corrupt packet; the decoder resyncs on the next keyframe
         }
         while decoder.receive_frame(&mut decoded).is_ok() {
-            if !keep(&decoded, n, &mut frames)? {
+            if !keeper.offer(&decoded, &name)? {
                 done = true;
-            }
-            n += 1;
-            if done {
                 break;
             }
         }
@@ -141,20 +121,59 @@ pub fn decode_frames(
     if !done {
         let _ = decoder.send_eof();
         while decoder.receive_frame(&mut decoded).is_ok() {
-            let more = keep(&decoded, n, &mut frames)?;
-            n += 1;
-            if !more {
+            if !keeper.offer(&decoded, &name)? {
                 break;
             }
         }
     }
-    if frames.is_empty() {
+    if keeper.frames.is_empty() {
         return Err(MediaError::NoFrames { source_name: name });
     }
     // A file's total is its packet count (the selections were computed on it); a stream's
     // is what was read, up to the cap.
-    let total = total_known.unwrap_or(n);
-    Ok(DecodedFrames { info, total, frames })
+    let total = total_known.unwrap_or(keeper.n);
+    Ok(DecodedFrames { info, total, frames: keeper.frames })
+}
+
+/// The best video stream's index and its decoder, frame-threaded on all cores as the
+/// CLI does (libavcodec's API default is one thread).
+fn video_decoder(input: &Input, name: &str) -> Result<(usize, ff::decoder::Video), MediaError> {
+    let stream =
+        input.streams().best(Type::Video).ok_or_else(|| MediaError::NoVideo { source_name: name.to_string() })?;
+    let decode_err = |e: ff::Error| MediaError::Decode { source_name: name.to_string(), reason: e.to_string() };
+    let mut ctx = ff::codec::Context::from_parameters(stream.parameters()).map_err(decode_err)?;
+    ctx.set_threading(ff::codec::threading::Config::kind(ff::codec::threading::Type::Frame));
+    Ok((stream.index(), ctx.decoder().video().map_err(decode_err)?))
+}
+
+/// Which decoded frames to keep: those a known total's selections name, else the first
+/// `cap`; converted to RGB as they come.
+struct Keeper {
+    wanted: Option<BTreeSet<usize>>,
+    cap: usize,
+    converter: Converter,
+    frames: BTreeMap<usize, RgbImage>,
+    /// Frames decoded so far.
+    n: usize,
+}
+
+impl Keeper {
+    /// Take the next decoded frame; false once no later frame is wanted.
+    fn offer(&mut self, frame: &Video, name: &str) -> Result<bool, MediaError> {
+        let n = self.n;
+        let needed = match &self.wanted {
+            Some(w) => w.contains(&n),
+            None => n < self.cap,
+        };
+        if needed {
+            self.frames.insert(n, self.converter.convert(frame, name)?);
+        }
+        self.n += 1;
+        Ok(match &self.wanted {
+            Some(w) => w.iter().next_back().is_some_and(|&last| n < last),
+            None => n + 1 < self.cap,
+        })
+    }
 }
 
 /// Stop between packets once the request is cancelled.

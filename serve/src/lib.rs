@@ -13,10 +13,10 @@ mod listener;
 mod metrics;
 mod request_log;
 mod routes;
-pub mod shutdown;
+mod shutdown;
 pub mod systemd;
 pub mod uploads;
-pub mod urls;
+mod urls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
