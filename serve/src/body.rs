@@ -87,30 +87,22 @@ fn limited(body: Body, limits: BodyLimits) -> (Body, Arc<Verdict>) {
             }
             let budget = limits.timeout + Duration::from_secs_f64(received as f64 / limits.min_rate as f64);
             let deadline = tokio::time::Instant::from_std(started + budget);
-            let stop = |kind: u8, msg: &str| {
-                v.set(kind);
-                Some((Err(std::io::Error::other(msg.to_string())), (inner_placeholder(), received, true)))
-            };
-            match tokio::time::timeout_at(deadline, inner.next()).await {
-                Err(_) => stop(TOO_SLOW, "the body arrived too slowly"),
-                Ok(None) => None,
-                Ok(Some(Ok(bytes))) => {
+            let next = tokio::time::timeout_at(deadline, inner.next()).await;
+            let cut = match next {
+                Ok(None) => return None,
+                Ok(Some(Ok(bytes))) if received + bytes.len() as u64 <= limits.max_bytes => {
                     let received = received + bytes.len() as u64;
-                    if received > limits.max_bytes {
-                        return stop(TOO_LARGE, "the body is too large");
-                    }
-                    Some((Ok(bytes), (inner, received, false)))
+                    return Some((Ok(bytes), (inner, received, false)));
                 }
-                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), (inner, received, true))),
-            }
+                Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e)), (inner, received, true))),
+                Ok(Some(Ok(_))) => (TOO_LARGE, "the body is too large"),
+                Err(_) => (TOO_SLOW, "the body arrived too slowly"),
+            };
+            v.set(cut.0);
+            Some((Err(std::io::Error::other(cut.1)), (inner, received, true)))
         }
     });
     (Body::from_stream(stream), verdict)
-}
-
-/// An empty stand-in for the inner stream once the body has been cut off.
-fn inner_placeholder() -> axum::body::BodyDataStream {
-    Body::empty().into_data_stream()
 }
 
 /// The error for a body that could not be read: too large, too slow, or malformed.

@@ -36,6 +36,15 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// The client left, or the service cancelled the run (499, as nginx logs it).
+    pub(crate) fn cancelled() -> Self {
+        Self::new(
+            StatusCode::from_u16(CLIENT_CLOSED).expect("a valid status"),
+            "cancelled",
+            "the request was cancelled",
+        )
+    }
+
     pub(crate) fn internal(code: &'static str, message: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message.to_string())
     }
@@ -75,9 +84,7 @@ pub(crate) fn runtime_error(e: RuntimeError) -> ApiError {
             MediaError::Empty(_) => ApiError::new(S::BAD_REQUEST, "empty_media", m.to_string()),
             MediaError::FileTooLarge { .. } => ApiError::new(S::PAYLOAD_TOO_LARGE, "media_too_large", m.to_string()),
             MediaError::Timeout { .. } => ApiError::new(S::UNPROCESSABLE_ENTITY, "media_timeout", m.to_string()),
-            MediaError::Cancelled { .. } => {
-                ApiError::new(S::from_u16(CLIENT_CLOSED).expect("valid"), "cancelled", "the request was cancelled")
-            }
+            MediaError::Cancelled { .. } => ApiError::cancelled(),
             MediaError::TooLong { .. } | MediaError::ResolutionTooLarge { .. } => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, "media_over_limit", m.to_string())
             }
@@ -90,9 +97,7 @@ pub(crate) fn runtime_error(e: RuntimeError) -> ApiError {
         RuntimeError::Engine(EngineError::ContextOverflow { .. }) => {
             ApiError::new(S::UNPROCESSABLE_ENTITY, "context_overflow", e.to_string())
         }
-        RuntimeError::Engine(EngineError::Cancelled) => {
-            ApiError::new(S::from_u16(CLIENT_CLOSED).expect("valid"), "cancelled", "the request was cancelled")
-        }
+        RuntimeError::Engine(EngineError::Cancelled) => ApiError::cancelled(),
         other => ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
     }
 }

@@ -144,20 +144,13 @@ impl Job {
             )
             .retry(5)
         };
-        let cancelled = || {
-            ApiError::new(
-                StatusCode::from_u16(crate::error::CLIENT_CLOSED).expect("valid"),
-                "cancelled",
-                "the request was cancelled",
-            )
-        };
         let stopped = match result {
             Ok(r) if !self.cancel.is_cancelled() => {
                 self.log.succeeded(&r);
                 return Ok(r);
             }
-            Ok(r) => (if expired { timeout() } else { cancelled() }, r.tokens.generated),
-            Err(e) if e.is_cancelled() => (if expired { timeout() } else { cancelled() }, pieces),
+            Ok(r) => (if expired { timeout() } else { ApiError::cancelled() }, r.tokens.generated),
+            Err(e) if e.is_cancelled() => (if expired { timeout() } else { ApiError::cancelled() }, pieces),
             Err(e) => (runtime_error(e), pieces),
         };
         self.log.stopped(&stopped.0, stopped.1);

@@ -99,6 +99,14 @@ impl AppState {
     }
 }
 
+/// Resolves once `counter` (requests admitted, connections open) is zero; polled, since
+/// it is read only while shutting down.
+async fn until_zero(counter: &AtomicUsize) {
+    while counter.load(Ordering::SeqCst) > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Serve until stopped; returns the process's exit status (see [`shutdown::run`]),
 /// after removing the upload folder. `build` makes the pipeline (blocking; it runs on a
 /// worker thread after the listener is up).
@@ -150,12 +158,7 @@ pub async fn serve(
     if code == 0 {
         // After a drain, let each connection finish the response it is writing (briefly);
         // a second signal asked for an immediate stop.
-        let flushed = async {
-            while state.connections.load(Ordering::SeqCst) > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), flushed).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), until_zero(&state.connections)).await;
     }
     accept.abort();
     state.uploads.remove();

@@ -35,12 +35,6 @@ impl Signals {
     }
 }
 
-async fn all_finished(state: &AppState) {
-    while state.admitted() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Wait for a signal, drain, and return the exit status.
 pub async fn run(state: &Arc<AppState>, mut signals: Signals) -> i32 {
     let (name, _) = signals.next().await;
@@ -55,7 +49,7 @@ pub async fn run(state: &Arc<AppState>, mut signals: Signals) -> i32 {
         "{name}: draining; running requests have {drain:?} to finish"
     );
     tokio::select! {
-        _ = all_finished(state) => {
+        _ = crate::until_zero(&state.admitted) => {
             tracing::info!("drained");
             0
         }
@@ -65,7 +59,7 @@ pub async fn run(state: &Arc<AppState>, mut signals: Signals) -> i32 {
             for t in tokens {
                 t.cancel();
             }
-            let _ = tokio::time::timeout(Duration::from_secs(2), all_finished(state)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), crate::until_zero(&state.admitted)).await;
             0
         }
         (second, number) = signals.next() => {

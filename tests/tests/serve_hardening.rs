@@ -34,9 +34,9 @@ fn uploads_in(parent: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn multipart_head(port_auth: &str, length: u64) -> String {
+fn multipart_head(length: u64) -> String {
     format!(
-        "POST /v1/analyze HTTP/1.1\r\nHost: x\r\n{port_auth}Content-Type: {}\r\nContent-Length: {length}\r\n\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"x.mp4\"\r\n\r\n",
+        "POST /v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: {}\r\nContent-Length: {length}\r\n\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"x.mp4\"\r\n\r\n",
         multipart_ct()
     )
 }
@@ -68,7 +68,7 @@ fn d1_bodies_are_read_after_admission_so_a_full_service_costs_only_headers() {
     let holders: Vec<TcpStream> = (0..2)
         .map(|_| {
             let mut s = connect(srv.port);
-            s.write_all(multipart_head("", 60_000_000).as_bytes()).unwrap();
+            s.write_all(multipart_head(60_000_000).as_bytes()).unwrap();
             for _ in 0..20 {
                 s.write_all(&chunk).unwrap();
             }
@@ -82,7 +82,7 @@ fn d1_bodies_are_read_after_admission_so_a_full_service_costs_only_headers() {
     let started = Instant::now();
     for _ in 0..8 {
         let mut s = connect(srv.port);
-        s.write_all(multipart_head("", 60_000_000).as_bytes()).unwrap();
+        s.write_all(multipart_head(60_000_000).as_bytes()).unwrap();
         let r = read_response(&mut s);
         assert_eq!(r.status, 503, "{}", r.body);
         assert_eq!(error_code(&r), "busy");
