@@ -24,6 +24,16 @@ FACENET_WHEEL=facenet_pytorch-2.6.0-py3-none-any.whl
 FACENET_WHEEL_SHA256=ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca
 FACENET_DIR="$EMOLLAMA_CACHE/facenet-pytorch-2.6.0"
 
+# llama.cpp's own HF -> GGUF converter (same sdist): the official export uses it for the LLM.
+CONVERTER_DIR="$EMOLLAMA_CACHE/llama.cpp-convert"
+
+# The official EVA code (LAVIS's eva_vit.py, byte-identical to Emotion-LLaMA's but its
+# import line): the independent reference the official export's global engine is tested
+# against. Only this one file is used; the package is never installed.
+LAVIS_WHEEL=salesforce_lavis-1.0.2-py3-none-any.whl
+LAVIS_WHEEL_SHA256=489782efc2d98d8e878112b2758f82ac2e6c10dfcfa087db6656465c7784d49f
+LAVIS_DIR="$EMOLLAMA_CACHE/lavis-1.0.2"
+
 SYNTHETIC_DIR="$EMOLLAMA_CACHE/synthetic"
 MEDIA_DIR="$EMOLLAMA_CACHE/media"
 

@@ -211,6 +211,13 @@ impl Role {
 
     pub const ENGINES: [Role; 4] = [Role::GlobalEngine, Role::LocalEngine, Role::TemporalEngine, Role::AudioEngine];
     pub const FACE_NETS: [Role; 3] = [Role::FacePnet, Role::FaceRnet, Role::FaceOnet];
+
+    /// Files a bundle may lack: the face detector (as a whole), and the local or temporal
+    /// engine of an export made without the MAE or VideoMAE checkpoint, whose rows are then
+    /// always the zero-feature rows.
+    pub fn is_optional(&self) -> bool {
+        matches!(self, Role::LocalEngine | Role::TemporalEngine | Role::FacePnet | Role::FaceRnet | Role::FaceOnet)
+    }
 }
 
 impl std::fmt::Display for Role {

@@ -124,7 +124,7 @@ impl Bundle {
         let required = Role::ENGINES.iter().chain([&Role::Llm, &Role::ZeroRows]);
         for role in required.chain(Role::FACE_NETS.iter()) {
             match count(role) {
-                0 if Role::FACE_NETS.contains(role) => {}
+                0 if role.is_optional() => {}
                 0 => return Err(BundleError::MissingRole(role.clone())),
                 1 => {}
                 count => return Err(BundleError::DuplicateRole { role: role.clone(), count }),

@@ -8,9 +8,11 @@
 //!
 //! Estimates (documented, conservative): KV cache = 2 × layers × n_ctx × kv width ×
 //! element size; llama.cpp compute buffers = 64 MiB + logits (vocab × n_batch × 4) + 6
-//! activations of n_embd × n_batch × 4; an encoder engine = its parameters at the
-//! engine precision + 15 % workspace; a face-detector session = its file + 15 % + 4 MiB
-//! of arena, once per detector; CUDA/TensorRT contexts 0.5 GB on GPU profiles.
+//! activations of n_embd × n_batch × 4; an encoder engine on a GPU = its parameters at
+//! the engine precision + 15 % workspace; on a CPU, as measured on the full-size export
+//! with ONNX Runtime 1.31 (see [`CPU_ENGINE_RESIDENT`]); a face-detector session = its
+//! file + 15 % + 4 MiB of arena, once per detector; CUDA/TensorRT contexts 0.5 GB on GPU
+//! profiles.
 
 use emollama_bundle::{EnginePrecision, GgufType, KvType, Manifest, Precision, Role};
 use serde::Serialize;
@@ -19,6 +21,16 @@ use crate::profile::{Profile, Residency};
 
 const GB: f64 = 1e9;
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// ONNX Runtime's CPU provider computes every engine in fp32 (it folds the casts of an
+/// fp16-stored file's weights at load) and, once a session has run, holds about this
+/// many times the fp32 weights: the initializers, what it keeps of the model, the arena.
+/// Measured on the full-size export: EVA-g 6.1 GB for 4.2 GB of fp32 weights; the ViT-L
+/// and HuBERT-L engines 2.4–2.8 GB for 1.2–1.3 GB (the 64-frame MAE batch the most).
+pub const CPU_ENGINE_RESIDENT: f64 = 1.55;
+/// While it folds an fp16-stored file, a CPU session briefly needs the fp16 model and the
+/// fp32 weights at once: EVA-g peaked at 10.7 GB (2.55 × its fp32 weights) while loading.
+pub const CPU_ENGINE_LOADING_FP16: f64 = 2.55;
 
 /// Face detection runs one single-threaded MTCNN per core, up to this many.
 pub const MAX_FACE_DETECTORS: usize = 8;
@@ -45,8 +57,11 @@ pub struct PlanParts {
     pub llm_weights: u64,
     pub kv_cache: u64,
     pub compute_buffers: u64,
-    /// Per encoder role, at the engine precision, with workspace.
+    /// Per encoder role, at the engine precision, with workspace, once loaded.
     pub encoders: Vec<(String, u64)>,
+    /// The most one encoder needs while it loads (above its resident figure on a CPU
+    /// for an fp16-stored file).
+    pub encoder_load_peak: u64,
     /// Every face-detector session (three nets per detector).
     pub face_detectors: u64,
     pub runtime_contexts: u64,
@@ -105,28 +120,50 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
     let nb = f64::from(s.n_batch.min(s.n_ctx));
     let compute_buffers =
         (64.0 * MIB + llm.vocab_size as f64 * nb * 4.0 + 6.0 * llm.embedding_width as f64 * nb * 4.0) as u64;
-    let encoders = Role::ENGINES
+    let engines: Vec<(String, u64, u64)> = Role::ENGINES
         .iter()
         .filter_map(|r| m.files.iter().find(|f| &f.role == r))
         .map(|f| {
-            let params = f.size as f64 / engine_file_precision(f.precision).bytes_per_param();
-            (f.role.to_string(), (params * s.encoder_precision.bytes_per_param() * 1.15) as u64)
+            let stored = engine_file_precision(f.precision);
+            let params = f.size as f64 / stored.bytes_per_param();
+            if p.has_gpu() {
+                let bytes = (params * s.encoder_precision.bytes_per_param() * 1.15) as u64;
+                (f.role.to_string(), bytes, bytes)
+            } else {
+                let fp32 = params * EnginePrecision::Fp32.bytes_per_param();
+                let loading =
+                    if stored == EnginePrecision::Fp16 { CPU_ENGINE_LOADING_FP16 } else { CPU_ENGINE_RESIDENT };
+                (f.role.to_string(), (fp32 * CPU_ENGINE_RESIDENT) as u64, (fp32 * loading) as u64)
+            }
         })
         .collect();
+    let encoder_load_peak = engines.iter().map(|e| e.2).max().unwrap_or(0);
+    let encoders = engines.into_iter().map(|(role, resident, _)| (role, resident)).collect();
     let face_nets: f64 =
         m.files.iter().filter(|f| Role::FACE_NETS.contains(&f.role)).map(|f| f.size as f64 * 1.15 + 4.0 * MIB).sum();
     let face_detectors = (face_nets * s.face_detectors as f64) as u64;
     let runtime_contexts = if p.has_gpu() { (0.5 * GB) as u64 } else { (0.1 * GB) as u64 };
     let os_reserve = ((p.memory_total_gb - p.usable_headless_gb).max(0.0) * GB) as u64;
-    PlanParts { llm_weights, kv_cache, compute_buffers, encoders, face_detectors, runtime_contexts, os_reserve }
+    PlanParts {
+        llm_weights,
+        kv_cache,
+        compute_buffers,
+        encoders,
+        encoder_load_peak,
+        face_detectors,
+        runtime_contexts,
+        os_reserve,
+    }
 }
 
 fn totals(parts: &PlanParts) -> (u64, u64) {
     let base =
         parts.llm_weights + parts.kv_cache + parts.compute_buffers + parts.runtime_contexts + parts.face_detectors;
     let all: u64 = parts.encoders.iter().map(|e| e.1).sum();
-    let max = parts.encoders.iter().map(|e| e.1).max().unwrap_or(0);
-    (base + all, base + max)
+    // Loading an encoder can briefly need more than it keeps (an fp16 file on a CPU); in
+    // turn, that happens at every use.
+    let max = parts.encoders.iter().map(|e| e.1).max().unwrap_or(0).max(parts.encoder_load_peak);
+    (base + all.max(parts.encoder_load_peak), base + max)
 }
 
 /// Plan `manifest` on `profile` (its defaults), searching for the fewest changes that

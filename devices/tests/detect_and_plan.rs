@@ -79,3 +79,32 @@ fn a_device_too_small_is_refused_with_the_biggest_parts_named() {
     assert_eq!(plan.outcome, Outcome::DoesNotFit);
     assert!(plan.message.contains("LLM weights") && plan.message.contains("fix:"), "{}", plan.message);
 }
+
+#[test]
+fn on_a_cpu_the_encoders_cost_what_the_full_size_export_measured() {
+    // The full-size export on a 24 GB x86 host: `emollama analyze` peaked at 16.87 GB
+    // resident (all four encoders, Q4_K_M LLM, n_ctx 512), and loading the fp16 EVA file
+    // alone peaked at 10.7 GB. A 16 GB machine (the generic x86-cpu profile) cannot run it.
+    let bundle = Bundle::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/emotion-llama-7b"))).unwrap();
+    let mut cpu = load_profiles(&[]).unwrap().into_iter().find(|p| p.name == "x86-cpu").unwrap();
+    assert_eq!(plan(bundle.manifest(), &cpu).outcome, Outcome::DoesNotFit);
+    cpu.memory_total_gb = 24.0;
+    cpu.usable_headless_gb = 22.0;
+    let p = plan(bundle.manifest(), &cpu);
+    assert_eq!(p.outcome, Outcome::FitsResident, "{}", p.message);
+    let measured = 16.87e9;
+    let planned = p.resident_total as f64;
+    // Planned at the plan's n_ctx (2048: a larger KV cache than the measured run's 512).
+    let kv_difference = p.parts.kv_cache as f64 * (1.0 - 512.0 / f64::from(p.settings.n_ctx));
+    let off = (planned - kv_difference - measured) / measured;
+    println!(
+        "planned {:.2} GB (at n_ctx 512), measured {:.2} GB: {:+.1} %",
+        (planned - kv_difference) / 1e9,
+        measured / 1e9,
+        off * 100.0
+    );
+    assert!(off.abs() < 0.15, "{off}");
+    let eva = p.parts.encoders.iter().find(|(r, _)| r == "global_engine").unwrap().1 as f64;
+    assert!((eva / 6.1e9 - 1.0).abs() < 0.15, "EVA resident {eva}");
+    assert!((p.parts.encoder_load_peak as f64 / 10.7e9 - 1.0).abs() < 0.15, "{}", p.parts.encoder_load_peak);
+}

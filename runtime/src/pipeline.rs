@@ -53,28 +53,38 @@ impl EncoderSlot {
     }
 }
 
-/// The four encoders by role.
+/// The four encoders by role (local and temporal are absent from bundles exported
+/// without their checkpoints).
 pub(crate) struct Encoders {
     global: EncoderSlot,
-    local: EncoderSlot,
-    temporal: EncoderSlot,
+    local: Option<EncoderSlot>,
+    temporal: Option<EncoderSlot>,
     audio: EncoderSlot,
 }
 
 impl Encoders {
+    fn slot(&self, role: &Role) -> Option<&EncoderSlot> {
+        match role {
+            Role::GlobalEngine => Some(&self.global),
+            Role::LocalEngine => self.local.as_ref(),
+            Role::TemporalEngine => self.temporal.as_ref(),
+            Role::AudioEngine => Some(&self.audio),
+            _ => None,
+        }
+    }
+
+    /// Whether the bundle has this encoder.
+    pub(crate) fn has(&self, role: &Role) -> bool {
+        self.slot(role).is_some()
+    }
+
     pub(crate) fn run(
         &self,
         role: &Role,
         inputs: &[(&str, ArrayViewD<'_, f32>)],
         cancel: &CancelToken,
     ) -> Result<Outputs, RuntimeError> {
-        let slot = match role {
-            Role::GlobalEngine => &self.global,
-            Role::LocalEngine => &self.local,
-            Role::TemporalEngine => &self.temporal,
-            Role::AudioEngine => &self.audio,
-            other => return Err(BundleError::Inconsistent(format!("{other} is not an encoder")).into()),
-        };
+        let slot = self.slot(role).ok_or_else(|| BundleError::MissingRole(role.clone()))?;
         slot.run(inputs, cancel)
     }
 }
@@ -186,10 +196,11 @@ impl Pipeline {
                 EncoderSlot::Resident(engine)
             })
         };
+        let optional = |role: Role| bundle.file(&role).is_some().then(|| load(role)).transpose();
         let encoders = Encoders {
             global: load(Role::GlobalEngine)?,
-            local: load(Role::LocalEngine)?,
-            temporal: load(Role::TemporalEngine)?,
+            local: optional(Role::LocalEngine)?,
+            temporal: optional(Role::TemporalEngine)?,
             audio: load(Role::AudioEngine)?,
         };
         // Face detection is per frame: one single-threaded detector per worker.
@@ -240,12 +251,17 @@ impl Pipeline {
         &self.encoders
     }
 
+    /// Each encoder's provider; an encoder the bundle lacks is "absent".
     pub fn providers(&self) -> std::collections::BTreeMap<String, String> {
-        let e = &self.encoders;
-        [("global", &e.global), ("local", &e.local), ("temporal", &e.temporal), ("audio", &e.audio)]
-            .iter()
-            .map(|(n, s)| (n.to_string(), s.provider()))
-            .collect()
+        [
+            ("global", Role::GlobalEngine),
+            ("local", Role::LocalEngine),
+            ("temporal", Role::TemporalEngine),
+            ("audio", Role::AudioEngine),
+        ]
+        .iter()
+        .map(|(n, role)| (n.to_string(), self.encoders.slot(role).map_or("absent".into(), EncoderSlot::provider)))
+        .collect()
     }
 
     /// Whether the encoders are loaded one after another (memory plan).

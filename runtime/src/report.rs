@@ -53,6 +53,8 @@ pub struct BundleReport {
     pub onnxruntime_library: PathBuf,
     pub llama_cpp_system: String,
     pub engines: Vec<EngineReport>,
+    /// Optional engines the export did not include: their rows are the zero-feature rows.
+    pub absent_engines: Vec<String>,
     pub llm: LlmReport,
 }
 
@@ -65,9 +67,12 @@ pub fn inspect_bundle(
     let bundle = Bundle::open_verified(dir)?;
     let m = bundle.manifest();
     let rt = init_runtime(ort_library)?;
-    let mut engines = Vec::new();
+    let (mut engines, mut absent_engines) = (Vec::new(), Vec::new());
     for role in &Role::ENGINES {
-        let entry = bundle.file(role).expect("open() checked every engine role");
+        let Some(entry) = bundle.file(role) else {
+            absent_engines.push(role.to_string()); // an optional engine the export did not include
+            continue;
+        };
         let opts = EngineOptions { intra_threads: 0, policy: policy.clone(), model_sha256: entry.sha256.clone() };
         let t = Instant::now();
         let engine = EncoderEngine::load(
@@ -132,6 +137,7 @@ pub fn inspect_bundle(
         onnxruntime_library: rt.library.clone(),
         llama_cpp_system: emollama_engines::llm::system_info(),
         engines,
+        absent_engines,
         llm,
     })
 }
@@ -163,6 +169,9 @@ impl BundleReport {
             for f in &e.fallbacks {
                 s += &format!("  {:<16} note: {f}\n", "");
             }
+        }
+        for role in &self.absent_engines {
+            s += &format!("  {role:<16} none in this bundle: its row is always the zero-feature row\n");
         }
         let l = &self.llm;
         s += &format!(

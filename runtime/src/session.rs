@@ -317,6 +317,10 @@ impl<'p> Session<'p> {
             self.notes.push("official-demo mode: local and temporal rows are the zero-feature rows".into());
             return Ok(());
         };
+        let encoders = self.pipeline.encoders();
+        if !encoders.has(&Role::LocalEngine) && !encoders.has(&Role::TemporalEngine) {
+            return Ok(()); // nothing would use the faces (encode_local and encode_temporal say so)
+        }
         if self.pipeline.faces.is_empty() {
             self.notes
                 .push("the bundle has no face detector: local and temporal rows are the zero-feature rows".into());
@@ -352,6 +356,10 @@ impl<'p> Session<'p> {
     /// The MAE mean over the face crops, projected (the local row).
     pub fn encode_local(&mut self) -> Result<(), RuntimeError> {
         let images = std::mem::take(&mut self.crops.local);
+        if !self.pipeline.encoders().has(&Role::LocalEngine) {
+            self.notes.push("the bundle has no local (MAE) engine: the local row is the zero-feature row".into());
+            return self.zero_row(RowBlock::Local);
+        }
         if images.is_empty() {
             return self.zero_row(RowBlock::Local);
         }
@@ -365,6 +373,11 @@ impl<'p> Session<'p> {
     /// VideoMAE over its sampled frames' face crops, projected (the temporal row).
     pub fn encode_temporal(&mut self) -> Result<(), RuntimeError> {
         let images = std::mem::take(&mut self.crops.temporal);
+        if !self.pipeline.encoders().has(&Role::TemporalEngine) {
+            self.notes
+                .push("the bundle has no temporal (VideoMAE) engine: the temporal row is the zero-feature row".into());
+            return self.zero_row(RowBlock::Temporal);
+        }
         if images.is_empty() {
             return self.zero_row(RowBlock::Temporal);
         }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -27,16 +27,11 @@ fn talking_face() -> String {
     common::media_dir().join("talking-face.mp4").to_str().unwrap().to_string()
 }
 
-fn python() -> PathBuf {
-    common::cache_dir().join("venv/bin/python")
-}
-
 /// Run the exporter's reference pipeline on the inputs the runtime dumped.
 fn reference(dump: &Path) -> serde_json::Value {
     let out = dump.join("reference.json");
-    let export_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../export/python");
-    let status = Command::new(python())
-        .current_dir(export_dir)
+    let status = Command::new(common::python())
+        .current_dir(common::export_python_dir())
         .args(["-m", "emollama_export.reference", "--torch"])
         .arg(common::test_data().join("torch"))
         .arg("--inputs")

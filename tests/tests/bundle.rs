@@ -118,3 +118,21 @@ fn missing_folder_and_missing_manifest() {
     let result = Bundle::open(empty.path());
     assert!(matches!(result, Err(BundleError::ManifestUnreadable { .. })), "{result:?}");
 }
+
+#[test]
+fn only_the_local_and_temporal_engines_may_be_absent() {
+    // An official export without the MAE/VideoMAE checkpoints has no local/temporal engine.
+    for (role, absent) in [("local_engine", Role::LocalEngine), ("temporal_engine", Role::TemporalEngine)] {
+        let (_dir, opened) = damaged_copy(|d| {
+            edit_manifest(d, |m| m["files"].as_array_mut().unwrap().retain(|f| f["role"] != role));
+        });
+        let bundle = opened.unwrap_or_else(|e| panic!("without {role}: {e}"));
+        assert!(bundle.file(&absent).is_none() && bundle.file(&Role::GlobalEngine).is_some());
+    }
+    for (role, want) in [("global_engine", Role::GlobalEngine), ("audio_engine", Role::AudioEngine)] {
+        let (_dir, opened) = damaged_copy(|d| {
+            edit_manifest(d, |m| m["files"].as_array_mut().unwrap().retain(|f| f["role"] != role));
+        });
+        assert!(matches!(opened, Err(BundleError::MissingRole(ref r)) if *r == want), "{opened:?}");
+    }
+}

@@ -180,6 +180,23 @@ impl GgufFile {
             _ => buf.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
         })
     }
+
+    /// The raw bytes of an F32 or F16 tensor (to compare files whose tensor order differs).
+    pub fn tensor_bytes(&self, name: &str) -> Result<Vec<u8>, EngineError> {
+        let invalid = |reason: String| EngineError::GgufInvalid { path: self.path.clone(), reason };
+        let t = self.tensor(name).ok_or_else(|| invalid(format!("no tensor {name}")))?;
+        let elem = match t.ggml_type {
+            GGML_TYPE_F32 => 4,
+            GGML_TYPE_F16 => 2,
+            other => return Err(invalid(format!("{name} has ggml type {other}; only F32/F16 tensors can be read"))),
+        };
+        let io = |source| EngineError::Io { path: self.path.clone(), source };
+        let mut file = File::open(&self.path).map_err(io)?;
+        file.seek(SeekFrom::Start(self.data_start + t.offset)).map_err(io)?;
+        let mut buf = vec![0u8; (t.dims.iter().product::<u64>() * elem) as usize];
+        file.read_exact(&mut buf).map_err(io)?;
+        Ok(buf)
+    }
 }
 
 /// IEEE half → single, exact (subnormals, infinities and NaN included).

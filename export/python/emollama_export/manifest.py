@@ -47,3 +47,32 @@ def file_entry(bundle: Path, rel: str, role: str, fmt: str, precision: str, **ex
 def tensor_spec(name: str, shape: list, dtype: str = "f32") -> dict:
     """shape items: an int (fixed) or a string (a named dynamic axis)."""
     return {"name": name, "dtype": dtype, "shape": shape}
+
+
+# Preprocessing constants of the official pipeline (spec §1): the same for every bundle.
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+PREPROCESS = {
+    "global": {"image_size": [448, 448], "resize": "bicubic", "mean": CLIP_MEAN, "std": CLIP_STD, "frame": "first"},
+    "face": {"image_size": [224, 224], "aligned_size": [112, 112], "resize": "bilinear", "scale": 1.0 / 255.0},
+    "temporal": {"frames": 16, "segments": 8, "frames_per_segment": 2, "image_size": [224, 224]},
+    "audio": {"sample_rate": 16000, "channels": 1},
+}
+
+
+def bundle_manifest(bundle_id: str, synthetic: bool, description: str, provenance: dict, llm: dict,
+                    global_rows: int, files: list) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "id": bundle_id,
+        "synthetic": synthetic,
+        "description": description,
+        "provenance": provenance,
+        "llm": llm,
+        "rows": {"global_patches": global_rows, "local": 1, "temporal": 1, "audio": 1, "global_cls": 1},
+        "prompt": {"placeholder": PLACEHOLDER, "row_order": ROW_ORDER},
+        "preprocess": PREPROCESS,
+        "generation": GENERATION,
+        "files": files,
+    }

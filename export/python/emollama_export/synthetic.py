@@ -19,19 +19,17 @@ import onnxruntime as ort
 import torch
 import transformers
 
-from . import EXPORTER_VERSION
+from . import EXPORTER_VERSION, memory
 from .audio import AudioEngine, hubert_config
 from .eva import EvaConfig, GlobalEngine
 from .llama import spliced_reference, tiny_llama, write_gguf
 from .mae import LocalEngine, MaeConfig
-from .manifest import FORMAT, FORMAT_VERSION, GENERATION, PLACEHOLDER, ROW_ORDER, file_entry, tensor_spec
+from .manifest import bundle_manifest, file_entry, tensor_spec
 from .tensors import TensorStore, write_json_atomic
 from .videomae import TemporalEngine, VideoMaeConfig
 
 SEED = 1234
 PARITY_TOLERANCE = 1e-4
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 def build_engines(d: int):
     """The four engine modules at the synthetic widths (weights random until loaded)."""
@@ -56,51 +54,101 @@ def log(msg: str) -> None:
     print(f"[export] {msg}", flush=True)
 
 
-def export_onnx(module, args, path: Path, inputs: list, outputs: list, dynamic: dict) -> None:
+def export_onnx(module, args, path: Path, inputs: list, outputs: list, dynamic: dict, fold: bool = True) -> None:
+    """`fold=False` keeps fp16-stored weights fp16 in the file (folding would bake their
+    casts to fp32 into fp32 initializers)."""
     tmp = path.with_name(path.name + ".partial")
-    torch.onnx.export(
-        module, args, str(tmp), input_names=inputs, output_names=outputs,
-        dynamic_axes=dynamic, opset_version=17, dynamo=False,
-    )
+    # Without gradients: the trace's forward pass would otherwise keep every activation
+    # for a backward pass (EVA-g at 448 px: about 10 GB).
+    module.requires_grad_(False)
+    with torch.no_grad():
+        torch.onnx.export(
+            module, args, str(tmp), input_names=inputs, output_names=outputs,
+            dynamic_axes=dynamic, opset_version=17, dynamo=False, do_constant_folding=fold,
+        )
     module.eval()  # the legacy exporter restores training mode
     tmp.replace(path)
 
 
-def check_parity(path: Path, feeds: dict, expected: dict) -> float:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def parity_session(path: Path, optimize: bool = True) -> ort.InferenceSession:
+    """A CPU session for the parity check. `optimize=False` for fp16-stored weights: with
+    its graph optimizations ONNX Runtime folds their casts while the fp16 model is still
+    loaded (EVA-g: 10.7 GB at once); unoptimized, the same arithmetic needs half that."""
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def max_diff(sess: ort.InferenceSession, feeds: dict, expected: dict) -> float:
     got = sess.run(list(expected), feeds)
     return max(float(np.abs(g - e).max()) for g, e in zip(got, expected.values()))
 
 
-def engine(name, module, cases, bundle: Path, store: TensorStore, input_specs, output_specs, dynamic):
-    """Export one engine, compute its goldens at every case, check ONNX Runtime parity."""
-    in_names = [s["name"] for s in input_specs]
-    out_names = [s["name"] for s in output_specs]
-    path = bundle / f"{name}.onnx"
-    log(f"{name}: exporting ONNX")
-    export_onnx(module, tuple(torch.from_numpy(cases[0][n]) for n in in_names), path, in_names, out_names, dynamic)
-    golden_cases, worst = [], 0.0
-    for i, feeds in enumerate(cases):
-        with torch.no_grad():
+def torch_outputs(module, cases: list, in_names: list, out_names: list) -> list:
+    """The fp32 PyTorch outputs at every case (the parity reference)."""
+    results = []
+    with torch.no_grad():
+        for feeds in cases:
             out = module(*(torch.from_numpy(feeds[n]) for n in in_names))
-        out = out if isinstance(out, tuple) else (out,)
-        expected = {n: o.numpy() for n, o in zip(out_names, out)}
-        diff = check_parity(path, feeds, expected)
+            out = out if isinstance(out, tuple) else (out,)
+            results.append({n: o.numpy() for n, o in zip(out_names, out)})
+    return results
+
+
+def onnx_parity(name: str, path: Path, cases: list, expected: list, optimize: bool = True) -> float:
+    """max |ONNX Runtime - PyTorch| over the cases; a failure above the tolerance."""
+    memory.phase(f"{name}: parity")
+    sess, worst = parity_session(path, optimize), 0.0
+    for i, (feeds, want) in enumerate(zip(cases, expected)):
+        diff = max_diff(sess, feeds, want)
         worst = max(worst, diff)
-        golden_cases.append({
-            "inputs": {n: store.put(f"{name}.case{i}.{n}", feeds[n]) for n in in_names},
-            "outputs": {n: store.put(f"{name}.case{i}.{n}", expected[n]) for n in out_names},
-        })
-        log(f"{name}: case {i} {[list(feeds[n].shape) for n in in_names]} max|onnxruntime - torch| = {diff:.3g}")
+        log(f"{name}: case {i} {[list(a.shape) for a in feeds.values()]} max|onnxruntime - torch| = {diff:.3g}")
+    del sess
+    memory.release()
     if worst > PARITY_TOLERANCE:
         raise SystemExit(f"{name}: ONNX parity {worst} exceeds {PARITY_TOLERANCE}")
-    entry = file_entry(
-        bundle, path.name, f"{name}_engine", "onnx", "fp32",
+    return worst
+
+
+def engine_entry(name: str, bundle: Path, input_specs, output_specs, worst: float, cases: int,
+                 precision: str = "fp32", optimized: bool = True) -> dict:
+    return file_entry(
+        bundle, f"{name}.onnx", f"{name}_engine", "onnx", precision,
         inputs=input_specs, outputs=output_specs,
         parity={"reference": "pytorch fp32 cpu", "runtime": f"onnxruntime {ort.__version__} cpu",
-                "max_abs_diff": worst, "tolerance": PARITY_TOLERANCE, "cases": len(cases)},
+                "max_abs_diff": worst, "tolerance": PARITY_TOLERANCE, "cases": cases,
+                **({} if optimized else {"onnxruntime_graph_optimizations": "off"})},
     )
-    return entry, golden_cases
+
+
+def export_engine(name: str, module, cases: list, bundle: Path, input_specs, output_specs, dynamic,
+                  fold: bool = True) -> list:
+    """The PyTorch outputs at every case, then the ONNX file: what the parity check needs,
+    so that the caller can release the module before it (EVA-g: 2 GB more headroom)."""
+    in_names = [s["name"] for s in input_specs]
+    out_names = [s["name"] for s in output_specs]
+    memory.phase(f"{name}: PyTorch reference")
+    expected = torch_outputs(module, cases, in_names, out_names)
+    memory.phase(f"{name}: ONNX export")
+    log(f"{name}: exporting ONNX")
+    export_onnx(module, tuple(torch.from_numpy(cases[0][n]) for n in in_names), bundle / f"{name}.onnx", in_names,
+                out_names, dynamic, fold=fold)
+    memory.release()
+    return expected
+
+
+def engine(name, module, cases, bundle: Path, store: TensorStore, input_specs, output_specs, dynamic):
+    """Export one engine, check ONNX Runtime parity against the PyTorch `module` (fp32
+    arithmetic) at every case and keep the cases as goldens."""
+    started = time.time()
+    expected = export_engine(name, module, cases, bundle, input_specs, output_specs, dynamic)
+    worst = onnx_parity(name, bundle / f"{name}.onnx", cases, expected)
+    golden_cases = [{"inputs": {n: store.put(f"{name}.case{i}.{n}", a) for n, a in feeds.items()},
+                     "outputs": {n: store.put(f"{name}.case{i}.{n}", a) for n, a in want.items()}}
+                    for i, (feeds, want) in enumerate(zip(cases, expected))]
+    log(f"{name}: exported and checked in {time.time() - started:.1f}s")
+    return engine_entry(name, bundle, input_specs, output_specs, worst, len(cases)), golden_cases
 
 
 def export_face_detector(bundle: Path, facenet_dir: Path) -> list:
@@ -128,7 +176,7 @@ def export_face_detector(bundle: Path, facenet_dir: Path) -> list:
         export_onnx(net, (example,), path, [s["name"] for s in inputs], [s["name"] for s in outputs], dynamic)
         with torch.no_grad():
             want = {s["name"]: o.numpy() for s, o in zip(outputs, net(example))}
-        diff = check_parity(path, {"image": example.numpy()}, want)
+        diff = max_diff(parity_session(path), {"image": example.numpy()}, want)
         log(f"face {name}: max|onnxruntime - torch| = {diff:.3g}")
         entries.append(file_entry(bundle, path.name, f"face_{name}", "onnx", "fp32", inputs=inputs, outputs=outputs,
                                   parity={"reference": "facenet-pytorch 2.6.0 MTCNN (torch fp32 cpu)",
@@ -228,40 +276,22 @@ def build(out: Path, vocab_gguf: Path, facenet_dir: Path) -> None:
         "reference": f"transformers {transformers.__version__} LlamaForCausalLM fp32 eager",
     }
 
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "id": f"synthetic-seed{SEED}",
-        "synthetic": True,
-        "description": "Exact Emotion-LLaMA architectures at tiny widths with seeded RANDOM weights: "
-                       "for tests and demos; its answers mean nothing.",
-        "provenance": {
-            "source": f"synthetic (seed {SEED})",
-            "exporter": "emollama-export (python)",
-            "exporter_version": EXPORTER_VERSION,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "onnxruntime": ort.__version__,
-            "python": platform.python_version(),
-            "created_unix": int(time.time()),
-        },
-        "llm": {"embedding_width": d, "vocab_size": 32000, "bos_id": 1, "eos_id": 2, "n_ctx_train": 4096,
-                "n_layer": LLM["layers"], "n_head_kv": LLM["heads"], "head_dim": d // LLM["heads"],
-                "n_params": sum(p.numel() for p in llm.parameters())},
-        "rows": {"global_patches": rows, "local": 1, "temporal": 1, "audio": 1, "global_cls": 1},
-        "prompt": {"placeholder": PLACEHOLDER, "row_order": ROW_ORDER},
-        "preprocess": {
-            "global": {"image_size": [size, size], "resize": "bicubic", "mean": CLIP_MEAN, "std": CLIP_STD,
-                       "frame": "first"},
-            "face": {"image_size": [MAE.image_size, MAE.image_size], "aligned_size": [112, 112],
-                     "resize": "bilinear", "scale": 1.0 / 255.0},
-            "temporal": {"frames": VMAE.frames, "segments": VMAE.frames // 2, "frames_per_segment": 2,
-                         "image_size": [VMAE.image_size, VMAE.image_size]},
-            "audio": {"sample_rate": 16000, "channels": 1},
-        },
-        "generation": GENERATION,
-        "files": files,
+    provenance = {
+        "source": f"synthetic (seed {SEED})",
+        "exporter": "emollama-export (python)",
+        "exporter_version": EXPORTER_VERSION,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "created_unix": int(time.time()),
     }
+    llm_info = {"embedding_width": d, "vocab_size": 32000, "bos_id": 1, "eos_id": 2, "n_ctx_train": 4096,
+                "n_layer": LLM["layers"], "n_head_kv": LLM["heads"], "head_dim": d // LLM["heads"],
+                "n_params": sum(p.numel() for p in llm.parameters())}
+    description = ("Exact Emotion-LLaMA architectures at tiny widths with seeded RANDOM weights: "
+                   "for tests and demos; its answers mean nothing.")
+    manifest = bundle_manifest(f"synthetic-seed{SEED}", True, description, provenance, llm_info, rows, files)
     write_json_atomic(bundle / "manifest.json", manifest)
     write_json_atomic(goldens / "index.json", {"format_version": 1, "engines": golden_engines, "llm": golden_llm,
                                                "tolerance": {"engines": PARITY_TOLERANCE, "llm_logits_f32": 1e-3}})

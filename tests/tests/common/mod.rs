@@ -42,24 +42,54 @@ pub fn media_dir() -> PathBuf {
     std::env::var_os("EMOLLAMA_TEST_MEDIA").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("media"))
 }
 
+/// The official-format fixture files (`fixture/`) and their export (`export/`: bundle,
+/// report, goldens from the independent references), made by scripts/test.
+pub fn official_dir() -> PathBuf {
+    let dir = test_data().join("official");
+    assert!(
+        dir.join("export/bundle/manifest.json").is_file(),
+        "no official fixture export at {}: run ./scripts/test",
+        dir.display()
+    );
+    dir
+}
+
+/// The exporter's venv interpreter (scripts/setup).
+pub fn python() -> PathBuf {
+    cache_dir().join("venv/bin/python")
+}
+
+/// The exporter's Python package folder (run `python -m emollama_export.…` from here).
+pub fn export_python_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../export/python")
+}
+
 pub fn vocab_gguf() -> PathBuf {
     cache_dir().join("vocab/ggml-vocab-llama-spm.gguf")
 }
 
 pub fn goldens() -> &'static Value {
     static G: OnceLock<Value> = OnceLock::new();
-    G.get_or_init(|| {
-        let text = std::fs::read_to_string(test_data().join("goldens/index.json")).expect("goldens/index.json");
-        serde_json::from_str(&text).expect("goldens JSON")
-    })
+    G.get_or_init(|| read_goldens(&test_data()))
 }
 
-/// A golden tensor `{file, shape}` as an ndarray.
+/// `DIR/goldens/index.json` (the synthetic export's, or the official fixture export's).
+pub fn read_goldens(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("goldens/index.json")).expect("goldens/index.json");
+    serde_json::from_str(&text).expect("goldens JSON")
+}
+
+/// A golden tensor `{file, shape}` of the synthetic goldens as an ndarray.
 pub fn tensor(entry: &Value) -> ArrayD<f32> {
+    tensor_in(&test_data(), entry)
+}
+
+/// A golden tensor `{file, shape}` under `DIR/goldens`.
+pub fn tensor_in(dir: &Path, entry: &Value) -> ArrayD<f32> {
     let file = entry["file"].as_str().expect("file");
     let shape: Vec<usize> =
         entry["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let bytes = std::fs::read(test_data().join("goldens").join(file)).expect("golden tensor file");
+    let bytes = std::fs::read(dir.join("goldens").join(file)).expect("golden tensor file");
     let data: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("golden shape")
 }
