@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .synthetic import CLIP_MEAN, CLIP_STD
+from .manifest import CLIP_MEAN, CLIP_STD
 from .tensors import write_json_atomic
 
 
