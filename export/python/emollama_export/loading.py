@@ -50,6 +50,10 @@ class Inventory:
         self.used: list = []
         self.ignored: dict = defaultdict(list)
 
+    def copy(self) -> "Inventory":
+        """The same file's remaining tensors, to check against without taking them here."""
+        return Inventory(self.path, dict(self.left), self.label)
+
     def has(self, key: str) -> bool:
         return key in self.left
 
@@ -97,10 +101,11 @@ def unwrap(path: Path, obj, label: str, state_keys: tuple, known: dict) -> tuple
 
 
 @torch.no_grad()
-def fill(module: torch.nn.Module, lookup, transforms: dict | None = None) -> None:
+def fill(module: torch.nn.Module, lookup, transforms: dict | None = None, check_only: bool = False) -> None:
     """Load every entry of `module.state_dict()` from `lookup(key) -> (Inventory, file key)`,
     checking each shape against the module (built from the files' own sizes). Tensor by
-    tensor into the module's own storage: no second copy of the weights (EVA-g: 4 GB)."""
+    tensor into the module's own storage: no second copy of the weights (EVA-g: 4 GB).
+    `check_only`: the shapes only (a module on the meta device has no storage)."""
     transforms = transforms or {}
     for key, target in module.state_dict(keep_vars=True).items():
         inv, file_key = lookup(key)
@@ -110,7 +115,8 @@ def fill(module: torch.nn.Module, lookup, transforms: dict | None = None) -> Non
         if tuple(t.shape) != tuple(target.shape):
             raise ExportError(f"{inv.path}: {file_key!r} has shape {list(t.shape)}, but the model built from "
                               f"the files' sizes needs {list(target.shape)} ({inv.label})")
-        target.copy_(t)
+        if not check_only:
+            target.copy_(t)
 
 
 def safetensors_header(path: Path) -> dict:

@@ -14,6 +14,7 @@ peak memory), under OUT.partial, renamed into place only when everything succeed
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -270,7 +271,7 @@ def store_fp16(module: nn.Module) -> None:
                 m.parametrizations[name].original = nn.Parameter(half, requires_grad=False)
 
 
-def eva_engine(args, ckpt: Inventory, d: int) -> tuple:
+def eva_engine(args, ckpt: Inventory, d: int, check: bool = False) -> tuple:
     inv = Inventory(args.eva, torch_load(args.eva), "eva_vit_g.pth")
     c = inv.peek("cls_token").shape[-1]
     grid = math.isqrt(inv.peek("pos_embed").shape[1] - 1)
@@ -284,21 +285,23 @@ def eva_engine(args, ckpt: Inventory, d: int) -> tuple:
     inv.ignore(r"(norm|fc_norm|head)\..*", "EVA-CLIP's final norm and head: not in the official module (L284-286)")
     cfg = EvaConfig(embed_dim=c, depth=args.eva_depth, num_heads=c // EVA_HEAD_DIM, mlp_ratio=EVA_MLP_RATIO,
                     checkpoint_grid=grid)
-    module = GlobalEngine(cfg, d).eval()
+    with on_meta(check):
+        module = GlobalEngine(cfg, d).eval()
 
     def lookup(key):
         if key.startswith("visual_encoder."):
             return inv, key.removeprefix("visual_encoder.").replace("patch_embed.", "patch_embed.proj.")
         return ckpt, key
 
-    fill(module, lookup, {"visual_encoder.pos_embed": lambda t: interpolate_pos_embed(t.float(), 448 // cfg.patch_size)})
+    fill(module, lookup, {"visual_encoder.pos_embed": lambda t: interpolate_pos_embed(t.float(), 448 // cfg.patch_size)},
+         check_only=check)
     inv.finish()
-    if args.eva_weights == "fp16":
+    if args.eva_weights == "fp16" and not check:
         store_fp16(module.visual_encoder)
     return module, cfg, inv
 
 
-def mae_engine(args, ckpt: Inventory, d: int) -> tuple:
+def mae_engine(args, ckpt: Inventory, d: int, check: bool = False) -> tuple:
     sd, _ = unwrap(args.mae, torch_load(args.mae), "an MAE checkpoint", ("model",),
                    {k: TRAINING_STATE for k in ("optimizer", "epoch", "scaler", "args")})
     inv = Inventory(args.mae, sd, "the MAE checkpoint")
@@ -307,14 +310,15 @@ def mae_engine(args, ckpt: Inventory, d: int) -> tuple:
     depth = len({k.split(".")[1] for k in inv.left if k.startswith("blocks.")})
     cfg = MaeConfig(embed_dim=w, depth=depth, num_heads=w // VIT_HEAD_DIM,
                     mlp_ratio=inv.peek("blocks.0.mlp.fc1.weight").shape[0] / w)
-    module = LocalEngine(cfg, d).eval()
+    with on_meta(check):
+        module = LocalEngine(cfg, d).eval()
     fill(module, lambda k: (inv, k.removeprefix("encoder.").replace("patch_embed.", "patch_embed.proj."))
-         if k.startswith("encoder.") else (ckpt, k))
+         if k.startswith("encoder.") else (ckpt, k), check_only=check)
     inv.finish()
     return module, cfg, inv
 
 
-def videomae_engine(args, ckpt: Inventory, d: int) -> tuple:
+def videomae_engine(args, ckpt: Inventory, d: int, check: bool = False) -> tuple:
     sd, _ = unwrap(args.videomae, torch_load(args.videomae), "a VideoMAE checkpoint", ("model", "module"),
                    {k: TRAINING_STATE for k in ("optimizer", "epoch", "scaler", "args", "model_ema")})
     inv = Inventory(args.videomae, sd, "the VideoMAE checkpoint")
@@ -324,14 +328,15 @@ def videomae_engine(args, ckpt: Inventory, d: int) -> tuple:
     depth = len({k.split(".")[2] for k in inv.left if k.startswith("encoder.blocks.")})
     cfg = VideoMaeConfig(embed_dim=w, depth=depth, num_heads=w // VIT_HEAD_DIM,
                          mlp_ratio=inv.peek("encoder.blocks.0.mlp.fc1.weight").shape[0] / w)
-    module = TemporalEngine(cfg, d).eval()
+    with on_meta(check):
+        module = TemporalEngine(cfg, d).eval()
     fill(module, lambda k: (inv, k.replace("patch_embed.", "patch_embed.proj."))
-         if k.startswith("encoder.") else (ckpt, k))
+         if k.startswith("encoder.") else (ckpt, k), check_only=check)
     inv.finish()
     return module, cfg, inv
 
 
-def hubert_engine(args, ckpt: Inventory, d: int) -> tuple:
+def hubert_engine(args, ckpt: Inventory, d: int, check: bool = False) -> tuple:
     folder = args.hubert
     for name in ("config.json", "preprocessor_config.json", "pytorch_model.bin"):
         if not (folder / name).is_file():
@@ -342,7 +347,8 @@ def hubert_engine(args, ckpt: Inventory, d: int) -> tuple:
                           f"16000 (the engine normalises 16 kHz audio), found {pre.get('do_normalize')}, "
                           f"{pre.get('sampling_rate')}")
     config = HubertConfig(**json.loads((folder / "config.json").read_text()), attn_implementation="eager")
-    module = AudioEngine(config, d).eval()
+    with on_meta(check):
+        module = AudioEngine(config, d).eval()
     sd = torch_load(folder / "pytorch_model.bin")
     if sd and all(k.startswith("hubert.") for k in sd):
         sd = {k.removeprefix("hubert."): v for k, v in sd.items()}
@@ -356,9 +362,24 @@ def hubert_engine(args, ckpt: Inventory, d: int) -> tuple:
             "parametrizations.weight.original1", "weight_v")
         return inv, (legacy if legacy != k and inv.has(legacy) else k)
 
-    fill(module, lookup)
+    fill(module, lookup, check_only=check)
     inv.finish()
     return module, config, inv
+
+
+def on_meta(check: bool):
+    """Where a module is built: nowhere (the meta device) when only checking the files."""
+    return torch.device("meta") if check else contextlib.nullcontext()
+
+
+def check_encoders(args, ckpt: Inventory, d: int) -> None:
+    """Every encoder file checked key by key and shape by shape against its module built
+    on the meta device (no weights allocated): a bad file is refused within seconds, not
+    after minutes of exporting the others."""
+    builders = [eva_engine, hubert_engine] + [b for b, given in ((mae_engine, args.mae),
+                                                                  (videomae_engine, args.videomae)) if given]
+    for build in builders:
+        build(args, ckpt.copy(), d, check=True)
 
 
 def export_encoders(args, ckpt: Inventory, d: int, bundle: Path) -> tuple:
@@ -449,9 +470,10 @@ def build(args, out: Path, staging: Path, bundle: Path, work: Path, memory: Memo
     stages = Stages(["check inputs", "hash inputs", "encoders", "face detector", "llm", "manifest"], memory)
     def check_inputs():
         llama = read_llama(args.llama)
-        return (llama, *read_checkpoint(args.checkpoint, llama["config"]))
+        checked = (llama, *read_checkpoint(args.checkpoint, llama["config"]))
+        check_encoders(args, checked[1], llama["config"]["hidden_size"])
+        return checked
 
-    # The encoders' files are checked key by key as each engine is built (stage 3).
     llama, ckpt, lora, ckpt_config = stages.run("check inputs", check_inputs)
     cfg = llama["config"]
     d = cfg["hidden_size"]
