@@ -91,9 +91,9 @@ def eva_state(d: Dims, lavis_dir: Path) -> dict:
 
 # --- the Emotion-LLaMA checkpoint -----------------------------------------------------------
 
-def lora_key(layer: int, target: str, ab: str, spelling: str = "peft-0.2") -> str:
-    mid = ".default" if spelling == "peft-new" else ""
-    return f"llama_model.base_model.model.model.layers.{layer}.self_attn.{target}.lora_{ab}{mid}.weight"
+def lora_key(layer: int, target: str, ab: str) -> str:
+    """peft 0.2.0's spelling, as the official checkpoints have it (no `.default`)."""
+    return f"llama_model.base_model.model.model.layers.{layer}.self_attn.{target}.lora_{ab}.weight"
 
 
 def emotion_llama_model(d: Dims) -> dict:

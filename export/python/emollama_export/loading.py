@@ -16,6 +16,11 @@ from pathlib import Path
 import torch
 
 
+# Why whole groups of keys are ignored, shared by the files that hold them.
+TRAINING_STATE = "training state (optimizer, scaler, epoch, args): not part of the model"
+ROTARY = "rotary inv_freq buffer: recomputed from the config (llama.cpp skips it too)"
+
+
 class ExportError(Exception):
     """A refusal: the message names the file and what is wrong with it."""
 
