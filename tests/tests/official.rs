@@ -199,8 +199,8 @@ fn info_and_analyze_run_on_the_export_and_match_the_reference_pipeline() {
     assert!(worst < 1e-4, "label scores {worst}");
 }
 
-/// Run the official exporter on the fixture, with some inputs replaced or left out.
-fn export(out: &Path, replace: &[(&str, PathBuf)], omit: &[&str]) -> Output {
+/// The official exporter's command on the fixture, with some inputs replaced or left out.
+fn exporter(replace: &[(&str, PathBuf)], omit: &[&str]) -> Command {
     let fx = fixture();
     let cache = common::cache_dir();
     let mut inputs: Vec<(&str, PathBuf)> = vec![
@@ -220,9 +220,7 @@ fn export(out: &Path, replace: &[(&str, PathBuf)], omit: &[&str]) -> Output {
     for (flag, path) in inputs {
         cmd.arg(flag).arg(path);
     }
-    cmd.arg("--out")
-        .arg(out)
-        .arg("--llm-outtype")
+    cmd.arg("--llm-outtype")
         .arg("f32")
         .arg("--vocab-gguf")
         .arg(common::vocab_gguf())
@@ -230,7 +228,27 @@ fn export(out: &Path, replace: &[(&str, PathBuf)], omit: &[&str]) -> Output {
         .arg(cache.join("facenet-pytorch-2.6.0"))
         .arg("--converter-dir")
         .arg(cache.join("llama.cpp-convert"));
-    cmd.output().unwrap()
+    cmd
+}
+
+/// Run the official exporter on the fixture into `out`.
+fn export(out: &Path, replace: &[(&str, PathBuf)], omit: &[&str]) -> Output {
+    exporter(replace, omit).arg("--out").arg(out).output().unwrap()
+}
+
+#[test]
+fn check_reads_every_input_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = exporter(&[], &[]).arg("--check").arg("--out").arg(tmp.path().join("export")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("inputs are consistent") && stdout.contains("on 4 pairs"), "{stdout}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    // A broken encoder file is caught by the check too (before any export work).
+    let wrong = fixture().join("feature_extract/models/mae_checkpoint-340.pth");
+    let run = exporter(&[("--videomae", wrong)], &[]).arg("--check").output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("missing key 'encoder.patch_embed.proj.weight'"), "{stderr}");
 }
 
 fn file_hashes(bundle: &Path) -> std::collections::BTreeMap<String, String> {

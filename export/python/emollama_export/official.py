@@ -85,15 +85,27 @@ def export(args) -> None:
         raise
 
 
+def check_inputs(args) -> tuple:
+    """Every input read and checked, key by key and shape by shape, before any work."""
+    llama = read_llama(args.llama)
+    checked = (llama, *read_checkpoint(args.checkpoint, llama["config"]))
+    check_encoders(args, checked[1], llama["config"]["hidden_size"])
+    return checked
+
+
+def check_only(args) -> None:
+    """--check: what stage 1 of an export does, and a summary; nothing is written."""
+    llama, _, lora, _ = check_inputs(args)
+    cfg = llama["config"]
+    encoders = ["EVA", "HuBERT"] + [n for n, p in (("MAE", args.mae), ("VideoMAE", args.videomae)) if p]
+    log(f"inputs are consistent: LLaMA {cfg['num_hidden_layers']} layers x {cfg['hidden_size']} "
+        f"(rms_norm_eps {cfg['rms_norm_eps']}), LoRA r {lora['r']} alpha {lora['alpha']:g} on {len(lora['pairs'])} "
+        f"pairs, encoders {', '.join(encoders)}")
+
+
 def build(args, out: Path, staging: Path, bundle: Path, work: Path, memory: MemorySampler) -> None:
     stages = Stages(["check inputs", "hash inputs", "encoders", "face detector", "llm", "manifest"], memory)
-    def check_inputs():
-        llama = read_llama(args.llama)
-        checked = (llama, *read_checkpoint(args.checkpoint, llama["config"]))
-        check_encoders(args, checked[1], llama["config"]["hidden_size"])
-        return checked
-
-    llama, ckpt, lora, ckpt_config = stages.run("check inputs", check_inputs)
+    llama, ckpt, lora, ckpt_config = stages.run("check inputs", check_inputs, args)
     cfg = llama["config"]
     d = cfg["hidden_size"]
     inputs = [args.eva, args.checkpoint, args.hubert / "config.json", args.hubert / "preprocessor_config.json",
@@ -162,7 +174,9 @@ def main(argv=None) -> None:
     ap.add_argument("--hubert", type=Path, required=True, help="the chinese-hubert-large folder")
     ap.add_argument("--mae", type=Path, help="mae_checkpoint-340.pth (optional)")
     ap.add_argument("--videomae", type=Path, help="maeVideo_ckp399.pth (optional)")
-    ap.add_argument("--out", type=Path, required=True, help="output folder (bundle/ and export-report.json)")
+    ap.add_argument("--out", type=Path, help="output folder (bundle/ and export-report.json)")
+    ap.add_argument("--check", action="store_true",
+                    help="only read and check every input (seconds), as the export's first stage does")
     ap.add_argument("--vocab-gguf", type=Path, required=True, help="llama.cpp ggml-vocab-llama-spm.gguf")
     ap.add_argument("--facenet-dir", type=Path, required=True, help="extracted facenet-pytorch 2.6.0 wheel")
     ap.add_argument("--converter-dir", type=Path, required=True, help="llama.cpp's convert_hf_to_gguf.py folder")
@@ -172,6 +186,8 @@ def main(argv=None) -> None:
                     help="fp16: the file's own values, one ONNX file under 2 GiB (default)")
     ap.add_argument("--eva-depth", type=int, default=EVA_DEPTH, help="blocks used (official: 39; tests: fewer)")
     args = ap.parse_args(argv)
+    if args.out is None and not args.check:
+        ap.error("--out is required (or --check)")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     for p in (args.eva, args.checkpoint, args.llama, args.hubert, args.mae, args.videomae):
@@ -180,9 +196,9 @@ def main(argv=None) -> None:
     args.llama, args.hubert = args.llama.resolve(), args.hubert.resolve()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
-        export(args)
+        check_only(args) if args.check else export(args)
     except ExportError as e:
-        sys.exit(f"error: {e}\nno bundle was written")
+        sys.exit(f"error: {e}" + ("" if args.check else "\nno bundle was written"))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from .synthetic import engine_entry, export_engine, log, onnx_parity
 from .videomae import TemporalEngine, VideoMaeConfig
 
 VIT_HEAD_DIM = 64  # ViT-L (MAE, VideoMAE): 1024 / 16
+PROTOBUF_LIMIT = 2**31  # one ONNX file without external data
 
 
 class _AsFloat(nn.Module):
@@ -187,6 +188,11 @@ def export_encoders(args, ckpt: Inventory, d: int, bundle: Path) -> tuple:
 
     def build_eva():
         module, _, parts["eva"] = eva_engine(args, ckpt, d)
+        fp32_bytes = 4 * sum(p.numel() for p in module.parameters())
+        if args.eva_weights == "fp32" and fp32_bytes >= PROTOBUF_LIMIT:
+            raise ExportError(f"{args.eva}: in fp32 the global engine is {fp32_bytes / 1e9:.2f} GB, over ONNX's 2 GiB "
+                              "protobuf limit; it would need external data files, which bundles do not carry yet. "
+                              "Export it with --eva-weights fp16 (the default: the file's own values)")
         return module
 
     rows = (448 // EvaConfig.patch_size) ** 2 // EvaConfig.group
