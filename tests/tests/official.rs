@@ -122,6 +122,12 @@ fn exported_llm_matches_transformers_with_the_lora_unmerged() {
         ctx.decode_token(t).unwrap();
     }
     assert_eq!(tokens, greedy);
+    // The LLM is exactly what llama.cpp's convert_hf_to_gguf.py, run as a command, makes of
+    // a merged HF folder (written by the reference script: W + 0.25·B@A in fp32 for q/v).
+    assert_same_gguf(
+        &bundle.path_of(bundle.file(&Role::Llm).unwrap()),
+        &export_dir().join("merged-reference/llm-merged-f32.gguf"),
+    );
     // rms_norm_eps comes from the user's config.json (the fixture's says 1e-6, as some
     // copies of Llama-2-7b-chat-hf do), not from a constant.
     let gguf = GgufFile::open(&bundle.path_of(bundle.file(&Role::Llm).unwrap())).unwrap();

@@ -14,7 +14,9 @@ with other people's code, never the exporter's modules:
 Commands (tests):
   goldens   --fixture DIR --export DIR   compare the exported ONNX engines with these (ONNX
             Runtime), check the key reports, the tokenizer and the LoRA's effect, and write
-            DIR/goldens/ (the synthetic goldens' format) for the Rust tests
+            DIR/goldens/ (the synthetic goldens' format) for the Rust tests, plus
+            DIR/merged-reference/llm-merged-f32.gguf: llama.cpp's converter run as a command
+            on a merged HF folder, which the exported GGUF must equal
   pipeline  --fixture DIR --inputs DUMP --out ref.json   the end-to-end reference on the
             inputs `emollama analyze --dump-inputs` wrote (see reference.py)
 """
@@ -191,6 +193,41 @@ def llama_reference(fx: Fixture, with_lora: bool = True) -> LlamaForCausalLM:
     return model
 
 
+def merged_folder_gguf(fx: Fixture, out: Path, converter_dir: Path) -> Path:
+    """What the issue asks the LLM to equal: llama.cpp's convert_hf_to_gguf.py, run as its
+    own command on a merged HF folder (W + 0.25 B@A in fp32 for q/v, the rest as stored)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    merged = out / "Llama-2-7b-chat-hf"  # the same folder name: the converter names the model after it
+    shutil.rmtree(out, ignore_errors=True)
+    merged.mkdir(parents=True)
+    for name in ("config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
+                 "special_tokens_map.json"):
+        shutil.copy(fx.llama / name, merged / name)
+    tensors = {}
+    for shard in sorted(fx.llama.glob("model-*.safetensors")):
+        with safe_open(shard, framework="pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    for key in list(tensors):
+        parts = key.split(".")
+        if parts[-2] in ("q_proj", "v_proj"):
+            p = f"llama_model.base_model.model.model.layers.{parts[2]}.self_attn.{parts[-2]}."
+            a, b = fx.ckpt[p + "lora_A.weight"].float(), fx.ckpt[p + "lora_B.weight"].float()
+            tensors[key] = (tensors[key].float() + LORA_SCALING * (b @ a)).contiguous()
+    save_file(tensors, str(merged / "model.safetensors"), metadata={"format": "pt"})
+    gguf_path = out / "llm-merged-f32.gguf"
+    subprocess.run([sys.executable, "convert_hf_to_gguf.py", str(merged), "--outtype", "f32", "--outfile",
+                    str(gguf_path)], cwd=converter_dir, check=True, capture_output=True)
+    shutil.rmtree(merged)
+    return gguf_path
+
+
 def engines(fx: Fixture) -> dict:
     return {"global": eva_reference(fx)[0], "local": mae_reference(fx), "temporal": videomae_reference(fx),
             "audio": hubert_reference(fx)[0]}
@@ -293,6 +330,8 @@ def goldens(args) -> None:
         "greedy_tokens": greedy,
         "reference": f"transformers {transformers.__version__} LlamaForCausalLM fp32 eager, LoRA unmerged (peft 0.2.0)",
     }
+    merged = merged_folder_gguf(fx, args.export / "merged-reference", args.converter_dir)
+    print(f"[reference] llm: convert_hf_to_gguf.py on a merged HF folder -> {merged}")
     write_json_atomic(args.export / "goldens/index.json", {
         "format_version": 1, "engines": golden_engines, "llm": golden_llm, "parity": parity,
         "tolerance": {"engines": TOLERANCE, "llm_logits_f32": 1e-3}})
@@ -321,6 +360,7 @@ def main(argv=None) -> None:
         if name == "goldens":
             p.add_argument("--export", type=Path, required=True, help="the official export (bundle/, report)")
             p.add_argument("--vocab-gguf", type=Path, required=True)
+            p.add_argument("--converter-dir", type=Path, required=True, help="llama.cpp's convert_hf_to_gguf.py folder")
         else:
             p.add_argument("--inputs", type=Path, required=True)
             p.add_argument("--out", type=Path, required=True)
