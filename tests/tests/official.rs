@@ -327,6 +327,9 @@ fn other_spellings_and_containers_export_the_same_files() {
     let ignored = report["keys"]["checkpoint"]["ignored"].as_object().unwrap();
     assert!(ignored.keys().any(|why| why.contains("no MAE checkpoint")), "{ignored:?}");
     assert_eq!(report["lora"]["pairs"], 4);
+    // |dW|/|W| as the merge measured it, per pair: non-zero, so the LoRA was found.
+    let ratios = report["lora"]["delta_ratio"].as_object().unwrap();
+    assert!(ratios.len() == 4 && ratios.values().all(|r| r.as_f64().unwrap() > 0.01), "{ratios:?}");
 }
 
 #[test]

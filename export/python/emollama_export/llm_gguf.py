@@ -10,10 +10,11 @@ Run as its own process (`python -m emollama_export.llm_gguf`): the converter nee
 vendored `gguf` package, newer than the PyPI one the rest of the exporter uses.
 
 usage: python -m emollama_export.llm_gguf --converter-dir DIR --llama DIR --lora FILE
-                                          --outtype f16 --out FILE
+                                          --outtype f16 --out FILE --ratios FILE.json
 """
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -26,17 +27,18 @@ def log(msg: str) -> None:
     print(f"[export] llm: {msg}", flush=True)
 
 
-def merged_lazy(lazy_cls, base_gen, a: torch.Tensor, b: torch.Tensor, scaling: float, name: str, counter: dict):
+def merged_lazy(lazy_cls, base_gen, a: torch.Tensor, b: torch.Tensor, scaling: float, name: str, ratios: dict,
+                total: int):
     """A tensor generator for the converter: the base weight with the LoRA delta added in
-    fp32 (one rounding, by the converter's own cast to the output type)."""
+    fp32 (one rounding, by the converter's own cast to the output type). Records
+    |dW|/|W| in `ratios` (> 0: the LoRA was trained and found)."""
 
     def merge(w: torch.Tensor) -> torch.Tensor:
+        w = w.float()
         delta = scaling * (b.float() @ a.float())
-        merged = w.float() + delta
-        counter["done"] += 1
-        rel = float(delta.norm() / w.float().norm())
-        log(f"merged LoRA into {name} ({counter['done']}/{counter['total']}, |dW|/|W| = {rel:.3g})")
-        return merged
+        ratios[name] = round(float(delta.norm() / w.norm()), 6)
+        log(f"merged LoRA into {name} ({len(ratios)}/{total}, |dW|/|W| = {ratios[name]:.3g})")
+        return w + delta
 
     def gen():
         base = base_gen()
@@ -48,7 +50,8 @@ def merged_lazy(lazy_cls, base_gen, a: torch.Tensor, b: torch.Tensor, scaling: f
     return gen
 
 
-def convert(converter_dir: Path, llama_dir: Path, lora: dict, outtype: str, out: Path) -> None:
+def convert(converter_dir: Path, llama_dir: Path, lora: dict, outtype: str, out: Path) -> dict:
+    """Write the GGUF; returns |dW|/|W| per merged tensor."""
     sys.path.insert(0, str(converter_dir / "gguf-py"))
     sys.path.insert(0, str(converter_dir))
     import gguf  # the converter's vendored copy
@@ -63,16 +66,17 @@ def convert(converter_dir: Path, llama_dir: Path, lora: dict, outtype: str, out:
         arch = get_model_architecture(hparams, ModelType.TEXT)
         model = get_model_class(arch, mmproj=False)(llama_dir, ftype, out)
         pairs, scaling = lora["pairs"], float(lora["scaling"])
-        counter = {"done": 0, "total": len(pairs)}
+        ratios: dict = {}
         for name, (a, b) in pairs.items():
             if name not in model.model_tensors:
                 raise SystemExit(f"{llama_dir}: the converter found no tensor {name} to merge the LoRA into")
             model.model_tensors[name] = merged_lazy(LazyTorchTensor, model.model_tensors[name], a, b, scaling, name,
-                                                    counter)
+                                                    ratios, len(pairs))
         log(f"converting {len(model.model_tensors)} tensors with llama.cpp's convert_hf_to_gguf ({arch}, {outtype})")
         model.write()
-    if counter["done"] != counter["total"]:
-        raise SystemExit(f"only {counter['done']} of {counter['total']} LoRA merges were written")
+    if len(ratios) != len(pairs):
+        raise SystemExit(f"only {len(ratios)} of {len(pairs)} LoRA merges were written")
+    return ratios
 
 
 def main(argv=None) -> None:
@@ -83,9 +87,11 @@ def main(argv=None) -> None:
     ap.add_argument("--lora", type=Path, required=True, help="torch file {scaling, pairs: {tensor: (A, B)}}")
     ap.add_argument("--outtype", choices=["f32", "f16", "q8_0"], required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--ratios", type=Path, required=True, help="JSON file: |dW|/|W| per merged tensor")
     args = ap.parse_args(argv)
     started = time.time()
-    convert(args.converter_dir, args.llama, torch.load(args.lora, weights_only=True), args.outtype, args.out)
+    ratios = convert(args.converter_dir, args.llama, torch.load(args.lora, weights_only=True), args.outtype, args.out)
+    args.ratios.write_text(json.dumps(ratios, indent=1))
     log(f"written in {time.time() - started:.1f}s -> {args.out}")
 
 

@@ -32,7 +32,7 @@ from .manifest import bundle_manifest, file_entry, sha256_file
 from .memory import MemorySampler
 from .official_code import EVA_DEPTH
 from .official_encoders import check_encoders, export_encoders
-from .official_llm import convert_llm, lora_delta_ratios, read_checkpoint, read_llama
+from .official_llm import convert_llm, read_checkpoint, read_llama
 from .synthetic import export_face_detector, log
 from .tensors import write_json_atomic
 
@@ -115,7 +115,7 @@ def build(args, out: Path, staging: Path, bundle: Path, work: Path, memory: Memo
     files, parts, rows = stages.run("encoders", export_encoders, args, ckpt, d, bundle)
     ckpt.finish()
     files.extend(stages.run("face detector", export_face_detector, bundle, args.facenet_dir))
-    gguf_path = stages.run("llm", convert_llm, args, llama, lora, bundle, work)
+    gguf_path, delta_ratios = stages.run("llm", convert_llm, args, lora, bundle, work)
     files.append(file_entry(bundle, gguf_path.name, "llm", "gguf", args.llm_outtype,
                             parity={"reference": "llama.cpp convert_hf_to_gguf.py (llama-cpp-python 0.3.36) "
                                                  "of the LoRA-merged weights",
@@ -148,7 +148,7 @@ def build(args, out: Path, staging: Path, bundle: Path, work: Path, memory: Memo
         "inputs": hashes,
         "keys": {"eva": parts["eva"].report(), "checkpoint": ckpt.report(), "llama": llama["report"],
                  **{k: v.report() for k, v in parts.items() if k != "eva"}},
-        "lora": {**lora_report, "delta_ratio": lora_delta_ratios(lora, llama["files"])},
+        "lora": {**lora_report, "delta_ratio": delta_ratios},
         "parity": {f["path"]: f.get("parity") for f in files if f.get("parity")},
         "stages_s": stages.times, "memory": memory.report(),
         "files": {f["path"]: f["size"] for f in files},

@@ -13,7 +13,7 @@ from pathlib import Path
 import gguf
 import torch
 
-from .loading import ROTARY, TRAINING_STATE, ExportError, Inventory, safetensors_header, torch_load, unwrap
+from .loading import ROTARY, TRAINING_STATE, ExportError, Inventory, safetensors_shapes, torch_load, unwrap
 
 # The official values where the checkpoint does not record them (minigpt_v2.py L36-39).
 LORA_R, LORA_ALPHA = 64, 16
@@ -127,7 +127,7 @@ def llama_tensor_shapes(folder: Path) -> tuple:
         shapes, files = {}, {}
         for part in parts:
             if ext == ".safetensors":
-                items = {k: v["shape"] for k, v in safetensors_header(part).items()}
+                items = safetensors_shapes(part)
             else:
                 items = {k: list(t.shape) for k, t in torch_load(part).items()}
             for k, s in items.items():
@@ -136,21 +136,22 @@ def llama_tensor_shapes(folder: Path) -> tuple:
     raise ExportError(f"{folder}: no model*.safetensors or pytorch_model*.bin shards")
 
 
-def convert_llm(args, llama: dict, lora: dict, bundle: Path, work: Path) -> Path:
-    """The converter in its own process (see llm_gguf.py), fed the LoRA pairs."""
+def convert_llm(args, lora: dict, bundle: Path, work: Path) -> tuple:
+    """The converter in its own process (see llm_gguf.py), fed the LoRA pairs: the GGUF,
+    and |dW|/|W| per merged tensor as the merge measured it."""
     pairs = {f"model.layers.{i}.self_attn.{t}.weight": (ab["A"].float().contiguous(), ab["B"].float().contiguous())
              for (i, t), ab in lora["pairs"].items()}
-    lora_file = work / "lora.pt"
+    lora_file, ratios_file = work / "lora.pt", work / "lora-ratios.json"
     torch.save({"scaling": lora["scaling"], "pairs": pairs}, lora_file)
     out = bundle / f"llm-{args.llm_outtype}.gguf"
     cmd = [sys.executable, "-m", "emollama_export.llm_gguf", "--converter-dir", str(args.converter_dir),
            "--llama", str(args.llama), "--lora", str(lora_file), "--outtype", args.llm_outtype, "--out",
-           str(out.with_name(out.name + ".partial"))]
+           str(out.with_name(out.name + ".partial")), "--ratios", str(ratios_file)]
     if subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1]).returncode != 0:
         raise ExportError(f"{args.llama}: llama.cpp's converter failed (its message is above)")
     out.with_name(out.name + ".partial").replace(out)
     check_vocabulary(out, args.vocab_gguf, args.llama)
-    return out
+    return out, json.loads(ratios_file.read_text())
 
 
 def check_vocabulary(gguf_path: Path, vocab_gguf: Path, llama_dir: Path) -> None:
@@ -166,29 +167,3 @@ def check_vocabulary(gguf_path: Path, vocab_gguf: Path, llama_dir: Path) -> None
         a, b = field(got, key), field(want, key)
         if any(a[i] != b[i] for i in ordinary):
             raise ExportError(f"{llama_dir / 'tokenizer.model'}: not LLaMA-2's vocabulary ({key} differ)")
-
-
-def lora_delta_ratios(lora: dict, files: list) -> dict:
-    """|scaling * B @ A| / |W| per pair (> 0: the LoRA was trained and found), reading
-    one base weight at a time (memory-mapped)."""
-    from safetensors import safe_open
-
-    shapes_files = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            with safe_open(f, framework="pt") as h:
-                shapes_files.update(dict.fromkeys(h.keys(), f))
-        else:
-            shapes_files.update(dict.fromkeys(torch_load(f).keys(), f))
-    out = {}
-    for (i, t), ab in sorted(lora["pairs"].items()):
-        name = f"model.layers.{i}.self_attn.{t}.weight"
-        f = shapes_files[name]
-        if f.suffix == ".safetensors":
-            with safe_open(f, framework="pt") as h:
-                w = h.get_tensor(name).float()
-        else:
-            w = torch_load(f)[name].float()
-        delta = lora["scaling"] * (ab["B"].float() @ ab["A"].float())
-        out[f"layers.{i}.{t}"] = round(float(delta.norm() / w.norm()), 6)
-    return out
