@@ -28,4 +28,4 @@ espeak-ng -v en-us -s 150 -w "$STAGE/speech.wav" \
   -c:v libx264 -preset veryfast -pix_fmt yuv420p -c:a aac -shortest "$STAGE/test-pattern.mp4"
 
 rm -rf "$OUT"; mv "$STAGE" "$OUT"
-echo "    sample media in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+echo "    sample media in $OUT: $(find "$OUT" -maxdepth 1 -type f -printf '%f ')"

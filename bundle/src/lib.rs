@@ -25,4 +25,4 @@ pub use manifest::{
 };
 pub use types::{DType, EnginePrecision, FileFormat, FrameChoice, GgufType, KvType, Precision, Resize, RowBlock};
 pub use verify::{sha256_file, Bundle, MANIFEST_FILE};
-pub use writer::derive_bundle;
+pub use writer::{derive_bundle, install_bundle};

@@ -69,3 +69,91 @@ pub fn derive_bundle<E: From<BundleError>>(
     }
     result
 }
+
+/// Install a checked copy of the bundle at `src` as `dst` (`emollama install-bundle`):
+/// the manifest and the files it lists, each hashed while it is copied and compared
+/// with the manifest, into a hidden folder beside `dst` that replaces `dst` by renames
+/// only once everything matched. A corrupt source or a full disk leaves the installed
+/// bundle as it was.
+pub fn install_bundle(src: &Path, dst: &Path) -> Result<Manifest, BundleError> {
+    let bundle = Bundle::open(src)?;
+    let name = dst.file_name().map_or("bundle".into(), |n| n.to_string_lossy().into_owned());
+    let parent = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+    let staging = parent.join(format!(".{name}.partial"));
+    let previous = parent.join(format!(".{name}.old"));
+    let _ = std::fs::remove_dir_all(&staging);
+    let _ = std::fs::remove_dir_all(&previous);
+    std::fs::create_dir_all(&staging).map_err(write_err(&staging))?;
+    let result = (|| {
+        for entry in &bundle.manifest().files {
+            let to = staging.join(&entry.path);
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+            }
+            copy_checked(&bundle.path_of(entry), &to, entry.size, &entry.sha256)?;
+        }
+        let manifest = staging.join(MANIFEST_FILE);
+        std::fs::copy(src.join(MANIFEST_FILE), &manifest).map_err(write_err(&manifest))?;
+        Bundle::open(&staging)?;
+        readable_by_all(&staging)?;
+        if dst.exists() {
+            std::fs::rename(dst, &previous).map_err(write_err(dst))?;
+        }
+        std::fs::rename(&staging, dst).map_err(write_err(dst))?;
+        let _ = std::fs::remove_dir_all(&previous);
+        Ok(bundle.manifest().clone())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Copy `from` to `to`, hashing on the way; the copy is synced before it counts.
+fn copy_checked(from: &Path, to: &Path, size: u64, sha256: &str) -> Result<(), BundleError> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let unreadable = |source| BundleError::FileUnreadable { path: from.to_path_buf(), source };
+    let mut input = std::fs::File::open(from)
+        .map_err(|_| BundleError::MissingFile { path: from.to_path_buf(), role: "listed in the manifest".into() })?;
+    let mut output = std::fs::File::create(to).map_err(write_err(to))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut copied = 0u64;
+    loop {
+        let n = input.read(&mut buf).map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output.write_all(&buf[..n]).map_err(write_err(to))?;
+        copied += n as u64;
+    }
+    output.sync_all().map_err(write_err(to))?;
+    if copied != size {
+        return Err(BundleError::SizeMismatch { path: from.to_path_buf(), expected: size, actual: copied });
+    }
+    let actual = hex::encode(hasher.finalize());
+    if !actual.eq_ignore_ascii_case(sha256) {
+        return Err(BundleError::ChecksumMismatch { path: from.to_path_buf(), expected: sha256.into(), actual });
+    }
+    Ok(())
+}
+
+/// The service runs as its own user: the installed bundle is 0755/0644 whatever the
+/// installing shell's umask.
+fn readable_by_all(dir: &Path) -> Result<(), BundleError> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(write_err(p));
+    set(dir, 0o755)?;
+    for entry in std::fs::read_dir(dir).map_err(write_err(dir))?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            readable_by_all(&path)?;
+        } else {
+            set(&path, 0o644)?;
+        }
+    }
+    Ok(())
+}

@@ -44,6 +44,15 @@ fn one_line(e: &anyhow::Error) -> String {
     out.replace('\n', " ")
 }
 
+/// 3: the request needs TensorRT and this machine has none (`compile`), so a script or
+/// unit can tell "nothing to build here" from a failure; 1: any other error.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<emollama_runtime::RuntimeError>() {
+        Some(emollama_runtime::RuntimeError::TensorRtUnavailable { .. }) => ExitCode::from(3),
+        _ => ExitCode::FAILURE,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -52,11 +61,11 @@ fn main() -> ExitCode {
         // Colours for a terminal only: journald stores the bytes as they come.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.command.run(cli.ort_library) {
+    match cli.command.run(cli.ort_library, <Cli as clap::CommandFactory>::command()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     }
 }

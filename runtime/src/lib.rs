@@ -4,6 +4,7 @@
 //! No HTTP server and no CLI parser here: those are `emollama-serve` and the binary.
 
 pub mod bench;
+pub mod compile;
 pub mod config;
 pub mod doctor;
 pub mod error;
@@ -18,7 +19,7 @@ pub mod transcript;
 
 pub use config::RuntimeConfig;
 pub use error::RuntimeError;
-pub use pipeline::{LoadOptions, Pipeline};
+pub use pipeline::{planned_config, LoadOptions, Pipeline};
 pub use request::{AnalyzeOptions, AnalyzeRequest, Layout, Mode, Preset, RequestError, TaskKind};
 pub use session::{AnalyzeResult, Session};
 pub use stage::{Stage, Timings};

@@ -120,33 +120,46 @@ pub struct Pipeline {
 /// Contexts kept for reuse (the service runs one request at a time on a Jetson).
 const CONTEXT_POOL: usize = 2;
 
+/// The plan of `bundle` on `profile` and the configuration it runs with (keyed on the
+/// host's L4T and TensorRT when given); refuses a bundle that cannot fit or needs a
+/// requantized LLM. The service, `compile` and the commands all start here, so a
+/// setting the planner chose is the setting that runs.
+pub fn planned_config(
+    bundle: &Bundle,
+    profile: &Profile,
+    host: Option<&HostInfo>,
+) -> Result<(Plan, RuntimeConfig), RuntimeError> {
+    let m = bundle.manifest();
+    let plan = plan(m, profile);
+    tracing::info!(profile = %profile.name, outcome = ?plan.outcome, "{}", plan.message);
+    if plan.outcome == Outcome::DoesNotFit {
+        return Err(RuntimeError::DoesNotFit {
+            bundle: m.id.clone(),
+            profile: profile.display.clone(),
+            message: plan.message,
+        });
+    }
+    if let Some(t) = plan.requantize(m) {
+        return Err(RuntimeError::NeedsRequantize {
+            bundle: m.id.clone(),
+            profile: profile.display.clone(),
+            llm_type: t,
+            message: plan.message.clone(),
+        });
+    }
+    let mut config = RuntimeConfig::from_plan(profile, &plan, m.preprocess.audio.sample_rate);
+    if let Some(host) = host {
+        config = config.with_host(host);
+    }
+    Ok((plan, config))
+}
+
 impl Pipeline {
     /// Plan the bundle on `profile` before touching its files, refuse what cannot fit
     /// (or needs a requantized LLM), then load it with exactly the plan's settings.
     pub fn planned(bundle_dir: &Path, profile: &Profile, opts: LoadOptions) -> Result<Self, RuntimeError> {
         let bundle = Bundle::open(bundle_dir)?;
-        let m = bundle.manifest();
-        let plan = plan(m, profile);
-        tracing::info!(profile = %profile.name, outcome = ?plan.outcome, "{}", plan.message);
-        if plan.outcome == Outcome::DoesNotFit {
-            return Err(RuntimeError::DoesNotFit {
-                bundle: m.id.clone(),
-                profile: profile.display.clone(),
-                message: plan.message,
-            });
-        }
-        if let Some(t) = plan.requantize(m) {
-            return Err(RuntimeError::NeedsRequantize {
-                bundle: m.id.clone(),
-                profile: profile.display.clone(),
-                llm_type: t,
-                message: plan.message.clone(),
-            });
-        }
-        let mut config = RuntimeConfig::from_plan(profile, &plan, m.preprocess.audio.sample_rate);
-        if let Some(host) = &opts.host {
-            config = config.with_host(host);
-        }
+        let (plan, mut config) = planned_config(&bundle, profile, opts.host.as_ref())?;
         if let Some(mut providers) = opts.providers {
             providers.tensorrt = config.providers.tensorrt.clone();
             config.providers = providers;

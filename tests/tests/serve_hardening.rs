@@ -407,7 +407,8 @@ fn d5_d6_uploads_are_private_and_removed_on_every_way_out() {
     assert_ne!(now, left, "the killed process's folder is removed at start");
     // The unit keeps what the service writes private too.
     let unit =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/emollama.service")).unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/debian/emollama.service"))
+            .unwrap();
     for line in ["UMask=0077", "StateDirectoryMode=0700"] {
         assert!(unit.lines().any(|l| l.trim() == line), "the unit sets {line}");
     }

@@ -2,8 +2,11 @@
 
 mod analyze;
 mod bench;
+mod compile;
 mod doctor;
 mod info;
+mod install_bundle;
+mod manpages;
 mod plan;
 mod profiles;
 mod quantize;
@@ -26,6 +29,15 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Benchmark the pipeline on this device: cold start, warm stages, decode vs raw llama.cpp.
     Bench(bench::BenchArgs),
+    /// Build the TensorRT engines for this device into the engine cache, ahead of the
+    /// service (exit 3 without TensorRT).
+    Compile(compile::CompileArgs),
+    /// Install a bundle for the service (default /usr/share/emollama/bundle), its
+    /// checksums verified while it is copied; the old one is replaced only at the end.
+    InstallBundle(install_bundle::InstallBundleArgs),
+    /// Write the man pages (for packaging).
+    #[command(hide = true)]
+    Manpages(manpages::ManpagesArgs),
     /// The HTTP service (for systemd): POST /v1/analyze, /healthz, /readyz, /metrics.
     Serve(serve::ServeArgs),
     /// Quantize a GGUF with llama.cpp; with --bundle, write a new bundle (OUTPUT folder)
@@ -34,7 +46,8 @@ pub enum Command {
 }
 
 impl Command {
-    pub fn run(self, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
+    /// `cli`: the whole command-line definition (for the man pages).
+    pub fn run(self, ort_library: Option<PathBuf>, cli: clap::Command) -> anyhow::Result<()> {
         match self {
             Command::Info(a) => info::run(a, ort_library),
             Command::Analyze(a) => analyze::run(a, ort_library),
@@ -42,6 +55,9 @@ impl Command {
             Command::Doctor(a) => doctor::run(a, ort_library),
             Command::Plan(a) => plan::run(a),
             Command::Bench(a) => bench::run(a, ort_library),
+            Command::Compile(a) => compile::run(a, ort_library),
+            Command::InstallBundle(a) => install_bundle::run(a),
+            Command::Manpages(a) => manpages::run(a, cli),
             Command::Serve(a) => serve::run(a, ort_library),
             Command::Quantize(a) => quantize::run(a),
         }

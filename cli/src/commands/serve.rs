@@ -100,17 +100,22 @@ fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Resul
 pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
     let config = serve_config(&args, ort_library)?;
     let profile = ProfileArgs { profile: config.profile.clone() }.resolve()?;
-    let (bundle, _) = locate_bundle(config.bundle.as_deref())?;
     if args.check_config {
+        // A freshly installed package has no bundle yet: that is a state to report, not
+        // an error in the configuration.
+        let bundle = match locate_bundle(config.bundle.as_deref()) {
+            Ok((dir, _)) => dir.display().to_string(),
+            Err(e) => format!("none yet ({e})"),
+        };
         println!(
-            "configuration OK: listen {}, bundle {}, profile {}, uploads in {}",
+            "configuration OK: listen {}, bundle {bundle}, profile {}, uploads in {}",
             config.listen,
-            bundle.display(),
             profile.name,
             config.upload_parent().display()
         );
         return Ok(());
     }
+    let (bundle, _) = locate_bundle(config.bundle.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let code = rt.block_on(async move {
         let listener =

@@ -312,8 +312,7 @@ fn gpu_dispatch(
             }
             let trt = &opts.policy.tensorrt;
             let mut ep = ort::ep::TensorRT::default().with_fp16(trt.fp16).with_int8(trt.int8);
-            if let Some(root) = &trt.cache_root {
-                let dir = root.join("tensorrt").join(trt.cache_key(&rt.version, &opts.model_sha256, inputs));
+            if let Some(dir) = trt.cache_dir(&rt.version, &opts.model_sha256, inputs) {
                 std::fs::create_dir_all(&dir).map_err(|e| format!("engine cache {}: {e}", dir.display()))?;
                 let dir = dir.display().to_string();
                 ep = ep

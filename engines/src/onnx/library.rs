@@ -31,7 +31,9 @@ pub fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
     }
     let names = ["libonnxruntime.so", "libonnxruntime.so.1", &format!("libonnxruntime.so.{SETUP_ORT_VERSION}")];
     if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        for base in [dir.clone(), dir.join("../lib"), dir.join("../lib/emollama")] {
+        // `/usr/bin` → `/usr/lib/emollama`, spelled without `..` (the path is reported).
+        let prefix = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.clone());
+        for base in [dir.clone(), prefix.join("lib"), prefix.join("lib/emollama")] {
             out.extend(names.iter().map(|n| base.join(n)));
         }
     }
@@ -64,10 +66,20 @@ pub fn init_runtime(explicit: Option<&Path>) -> Result<&'static OrtRuntime, Engi
     let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
         return Err(EngineError::OrtLibraryNotFound { searched: candidates });
     };
+    // Microsoft's builds (1.31 here) upload telemetry on Linux too and keep a persistent
+    // device id and event cache in ~/.cache/Microsoft (seen in the service's home).
+    // `ORT_DISABLE_TELEMETRY=1`, set before the library initialises, is their full
+    // opt-out; a device service sends nothing anywhere. Set here, under the init lock,
+    // before any other thread can have loaded ONNX Runtime; a value the user set wins.
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
+    }
     let builder = ort::init_from(&path)
         .map_err(|e| EngineError::OrtLibraryLoad { path: path.clone(), message: e.to_string() })?;
+    // And the API's switch, for the events that API controls.
     let environment = builder
         .with_name("emollama")
+        .with_telemetry(false)
         .with_logger(std::sync::Arc::new(log_to_tracing))
         .build()
         .map_err(|e| EngineError::OrtEnvironment(e.to_string()))?;

@@ -116,6 +116,12 @@ impl TensorRtOptions {
         format!("{device}-ort{ort_version}-{}-shapes{shape_hash:016x}-{sha}", self.precision())
     }
 
+    /// Where one model's engine and timing caches live (`None`: no cache configured).
+    pub fn cache_dir(&self, ort_version: &str, model_sha256: &str, inputs: &[TensorSpec]) -> Option<PathBuf> {
+        let root = self.cache_root.as_ref()?;
+        Some(root.join("tensorrt").join(self.cache_key(ort_version, model_sha256, inputs)))
+    }
+
     /// TensorRT optimization-profile strings (`name:1x3x448x448,...`) for min, opt and
     /// max, from the manifest's dynamic axes; `None` when an axis has no range.
     pub fn profile_shapes(&self, inputs: &[TensorSpec]) -> Option<[String; 3]> {

@@ -1,0 +1,236 @@
+//! `emollama compile`: every encoder's TensorRT engine built for this device into the
+//! engine cache, ahead of the service. A first TensorRT build takes minutes per engine
+//! (the 1B-parameter EVA ViT-g most of all); a service that spends them on its first
+//! request looks hung. The engines are the ones the service would build: the same plan,
+//! the same precision, the same cache key (board, L4T, TensorRT and ONNX Runtime
+//! versions, shapes, model hash), so what is compiled here is what the service loads.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use emollama_bundle::{Bundle, Role, TensorSpec};
+use emollama_devices::{HostInfo, Profile};
+use emollama_engines::onnx::{
+    available_providers, init_runtime, EncoderEngine, EngineOptions, Provider, ProviderPolicy, TensorRtOptions,
+};
+
+use crate::pipeline::planned_config;
+use crate::RuntimeError;
+
+/// How often a long build reports that it is still running.
+const STILL_BUILDING_EVERY: Duration = Duration::from_secs(30);
+
+/// One encoder engine and where its TensorRT engine is cached.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineTarget {
+    pub role: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    #[serde(skip)]
+    pub sha256: String,
+    #[serde(skip)]
+    pub inputs: Vec<TensorSpec>,
+    #[serde(skip)]
+    pub outputs: Vec<TensorSpec>,
+    pub cache_dir: PathBuf,
+    /// The cache already holds an engine for exactly this model, device and software.
+    pub current: bool,
+}
+
+/// What `compile` would do: the engines, in the order they are built.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CompilePlan {
+    pub bundle: String,
+    pub profile: String,
+    pub precision: &'static str,
+    pub device_key: String,
+    /// Why TensorRT cannot run here (`None`: it can).
+    pub tensorrt_unavailable: Option<String>,
+    pub engines: Vec<EngineTarget>,
+    #[serde(skip)]
+    threads: usize,
+    #[serde(skip)]
+    tensorrt: TensorRtOptions,
+    #[serde(skip)]
+    sample_rate: usize,
+}
+
+impl CompilePlan {
+    /// The engines whose cache is not current.
+    pub fn pending(&self) -> impl Iterator<Item = &EngineTarget> {
+        self.engines.iter().filter(|e| !e.current)
+    }
+}
+
+/// Progress, for the command's output (a first build takes minutes: say so, with an ETA).
+#[derive(Debug, Clone, Copy)]
+pub enum CompileEvent<'a> {
+    Started { index: usize, total: usize, engine: &'a EngineTarget },
+    StillBuilding { engine: &'a EngineTarget, engine_s: f64, elapsed_s: f64 },
+    Built { index: usize, total: usize, engine: &'a EngineTarget, engine_s: f64, elapsed_s: f64, eta_s: Option<f64> },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CompileReport {
+    pub built: Vec<(String, f64)>,
+    pub current: Vec<String>,
+    pub total_s: f64,
+}
+
+/// Why this binary and library cannot build TensorRT engines, if they cannot.
+fn tensorrt_unavailable(library: &Path) -> Option<String> {
+    if !Provider::TensorRt.compiled_in() {
+        return Some("this emollama was built without TensorRT (cargo feature `tensorrt`)".into());
+    }
+    if !available_providers().contains(&Provider::TensorRt) {
+        return Some(format!(
+            "{} has no TensorRT provider (a CPU-only ONNX Runtime; Jetson needs the GPU build for its JetPack)",
+            library.display()
+        ));
+    }
+    None
+}
+
+/// The engines of `bundle` on `profile`, with their cache folders and whether each is
+/// current. Reads no model: cheap enough for every service start.
+pub fn compile_plan(
+    bundle: &Bundle,
+    profile: &Profile,
+    host: &HostInfo,
+    ort_library: Option<&Path>,
+) -> Result<CompilePlan, RuntimeError> {
+    let (_, config) = planned_config(bundle, profile, Some(host))?;
+    let rt = init_runtime(ort_library)?;
+    let tensorrt = config.providers.tensorrt.clone();
+    let mut engines = Vec::new();
+    for role in Role::ENGINES {
+        let Some(e) = bundle.file(&role) else { continue };
+        let cache_dir = tensorrt
+            .cache_dir(&rt.version, &e.sha256, &e.inputs)
+            .expect("the planned configuration always has an engine cache");
+        engines.push(EngineTarget {
+            role: role.as_str().into(),
+            path: bundle.path_of(e),
+            bytes: e.size,
+            sha256: e.sha256.clone(),
+            inputs: e.inputs.clone(),
+            outputs: e.outputs.clone(),
+            current: holds_engine(&cache_dir),
+            cache_dir,
+        });
+    }
+    Ok(CompilePlan {
+        bundle: bundle.manifest().id.clone(),
+        profile: profile.name.clone(),
+        precision: tensorrt.precision(),
+        device_key: tensorrt.device_key.clone(),
+        tensorrt_unavailable: tensorrt_unavailable(&rt.library),
+        engines,
+        threads: config.threads,
+        sample_rate: bundle.manifest().preprocess.audio.sample_rate as usize,
+        tensorrt,
+    })
+}
+
+/// ONNX Runtime's TensorRT provider writes `<model>_<hash>_<profile>.engine` files into
+/// the cache folder once an engine is built.
+fn holds_engine(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "engine") && e.metadata().is_ok_and(|m| m.len() > 0))
+    })
+}
+
+/// Build every pending engine: a TensorRT session (TensorRT required, no fallback) and
+/// one warm-up run, which leaves the engine in the cache.
+pub fn compile(
+    plan: &CompilePlan,
+    ort_library: Option<&Path>,
+    on_event: &(dyn Fn(CompileEvent<'_>) + Sync),
+) -> Result<CompileReport, RuntimeError> {
+    if let Some(reason) = &plan.tensorrt_unavailable {
+        return Err(RuntimeError::TensorRtUnavailable { reason: reason.clone() });
+    }
+    let rt = init_runtime(ort_library)?;
+    let started = Instant::now();
+    let pending: Vec<&EngineTarget> = plan.pending().collect();
+    let total_bytes: u64 = pending.iter().map(|e| e.bytes).sum();
+    let mut done_bytes = 0u64;
+    let mut built = Vec::new();
+    for (i, engine) in pending.iter().enumerate() {
+        on_event(CompileEvent::Started { index: i + 1, total: pending.len(), engine });
+        let engine_started = Instant::now();
+        let finished = AtomicBool::new(false);
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut next = STILL_BUILDING_EVERY;
+                while !finished.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if engine_started.elapsed() >= next {
+                        next += STILL_BUILDING_EVERY;
+                        on_event(CompileEvent::StillBuilding {
+                            engine,
+                            engine_s: engine_started.elapsed().as_secs_f64(),
+                            elapsed_s: started.elapsed().as_secs_f64(),
+                        });
+                    }
+                }
+            });
+            let result = build_one(rt, plan, engine);
+            finished.store(true, Ordering::Relaxed);
+            result
+        });
+        result?;
+        let engine_s = engine_started.elapsed().as_secs_f64();
+        done_bytes += engine.bytes;
+        let elapsed_s = started.elapsed().as_secs_f64();
+        // Build time grows with the model's size: estimate the rest from the bytes done.
+        let eta_s = (done_bytes > 0 && done_bytes < total_bytes)
+            .then(|| elapsed_s * (total_bytes - done_bytes) as f64 / done_bytes as f64);
+        on_event(CompileEvent::Built { index: i + 1, total: pending.len(), engine, engine_s, elapsed_s, eta_s });
+        built.push((engine.role.clone(), engine_s));
+    }
+    let current = plan.engines.iter().filter(|e| e.current).map(|e| e.role.clone()).collect();
+    Ok(CompileReport { built, current, total_s: started.elapsed().as_secs_f64() })
+}
+
+fn build_one(
+    rt: &emollama_engines::onnx::OrtRuntime,
+    plan: &CompilePlan,
+    engine: &EngineTarget,
+) -> Result<(), RuntimeError> {
+    let opts = EngineOptions {
+        intra_threads: plan.threads,
+        policy: ProviderPolicy {
+            order: vec![Provider::TensorRt],
+            required: Some(Provider::TensorRt),
+            tensorrt: plan.tensorrt.clone(),
+        },
+        model_sha256: engine.sha256.clone(),
+    };
+    let session =
+        EncoderEngine::load(rt, &engine.role, &engine.path, engine.inputs.clone(), engine.outputs.clone(), &opts)?;
+    let sr = plan.sample_rate;
+    session.warm_up(&|axis| if axis == "samples" { sr } else { 1 })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_file_makes_the_cache_current() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!holds_engine(&dir.path().join("absent")));
+        assert!(!holds_engine(dir.path()));
+        std::fs::write(dir.path().join("timing.cache"), b"x").unwrap();
+        assert!(!holds_engine(dir.path()), "a timing cache alone is not an engine");
+        std::fs::write(dir.path().join("TensorrtExecutionProvider_TRTKernel_graph_1_0.engine"), b"").unwrap();
+        assert!(!holds_engine(dir.path()), "an empty engine file (a build that died) is not current");
+        std::fs::write(dir.path().join("TensorrtExecutionProvider_TRTKernel_graph_1_0.engine"), b"plan").unwrap();
+        assert!(holds_engine(dir.path()));
+    }
+}

@@ -1,0 +1,215 @@
+//! The package's own logic that runs without a board: the Jetson build plan that
+//! `scripts/package` derives from a board's files (recorded trees of real Jetsons), its
+//! argument handling, `install-bundle`, `compile` without TensorRT, and the systemd unit
+//! (verify clean, exposure at most 3.0). The .deb itself is built, installed into a
+//! Debian 12 rootfs and purged by `scripts/test-package` (part of ./scripts/test).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{bundle_dir, emollama_bin};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn package(args: &[&str]) -> Output {
+    Command::new(repo().join("scripts/package")).args(args).output().expect("scripts/package runs")
+}
+
+fn plan_of(out: &Output) -> std::collections::BTreeMap<String, String> {
+    assert!(out.status.success(), "scripts/package failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+#[test]
+fn the_jetson_build_follows_the_board_files() {
+    let boards = repo().join("devices/tests/boards");
+    // (recorded board, JetPack, profile): every one is an Orin, CUDA architecture 87.
+    for (board, jetpack, profile) in [
+        ("orin-nano-8gb-jp62-maxn-super", "6.2", "orin-nano-8gb-super"),
+        ("orin-nano-8gb-jp61-7w", "6.1", "orin-nano-8gb"),
+        ("orin-nx-16gb-jp61-maxn", "6.1", "orin-nx-16gb"),
+        ("agx-orin-64gb-jp512-maxn", "5.1.2", "agx-orin-64gb"),
+    ] {
+        let root = boards.join(board);
+        let p = plan_of(&package(&[
+            "--dry-run",
+            "--root",
+            root.to_str().unwrap(),
+            "--ort-library",
+            "/opt/ort/libonnxruntime.so.1.20.0",
+        ]));
+        assert_eq!(p["jetson"], "1", "{board}");
+        assert_eq!(p["jetpack"], jetpack, "{board}");
+        assert_eq!(p["profile"], profile, "{board}");
+        assert_eq!(p["cuda_arch"], "87", "{board}");
+        assert_eq!(p["target"], "arm64", "{board}");
+        assert_eq!(p["features"], "tensorrt,llama-cuda", "{board}");
+        assert_eq!(p["onnxruntime"], "/opt/ort/libonnxruntime.so.1.20.0", "{board}");
+        assert!(p["package"].ends_with(&format!("_0.1.0-1+jetpack{jetpack}_arm64.deb")), "{board}: {}", p["package"]);
+    }
+}
+
+#[test]
+fn a_jetson_build_needs_the_gpu_onnx_runtime_and_the_board() {
+    let root = repo().join("devices/tests/boards/orin-nx-16gb-jp61-maxn");
+    let out = package(&["--dry-run", "--root", root.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("GPU build of ONNX Runtime for JetPack 6.1") && err.contains("--ort-library"), "{err}");
+    if std::env::consts::ARCH != "aarch64" {
+        let out = package(&["--root", root.to_str().unwrap(), "--ort-library", "/x/libonnxruntime.so"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("made on the Jetson itself"));
+    }
+}
+
+#[test]
+fn a_plain_host_gets_the_cpu_package_and_bad_options_are_refused() {
+    let empty = tempfile::tempdir().unwrap();
+    let p = plan_of(&package(&["--dry-run", "--root", empty.path().to_str().unwrap()]));
+    assert_eq!(p["jetson"], "0");
+    assert_eq!(p["features"], "none");
+    let arch = if std::env::consts::ARCH == "aarch64" { "arm64" } else { "amd64" };
+    assert!(p["package"].ends_with(&format!("emollama_0.1.0-1_{arch}.deb")), "{}", p["package"]);
+    let p = plan_of(&package(&["--dry-run", "--target", "arm64", "--root", empty.path().to_str().unwrap()]));
+    assert!(p["onnxruntime"].ends_with("1.31.1-aarch64/libonnxruntime.so.1.31.1"), "{}", p["onnxruntime"]);
+    for bad in [&["--target", "riscv64"][..], &["--frobnicate"], &["--target"]] {
+        let out = package(bad);
+        assert_ne!(out.status.code(), Some(0), "{bad:?} accepted");
+        assert!(!out.stderr.is_empty(), "{bad:?}: no message");
+    }
+}
+
+#[test]
+fn the_unit_verifies_clean_and_is_hardened() {
+    let unit = repo().join("packaging/debian/emollama.service");
+    // `verify` exits 0 on a misspelt key: any output is a failure. The binary is not
+    // installed here, so that one complaint is expected and nothing else.
+    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let rest: Vec<&str> = text.lines().filter(|l| !l.contains("Command /usr/bin/emollama is not executable")).collect();
+    assert!(rest.is_empty(), "systemd-analyze verify: {rest:?}");
+    // --threshold is on the 0..100 scale: 30 = an exposure of 3.0.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=30", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score = text.lines().find(|l| l.contains("Overall exposure level")).unwrap_or("");
+    assert!(out.status.success(), "exposure above 3.0: {score}");
+    // Both GPU families: Orin's nvgpu nodes and the nvidia* nodes of Thor and dGPUs.
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    for node in [
+        "/dev/nvmap",
+        "/dev/nvgpu/igpu0/as",
+        "/dev/nvgpu/igpu0/channel",
+        "/dev/nvgpu/igpu0/tsg",
+        "/dev/nvidia0",
+        "/dev/nvidiactl",
+        "/dev/nvidia-uvm",
+    ] {
+        assert!(unit_text.contains(&format!("DeviceAllow={node} rw")), "{node} missing from DeviceAllow");
+    }
+    eprintln!("{score}");
+}
+
+fn emollama(args: &[&str]) -> Output {
+    Command::new(emollama_bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn install_bundle_verifies_while_it_copies_and_replaces_only_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("share/emollama/bundle");
+    let out = emollama(&["install-bundle", bundle_dir().to_str().unwrap(), "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("every sha256 checked"));
+    let manifest = std::fs::read(to.join("manifest.json")).unwrap();
+    assert_eq!(manifest, std::fs::read(bundle_dir().join("manifest.json")).unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(to.join("manifest.json")).unwrap().permissions().mode() & 0o777, 0o644);
+
+    // A tampered source: refused, the installed bundle untouched, no staging left.
+    let bad = dir.path().join("bad");
+    common::copy_dir(&bundle_dir(), &bad);
+    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let audio = m["files"].as_array().unwrap().iter().find(|f| f["role"] == "audio_engine").unwrap();
+    let victim = bad.join(audio["path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x55;
+    std::fs::write(&victim, bytes).unwrap();
+    let out = emollama(&["install-bundle", bad.to_str().unwrap(), "--to", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fails its checksum") && err.contains(audio["path"].as_str().unwrap()), "{err}");
+    assert!(emollama(&["info", "--bundle", to.to_str().unwrap()]).status.success(), "the installed bundle was damaged");
+    let left: Vec<_> = std::fs::read_dir(to.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("bundle")], "staging left behind");
+}
+
+#[test]
+fn compile_without_tensorrt_says_so_and_lists_the_engines() {
+    let bundle = bundle_dir();
+    let b = bundle.to_str().unwrap();
+    let out = emollama(&["compile", "--bundle", b, "--profile", "x86-cpu"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TensorRT is not available") && err.contains("tensorrt"), "{err}");
+    let out = emollama(&["compile", "--bundle", b, "--profile", "x86-cpu", "--if-available"]);
+    assert!(out.status.success());
+    // The list names every encoder with its cache folder, keyed on the device and versions.
+    let out = emollama(&["compile", "--bundle", b, "--profile", "orin-nano-8gb", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let roles: Vec<&str> = plan["engines"].as_array().unwrap().iter().map(|e| e["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["global_engine", "local_engine", "temporal_engine", "audio_engine"]);
+    assert_eq!(plan["precision"], "fp16", "the planner's precision for an Orin Nano");
+    let key = plan["device_key"].as_str().unwrap();
+    assert!(key.starts_with("orin-nano-8gb-L4T") && key.contains("-trt"), "{key}");
+    for e in plan["engines"].as_array().unwrap() {
+        assert_eq!(e["current"], false);
+        assert!(e["cache_dir"].as_str().unwrap().contains("/engines/tensorrt/orin-nano-8gb-"), "{e}");
+    }
+}
+
+/// Microsoft's ONNX Runtime builds keep a device id and a telemetry cache in
+/// `~/.cache/Microsoft` and upload events, on Linux too; emollama opts out before the
+/// library initialises, so a run leaves nothing in the (service's) home.
+#[test]
+fn a_run_leaves_no_onnx_runtime_telemetry_behind() {
+    let home = tempfile::tempdir().unwrap();
+    let ort = common::cache_dir().join("onnxruntime/1.31.1/libonnxruntime.so.1.31.1");
+    let clip = common::media_dir().join("talking-face.mp4");
+    let out = Command::new(emollama_bin())
+        .env("HOME", home.path())
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("ORT_DISABLE_TELEMETRY")
+        .args(["--ort-library", ort.to_str().unwrap(), "analyze", clip.to_str().unwrap()])
+        .args(["--bundle", bundle_dir().to_str().unwrap(), "--mode", "official-demo", "--max-new-tokens", "2"])
+        .args(["--transcript", "hello", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let left: Vec<_> = walk(home.path());
+    assert!(left.is_empty(), "left in the home folder: {left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        out.push(e.path());
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
