@@ -125,5 +125,23 @@ bookworm_rootfs() {
   chmod 755 "$dir"
 }
 
+# qemu-aarch64 registered with binfmt_misc with the F flag, so that a chroot into an arm64
+# root file system runs its binaries without the emulator inside it.
+register_qemu_aarch64() {
+  need_debs qemu-user-static
+  mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || /lib/systemd/systemd-binfmt /usr/lib/binfmt.d/qemu-aarch64.conf
+  grep -q '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 ||
+    { echo "qemu-aarch64 is registered without the F flag: a chroot cannot find the emulator" >&2; return 1; }
+}
+
+# Run a command inside ROOT as the package's service user, with its home:
+# as_service ROOT COMMAND...
+as_service() {
+  local root=$1
+  shift
+  chroot "$root" setpriv --reuid=emollama --regid=emollama --init-groups env HOME=/var/lib/emollama "$@"
+}
+
 # A digest of files, to rebuild derived artefacts only when their sources change.
 tree_digest() { (cd "$REPO_ROOT" && find "$@" -type f \( -name '*.py' -o -name '*.txt' -o -name '*.sh' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }

@@ -289,14 +289,28 @@ fn check_preset(p: &GenerationPreset) -> Result<(), String> {
 /// Lower-case hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = File::open(path)?;
+    Ok(sha256_stream(&mut file, |_| Ok(()), |e| e)?.0)
+}
+
+/// Read `input` to the end in 1 MiB chunks, handing each to `on_chunk` (a copy, say);
+/// the sha256 (lower-case hex) and the byte count. Read errors go through `read_err`, so
+/// a caller can tell them from its own.
+pub(crate) fn sha256_stream<E>(
+    input: &mut impl Read,
+    mut on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
+    read_err: impl Fn(std::io::Error) -> E,
+) -> Result<(String, u64), E> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = input.read(&mut buf).map_err(&read_err)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        on_chunk(&buf[..n])?;
+        bytes += n as u64;
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok((hex::encode(hasher.finalize()), bytes))
 }

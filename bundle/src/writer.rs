@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use crate::error::BundleError;
 use crate::manifest::{Manifest, Role};
 use crate::types::Precision;
-use crate::verify::{sha256_file, Bundle, MANIFEST_FILE};
+use crate::verify::{sha256_file, sha256_stream, Bundle, MANIFEST_FILE};
+
+/// The hidden folder beside `dst` (`.NAME.SUFFIX`) a bundle is written into before it is
+/// renamed into place.
+fn beside(dst: &Path, suffix: &str) -> PathBuf {
+    dst.with_file_name(format!(".{}.{suffix}", dst.file_name().map_or("bundle".into(), |n| n.to_string_lossy())))
+}
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
     move |source| BundleError::Write { path: path.to_path_buf(), source }
@@ -28,8 +34,7 @@ pub fn derive_bundle<E: From<BundleError>>(
         return Err(BundleError::OutputExists(dst.into()).into());
     }
     src.verify_files()?;
-    let staging: PathBuf =
-        dst.with_file_name(format!(".{}.partial", dst.file_name().map_or("bundle".into(), |n| n.to_string_lossy())));
+    let staging = beside(dst, "partial");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(write_err(&staging))?;
     let result = (|| {
@@ -77,11 +82,10 @@ pub fn derive_bundle<E: From<BundleError>>(
 /// bundle as it was.
 pub fn install_bundle(src: &Path, dst: &Path) -> Result<Manifest, BundleError> {
     let bundle = Bundle::open(src)?;
-    let name = dst.file_name().map_or("bundle".into(), |n| n.to_string_lossy().into_owned());
     let parent = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(write_err(parent))?;
-    let staging = parent.join(format!(".{name}.partial"));
-    let previous = parent.join(format!(".{name}.old"));
+    let staging = beside(dst, "partial");
+    let previous = beside(dst, "old");
     let _ = std::fs::remove_dir_all(&staging);
     let _ = std::fs::remove_dir_all(&previous);
     std::fs::create_dir_all(&staging).map_err(write_err(&staging))?;
@@ -112,29 +116,19 @@ pub fn install_bundle(src: &Path, dst: &Path) -> Result<Manifest, BundleError> {
 
 /// Copy `from` to `to`, hashing on the way; the copy is synced before it counts.
 fn copy_checked(from: &Path, to: &Path, size: u64, sha256: &str) -> Result<(), BundleError> {
-    use sha2::{Digest, Sha256};
-    use std::io::{Read, Write};
-    let unreadable = |source| BundleError::FileUnreadable { path: from.to_path_buf(), source };
+    use std::io::Write;
     let mut input = std::fs::File::open(from)
         .map_err(|_| BundleError::MissingFile { path: from.to_path_buf(), role: "listed in the manifest".into() })?;
     let mut output = std::fs::File::create(to).map_err(write_err(to))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut copied = 0u64;
-    loop {
-        let n = input.read(&mut buf).map_err(unreadable)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        output.write_all(&buf[..n]).map_err(write_err(to))?;
-        copied += n as u64;
-    }
+    let (actual, copied) = sha256_stream(
+        &mut input,
+        |chunk| output.write_all(chunk).map_err(write_err(to)),
+        |source| BundleError::FileUnreadable { path: from.to_path_buf(), source },
+    )?;
     output.sync_all().map_err(write_err(to))?;
     if copied != size {
         return Err(BundleError::SizeMismatch { path: from.to_path_buf(), expected: size, actual: copied });
     }
-    let actual = hex::encode(hasher.finalize());
     if !actual.eq_ignore_ascii_case(sha256) {
         return Err(BundleError::ChecksumMismatch { path: from.to_path_buf(), expected: sha256.into(), actual });
     }

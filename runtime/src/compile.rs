@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use emollama_bundle::{Bundle, Role, TensorSpec};
 use emollama_devices::{HostInfo, Profile};
 use emollama_engines::onnx::{
-    available_providers, init_runtime, EncoderEngine, EngineOptions, Provider, ProviderPolicy, TensorRtOptions,
+    available_providers, init_runtime, EncoderEngine, EngineOptions, OrtRuntime, Provider, ProviderPolicy,
+    TensorRtOptions,
 };
 
-use crate::pipeline::planned_config;
+use crate::pipeline::{planned_config, warm_up};
 use crate::RuntimeError;
 
 /// How often a long build reports that it is still running.
@@ -53,7 +54,9 @@ pub struct CompilePlan {
     #[serde(skip)]
     tensorrt: TensorRtOptions,
     #[serde(skip)]
-    sample_rate: usize,
+    sample_rate: u32,
+    #[serde(skip)]
+    rt: &'static OrtRuntime,
 }
 
 impl CompilePlan {
@@ -128,8 +131,9 @@ pub fn compile_plan(
         tensorrt_unavailable: tensorrt_unavailable(&rt.library),
         engines,
         threads: config.threads,
-        sample_rate: bundle.manifest().preprocess.audio.sample_rate as usize,
+        sample_rate: bundle.manifest().preprocess.audio.sample_rate,
         tensorrt,
+        rt,
     })
 }
 
@@ -147,13 +151,11 @@ fn holds_engine(dir: &Path) -> bool {
 /// one warm-up run, which leaves the engine in the cache.
 pub fn compile(
     plan: &CompilePlan,
-    ort_library: Option<&Path>,
     on_event: &(dyn Fn(CompileEvent<'_>) + Sync),
 ) -> Result<CompileReport, RuntimeError> {
     if let Some(reason) = &plan.tensorrt_unavailable {
         return Err(RuntimeError::TensorRtUnavailable { reason: reason.clone() });
     }
-    let rt = init_runtime(ort_library)?;
     let started = Instant::now();
     let pending: Vec<&EngineTarget> = plan.pending().collect();
     let total_bytes: u64 = pending.iter().map(|e| e.bytes).sum();
@@ -178,7 +180,7 @@ pub fn compile(
                     }
                 }
             });
-            let result = build_one(rt, plan, engine);
+            let result = build_one(plan, engine);
             finished.store(true, Ordering::Relaxed);
             result
         });
@@ -196,11 +198,7 @@ pub fn compile(
     Ok(CompileReport { built, current, total_s: started.elapsed().as_secs_f64() })
 }
 
-fn build_one(
-    rt: &emollama_engines::onnx::OrtRuntime,
-    plan: &CompilePlan,
-    engine: &EngineTarget,
-) -> Result<(), RuntimeError> {
+fn build_one(plan: &CompilePlan, engine: &EngineTarget) -> Result<(), RuntimeError> {
     let opts = EngineOptions {
         intra_threads: plan.threads,
         policy: ProviderPolicy {
@@ -211,10 +209,8 @@ fn build_one(
         model_sha256: engine.sha256.clone(),
     };
     let session =
-        EncoderEngine::load(rt, &engine.role, &engine.path, engine.inputs.clone(), engine.outputs.clone(), &opts)?;
-    let sr = plan.sample_rate;
-    session.warm_up(&|axis| if axis == "samples" { sr } else { 1 })?;
-    Ok(())
+        EncoderEngine::load(plan.rt, &engine.role, &engine.path, engine.inputs.clone(), engine.outputs.clone(), &opts)?;
+    warm_up(&session, plan.sample_rate)
 }
 
 #[cfg(test)]

@@ -120,6 +120,14 @@ pub struct Pipeline {
 /// Contexts kept for reuse (the service runs one request at a time on a Jetson).
 const CONTEXT_POOL: usize = 2;
 
+/// Run an encoder once on zeros at the smallest sensible sizes of its dynamic axes (one
+/// item, one second of audio): it checks the engine, and a GPU provider builds its
+/// kernels (or its TensorRT engine) then rather than on the first request.
+pub(crate) fn warm_up(engine: &EncoderEngine, sample_rate: u32) -> Result<(), RuntimeError> {
+    let samples = sample_rate as usize;
+    Ok(engine.warm_up(&|axis| if axis == "samples" { samples } else { 1 })?)
+}
+
 /// The plan of `bundle` on `profile` and the configuration it runs with (keyed on the
 /// host's L4T and TensorRT when given); refuses a bundle that cannot fit or needs a
 /// requantized LLM. The service, `compile` and the commands all start here, so a
@@ -184,7 +192,7 @@ impl Pipeline {
             model_sha256: String::new(),
         };
         let m = bundle.manifest();
-        let sr = m.preprocess.audio.sample_rate as usize;
+        let sample_rate = m.preprocess.audio.sample_rate;
         let in_turn = config.encoders == Residency::InTurn;
         // Each encoder is loaded and warmed up once (which also checks it); in turn, it
         // is then released until a request needs it.
@@ -193,7 +201,7 @@ impl Pipeline {
             let opts = EngineOptions { model_sha256: e.sha256.clone(), ..opts.clone() };
             let path = bundle.path_of(e);
             let engine = EncoderEngine::load(rt, role.as_str(), &path, e.inputs.clone(), e.outputs.clone(), &opts)?;
-            engine.warm_up(&|axis| if axis == "samples" { sr } else { 1 })?;
+            warm_up(&engine, sample_rate)?;
             Ok(if in_turn {
                 let provider = engine.provider().to_string();
                 EncoderSlot::InTurn {

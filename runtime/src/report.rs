@@ -85,8 +85,7 @@ pub fn inspect_bundle(
         )?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        // Smallest sensible sizes for dynamic axes: one item, one second of audio.
-        engine.warm_up(&|axis| if axis == "samples" { m.preprocess.audio.sample_rate as usize } else { 1 })?;
+        crate::pipeline::warm_up(&engine, m.preprocess.audio.sample_rate)?;
         engines.push(EngineReport {
             role: role.to_string(),
             file: entry.path.clone(),

@@ -86,7 +86,7 @@ pub fn run(args: CompileArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
                 .unwrap_or_default()
         );
     }
-    let report = compile(&plan, ort_library.as_deref(), &|event| match event {
+    let report = compile(&plan, &|event| match event {
         CompileEvent::Started { index, total, engine } => {
             eprintln!("[{index}/{total}] {}: building ({:.0} MB of ONNX) …", engine.role, engine.bytes as f64 / 1e6)
         }
