@@ -10,6 +10,8 @@ pub const PIXEL_VALUES: &str = "pixel_values";
 pub const FACES: &str = "faces";
 pub const CLIP: &str = "clip";
 pub const WAVEFORM: &str = "waveform";
+/// A projector-only engine's input: one utterance feature `[1, C]`.
+pub const FEATURES: &str = "features";
 pub const PATCH_ROWS: &str = "patch_rows";
 pub const CLS_ROW: &str = "cls_row";
 pub const LOCAL_ROW: &str = "local_row";
@@ -41,6 +43,11 @@ pub fn engine_io(role: &Role) -> Option<EngineIo> {
         Role::LocalEngine => EngineIo { inputs: &[FACES], outputs: &[(LOCAL_ROW, Some(RowBlock::Local))] },
         Role::TemporalEngine => EngineIo { inputs: &[CLIP], outputs: &[(TEMPORAL_ROW, Some(RowBlock::Temporal))] },
         Role::AudioEngine => EngineIo { inputs: &[WAVEFORM], outputs: &[(AUDIO_ROW, Some(RowBlock::Audio))] },
+        Role::LocalProjector => EngineIo { inputs: &[FEATURES], outputs: &[(LOCAL_ROW, Some(RowBlock::Local))] },
+        Role::TemporalProjector => {
+            EngineIo { inputs: &[FEATURES], outputs: &[(TEMPORAL_ROW, Some(RowBlock::Temporal))] }
+        }
+        Role::AudioProjector => EngineIo { inputs: &[FEATURES], outputs: &[(AUDIO_ROW, Some(RowBlock::Audio))] },
         Role::FacePnet | Role::FaceRnet => EngineIo { inputs: &[IMAGE], outputs: &[(REG, None), (PROB, None)] },
         Role::FaceOnet => EngineIo { inputs: &[IMAGE], outputs: &[(REG, None), (LANDMARKS, None), (PROB, None)] },
         Role::ZeroRows => EngineIo { inputs: &[], outputs: &[(ZERO_ROWS, None)] },

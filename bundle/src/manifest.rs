@@ -186,6 +186,11 @@ pub enum Role {
     FacePnet,
     FaceRnet,
     FaceOnet,
+    /// `feats_llama_proj1/2/3` alone: one pre-extracted utterance feature (the encoder's
+    /// output before its projector, the official eval's `.npy` files) to its prompt row.
+    LocalProjector,
+    TemporalProjector,
+    AudioProjector,
     /// The rows of an all-zero utterance feature (local, temporal, audio): the
     /// projector biases, used for the official demo mode and for missing input.
     ZeroRows,
@@ -204,6 +209,9 @@ impl Role {
             Role::FacePnet => "face_pnet",
             Role::FaceRnet => "face_rnet",
             Role::FaceOnet => "face_onet",
+            Role::LocalProjector => "local_projector",
+            Role::TemporalProjector => "temporal_projector",
+            Role::AudioProjector => "audio_projector",
             Role::ZeroRows => "zero_rows",
             Role::Other(s) => s,
         }
@@ -211,12 +219,34 @@ impl Role {
 
     pub const ENGINES: [Role; 4] = [Role::GlobalEngine, Role::LocalEngine, Role::TemporalEngine, Role::AudioEngine];
     pub const FACE_NETS: [Role; 3] = [Role::FacePnet, Role::FaceRnet, Role::FaceOnet];
+    pub const PROJECTORS: [Role; 3] = [Role::LocalProjector, Role::TemporalProjector, Role::AudioProjector];
+    /// Every engine that makes prompt rows: the encoders, then the projector-only engines.
+    pub const ROW_ENGINES: [Role; 7] = [
+        Role::GlobalEngine,
+        Role::LocalEngine,
+        Role::TemporalEngine,
+        Role::AudioEngine,
+        Role::LocalProjector,
+        Role::TemporalProjector,
+        Role::AudioProjector,
+    ];
 
     /// Files a bundle may lack: the face detector (as a whole), and the local or temporal
     /// engine of an export made without the MAE or VideoMAE checkpoint, whose rows are then
-    /// always the zero-feature rows.
+    /// always the zero-feature rows; and the projector-only engines (bundles exported before
+    /// them take no pre-extracted features).
     pub fn is_optional(&self) -> bool {
-        matches!(self, Role::LocalEngine | Role::TemporalEngine | Role::FacePnet | Role::FaceRnet | Role::FaceOnet)
+        matches!(
+            self,
+            Role::LocalEngine
+                | Role::TemporalEngine
+                | Role::FacePnet
+                | Role::FaceRnet
+                | Role::FaceOnet
+                | Role::LocalProjector
+                | Role::TemporalProjector
+                | Role::AudioProjector
+        )
     }
 }
 

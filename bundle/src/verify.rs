@@ -122,7 +122,7 @@ impl Bundle {
         }
         let count = |role: &Role| counts.get(role).copied().unwrap_or(0);
         let required = Role::ENGINES.iter().chain([&Role::Llm, &Role::ZeroRows]);
-        for role in required.chain(Role::FACE_NETS.iter()) {
+        for role in required.chain(Role::FACE_NETS.iter()).chain(Role::PROJECTORS.iter()) {
             match count(role) {
                 0 if role.is_optional() => {}
                 0 => return Err(BundleError::MissingRole(role.clone())),

@@ -7,6 +7,7 @@ use anyhow::Context;
 use emollama_bundle::locations::{locate_bundle, BundleSource};
 use emollama_devices::{detect, find_profile, load_profiles, profile_dirs, HostInfo, Profile};
 use emollama_engines::onnx::{Provider, ProviderPolicy};
+use emollama_runtime::{LoadOptions, Pipeline};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BundleArgs {
@@ -86,4 +87,22 @@ pub fn profiles() -> anyhow::Result<Vec<Profile>> {
 
 pub fn host() -> anyhow::Result<HostInfo> {
     Ok(detect(Path::new("/"), &profiles()?))
+}
+
+/// The pipeline of a command that runs clips itself (`analyze`, `eval`): the bundle
+/// planned on the profile, the engine flags applied.
+pub fn load_pipeline(
+    bundle: &BundleArgs,
+    profile: &ProfileArgs,
+    engines: &EngineArgs,
+    ort_library: Option<PathBuf>,
+) -> anyhow::Result<Pipeline> {
+    let dir = bundle.dir()?;
+    let mut profile = profile.resolve()?;
+    if let Some(t) = engines.threads {
+        profile.defaults.threads = t.max(1);
+    }
+    let load =
+        LoadOptions { providers: Some(engines.provider.policy()), ort_library, host: Some(host()?), scratch_dir: None };
+    Pipeline::planned(&dir, &profile, load).with_context(|| format!("bundle {}", dir.display()))
 }

@@ -120,7 +120,7 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
     let nb = f64::from(s.n_batch.min(s.n_ctx));
     let compute_buffers =
         (64.0 * MIB + llm.vocab_size as f64 * nb * 4.0 + 6.0 * llm.embedding_width as f64 * nb * 4.0) as u64;
-    let engines: Vec<(String, u64, u64)> = Role::ENGINES
+    let engines: Vec<(String, u64, u64)> = Role::ROW_ENGINES
         .iter()
         .filter_map(|r| m.files.iter().find(|f| &f.role == r))
         .map(|f| {

@@ -107,7 +107,7 @@ pub fn compile_plan(
     let rt = init_runtime(ort_library)?;
     let tensorrt = config.providers.tensorrt.clone();
     let mut engines = Vec::new();
-    for role in Role::ENGINES {
+    for role in Role::ROW_ENGINES {
         let Some(e) = bundle.file(&role) else { continue };
         let cache_dir = tensorrt
             .cache_dir(&rt.version, &e.sha256, &e.inputs)

@@ -20,6 +20,10 @@ pub enum RuntimeError {
     Device(#[from] emollama_devices::DeviceError),
     #[error(transparent)]
     Request(#[from] crate::request::RequestError),
+    #[error(transparent)]
+    Features(#[from] crate::features::FeaturesError),
+    #[error("pre-extracted {block} features were given, but this bundle has no {role} engine (bundles exported before projector-only engines); export the bundle again")]
+    NoProjector { block: emollama_bundle::RowBlock, role: emollama_bundle::Role },
     #[error("refusing to load bundle {bundle} on {profile}: {message}")]
     DoesNotFit { bundle: String, profile: String, message: String },
     #[error("bundle {bundle} fits {profile} only with its LLM as {llm_type} ({message}); make that bundle first: emollama quantize --bundle IN OUT {llm_type}")]

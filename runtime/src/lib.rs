@@ -8,6 +8,8 @@ pub mod compile;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod eval;
+pub mod features;
 pub mod observer;
 pub mod pipeline;
 pub mod prompt;
@@ -19,6 +21,7 @@ pub mod transcript;
 
 pub use config::RuntimeConfig;
 pub use error::RuntimeError;
+pub use features::{FeatureFiles, FeaturesError};
 pub use pipeline::{planned_config, LoadOptions, Pipeline};
 pub use request::{AnalyzeOptions, AnalyzeRequest, Layout, Mode, Preset, RequestError, TaskKind};
 pub use session::{AnalyzeResult, Session};

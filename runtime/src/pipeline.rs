@@ -3,10 +3,12 @@
 //! Each request runs in its own [`Session`]: `pipeline.session(req)?.run(…)`, the shape
 //! of tract's plan/state split.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use emollama_bundle::{Bundle, BundleError, Manifest, Role, TensorSpec};
+use emollama_bundle::contract::FEATURES;
+use emollama_bundle::{Bundle, BundleError, Manifest, Role, RowBlock, TensorSpec};
 use emollama_devices::{plan, HostInfo, Outcome, Plan, Profile, Residency};
 use emollama_engines::llm::{LlmContext, LlmModel, ModelParams};
 use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, OrtRuntime, Outputs, ProviderPolicy};
@@ -89,6 +91,22 @@ impl Encoders {
     }
 }
 
+/// A projector-only engine (always resident: one linear layer) and its input width.
+pub(crate) struct Projector {
+    pub(crate) engine: EncoderEngine,
+    pub(crate) width: usize,
+}
+
+/// Which row each projector-only engine makes.
+fn projector_role(block: RowBlock) -> Option<Role> {
+    match block {
+        RowBlock::Local => Some(Role::LocalProjector),
+        RowBlock::Temporal => Some(Role::TemporalProjector),
+        RowBlock::Audio => Some(Role::AudioProjector),
+        RowBlock::GlobalPatches | RowBlock::GlobalCls => None,
+    }
+}
+
 /// How a pipeline is loaded for a device profile: the plan decides the rest.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -107,6 +125,8 @@ pub struct Pipeline {
     config: RuntimeConfig,
     plan: Option<Plan>,
     encoders: Encoders,
+    /// The projector-only engines the bundle has, for pre-extracted features.
+    projectors: BTreeMap<RowBlock, Projector>,
     /// One MTCNN per worker thread (empty when the bundle ships no face detector).
     pub(crate) faces: Vec<FaceDetector>,
     /// Rows of zero features, [local, temporal, audio] × width.
@@ -224,6 +244,21 @@ impl Pipeline {
             temporal: optional(Role::TemporalEngine)?,
             audio: load(Role::AudioEngine)?,
         };
+        let mut projectors = BTreeMap::new();
+        for block in crate::features::FeatureFiles::BLOCKS {
+            let role = projector_role(block).expect("a features block");
+            let Some(e) = bundle.file(&role) else { continue };
+            let width =
+                e.inputs.iter().find(|i| i.name == FEATURES).and_then(|i| i.shape.last()).and_then(|d| d.fixed());
+            let width = width.ok_or_else(|| {
+                BundleError::Inconsistent(format!("{}: the `features` input needs a fixed width", e.path))
+            })? as usize;
+            let opts = EngineOptions { model_sha256: e.sha256.clone(), ..opts.clone() };
+            let engine =
+                EncoderEngine::load(rt, role.as_str(), &bundle.path_of(e), e.inputs.clone(), e.outputs.clone(), &opts)?;
+            warm_up(&engine, sample_rate)?;
+            projectors.insert(block, Projector { engine, width });
+        }
         // Face detection is per frame: one single-threaded detector per worker.
         let face_opts = EngineOptions { intra_threads: 1, ..opts.clone() };
         let mut faces = Vec::new();
@@ -243,7 +278,17 @@ impl Pipeline {
         if config.n_ctx > m.llm.n_ctx_train {
             return Err(RuntimeError::ContextTooLong { n_ctx: config.n_ctx, n_ctx_train: m.llm.n_ctx_train });
         }
-        Ok(Self { bundle, config, plan: None, encoders, faces, zero_rows, llm, contexts: Mutex::new(Vec::new()) })
+        Ok(Self {
+            bundle,
+            config,
+            plan: None,
+            encoders,
+            projectors,
+            faces,
+            zero_rows,
+            llm,
+            contexts: Mutex::new(Vec::new()),
+        })
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -272,6 +317,20 @@ impl Pipeline {
         &self.encoders
     }
 
+    /// The projector-only engine of `block`, for its pre-extracted features.
+    pub(crate) fn projector(&self, block: RowBlock) -> Result<&Projector, RuntimeError> {
+        self.projectors.get(&block).ok_or_else(|| RuntimeError::NoProjector {
+            block,
+            role: projector_role(block).unwrap_or(Role::Other(block.to_string())),
+        })
+    }
+
+    /// Whether this bundle takes pre-extracted features for every one of local, temporal
+    /// and audio.
+    pub fn takes_features(&self) -> bool {
+        self.projectors.len() == crate::features::FeatureFiles::BLOCKS.len()
+    }
+
     /// Each encoder's provider; an encoder the bundle lacks is "absent".
     pub fn providers(&self) -> std::collections::BTreeMap<String, String> {
         [
@@ -293,7 +352,18 @@ impl Pipeline {
     /// Everything about `req` that can be refused without its media: the merged sampling
     /// values of its preset, and whether its prompt (transcript included) fits the context.
     pub fn check_request(&self, req: &AnalyzeRequest) -> Result<(), RuntimeError> {
+        self.check_features(&req.features)?;
         self.session(req, CancelToken::new())?.check_fits()
+    }
+
+    /// Refuse features of a modality this bundle has no projector-only engine for.
+    pub fn check_features(&self, features: &crate::features::FeatureFiles) -> Result<(), RuntimeError> {
+        for block in crate::features::FeatureFiles::BLOCKS {
+            if features.get(block).is_some() {
+                self.projector(block)?;
+            }
+        }
+        Ok(())
     }
 
     /// A session for one request, cancelled through `cancel`.

@@ -68,7 +68,7 @@ pub fn inspect_bundle(
     let m = bundle.manifest();
     let rt = init_runtime(ort_library)?;
     let (mut engines, mut absent_engines) = (Vec::new(), Vec::new());
-    for role in &Role::ENGINES {
+    for role in &Role::ROW_ENGINES {
         let Some(entry) = bundle.file(role) else {
             absent_engines.push(role.to_string()); // an optional engine the export did not include
             continue;
@@ -161,16 +161,21 @@ impl BundleReport {
         s += "engines  (verified sha256, loaded, warmed up)\n";
         for e in &self.engines {
             s += &format!(
-                "  {:<16} {:<14} {:>7.2} MB  {:<5} on {:<4}  {} -> {}  export parity {:.1e}  load {:.0} ms, warm-up {:.0} ms\n",
+                "  {:<18} {:<22} {:>7.2} MB  {:<5} on {:<4}  {} -> {}  export parity {:.1e}  load {:.0} ms, warm-up {:.0} ms\n",
                 e.role, e.file, mb(e.bytes), e.precision, e.provider, e.inputs.join(" "), e.outputs.join(" "),
                 e.export_parity_max_abs_diff.unwrap_or(f64::NAN), e.load_ms, e.warm_up_ms
             );
             for f in &e.fallbacks {
-                s += &format!("  {:<16} note: {f}\n", "");
+                s += &format!("  {:<18} note: {f}\n", "");
             }
         }
         for role in &self.absent_engines {
-            s += &format!("  {role:<16} none in this bundle: its row is always the zero-feature row\n");
+            let why = if role.ends_with("_projector") {
+                "pre-extracted features for this row are refused"
+            } else {
+                "its row is always the zero-feature row"
+            };
+            s += &format!("  {role:<18} none in this bundle: {why}\n");
         }
         let l = &self.llm;
         s += &format!(

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::features::FeatureFiles;
 use crate::prompt::{Task, REASON_POOL};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +72,9 @@ pub struct AnalyzeRequest {
     pub top_k: Option<u32>,
     pub repetition_penalty: Option<f32>,
     pub seed: u64,
+    /// Pre-extracted features used instead of running the local, temporal or audio encoder.
+    #[serde(default)]
+    pub features: FeatureFiles,
 }
 
 impl AnalyzeRequest {
@@ -90,6 +94,7 @@ impl AnalyzeRequest {
             top_k: None,
             repetition_penalty: None,
             seed: 0,
+            features: FeatureFiles::default(),
         }
     }
 }
@@ -132,11 +137,28 @@ pub struct AnalyzeOptions {
     pub scores: Option<bool>,
     /// Server-Sent Events instead of one JSON answer (HTTP API).
     pub stream: Option<bool>,
+    /// Pre-extracted features (`.npy`, float32 `[C]` or `[1, C]`) used instead of running
+    /// the MAE, VideoMAE or HuBERT encoder (HTTP API: files inside an allowed folder).
+    pub local_features: Option<String>,
+    pub temporal_features: Option<String>,
+    pub audio_features: Option<String>,
 }
 
 /// Fields whose values are text; every other form field is read as a JSON scalar, so
 /// `max_new_tokens=-1`, `seed=1e30` or `scores=1` are refused exactly as in JSON.
-const TEXT_FIELDS: [&str; 8] = ["path", "url", "task", "question", "transcript", "mode", "preset", "layout"];
+const TEXT_FIELDS: [&str; 11] = [
+    "path",
+    "url",
+    "task",
+    "question",
+    "transcript",
+    "mode",
+    "preset",
+    "layout",
+    "local_features",
+    "temporal_features",
+    "audio_features",
+];
 
 impl AnalyzeOptions {
     /// Options from multipart text fields (name, value), with JSON's rules: numbers must
@@ -218,6 +240,11 @@ impl AnalyzeOptions {
             top_k: self.top_k,
             repetition_penalty: self.repetition_penalty,
             seed: self.seed.unwrap_or(0),
+            features: FeatureFiles {
+                local: self.local_features.map(Into::into),
+                temporal: self.temporal_features.map(Into::into),
+                audio: self.audio_features.map(Into::into),
+            },
             ..AnalyzeRequest::new(media)
         })
     }

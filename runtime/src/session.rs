@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use emollama_bundle::contract::{
-    AUDIO_ROW, CLIP, CLS_ROW, FACES, LOCAL_ROW, PATCH_ROWS, PIXEL_VALUES, TEMPORAL_ROW, WAVEFORM,
+    AUDIO_ROW, CLIP, CLS_ROW, FACES, FEATURES, LOCAL_ROW, PATCH_ROWS, PIXEL_VALUES, TEMPORAL_ROW, WAVEFORM,
 };
 use emollama_bundle::{BundleError, FrameChoice, GenerationPreset, Role, RowBlock};
 use emollama_engines::llm::{GenerateOptions, LlmContext, Sampler, SamplingParams, Segment, StopReason};
@@ -24,6 +24,7 @@ use emollama_media::{
 use ndarray::ArrayD;
 use serde::Serialize;
 
+use crate::features::{read_features, FeatureFiles};
 use crate::observer::Observer;
 use crate::pipeline::Pipeline;
 use crate::prompt::{build_prompt, extract_label, normalise_scores, Task};
@@ -99,6 +100,8 @@ pub struct Session<'p> {
     frames: Option<DecodedFrames>,
     waveform: Option<Vec<f32>>,
     crops: FaceCrops,
+    /// Pre-extracted features read for this request, until their projector runs.
+    features: BTreeMap<RowBlock, Vec<f32>>,
     blocks: BTreeMap<RowBlock, Vec<f32>>,
     prompt: Option<PromptTokens>,
     ctx: Option<LlmContext>,
@@ -144,6 +147,7 @@ impl<'p> Session<'p> {
             frames: None,
             waveform: None,
             crops: FaceCrops::default(),
+            features: BTreeMap::new(),
             blocks: BTreeMap::new(),
             prompt: None,
             ctx: None,
@@ -238,10 +242,10 @@ impl<'p> Session<'p> {
     }
 
     /// In full mode, the face frames: every frame up to the cap (the MAE mean) and
-    /// VideoMAE's pairs over the whole clip.
+    /// VideoMAE's pairs over the whole clip (none when features replace both face encoders).
     fn face_selections(&self) -> Option<[FrameSelection; 2]> {
         let t = &self.pipeline.manifest().preprocess.temporal;
-        self.full().then(|| {
+        (self.full() && !self.req.features.covers_faces()).then(|| {
             [
                 FrameSelection::AllCapped(self.pipeline.config().limits.max_face_frames),
                 FrameSelection::VideoMae {
@@ -255,6 +259,7 @@ impl<'p> Session<'p> {
     /// Decode the frames every encoder needs, and the audio at the manifest's rate. A URL
     /// is fetched once into the scratch folder first; every read is then local.
     pub fn decode_media(&mut self) -> Result<(), RuntimeError> {
+        self.read_features()?;
         let mut selections = vec![self.global_selection()];
         selections.extend(self.face_selections().into_iter().flatten());
         let limits = self.pipeline.config().limits.clone();
@@ -273,6 +278,9 @@ impl<'p> Session<'p> {
             .timed(Stage::DecodeVideo, |_| Ok(decode_frames(&media, &limits, &selections, &cancel).map_err(named)?))?;
         self.frames = Some(frames);
         let rate = self.pipeline.manifest().preprocess.audio.sample_rate;
+        if self.features.contains_key(&RowBlock::Audio) {
+            return self.observe_zero_rows(); // HuBERT does not run: no audio to decode
+        }
         self.waveform = self.timed(Stage::DecodeAudio, |s| {
             match decode_audio_16k_mono(&media, &limits, rate, &cancel).map_err(named) {
                 Ok(w) => Ok(Some(w)),
@@ -283,6 +291,42 @@ impl<'p> Session<'p> {
                 Err(e) => Err(e.into()),
             }
         })?;
+        self.observe_zero_rows()
+    }
+
+    /// Read and check the request's features files, before any media work.
+    fn read_features(&mut self) -> Result<(), RuntimeError> {
+        for block in FeatureFiles::BLOCKS {
+            if let Some(path) = self.req.features.get(block) {
+                let width = self.pipeline.projector(block)?.width;
+                self.features.insert(block, read_features(path, block, width)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The `block` row from its pre-extracted features through the projector-only engine
+    /// (timed as that block's encoder stage); false when the request has none for it.
+    fn project_features(&mut self, block: RowBlock, stage: Stage) -> Result<bool, RuntimeError> {
+        let Some(features) = self.features.remove(&block) else { return Ok(false) };
+        let input = ArrayD::from_shape_vec(vec![1, features.len()], features).expect("1 x width");
+        self.observe_tensor(&format!("{block}_features"), &input)?;
+        let output = match block {
+            RowBlock::Local => LOCAL_ROW,
+            RowBlock::Temporal => TEMPORAL_ROW,
+            _ => AUDIO_ROW,
+        };
+        let cancel = self.cancel.clone();
+        let mut out = self.timed(stage, |s| {
+            Ok(s.pipeline.projector(block)?.engine.run_cancellable(&[(FEATURES, input.view())], Some(&cancel))?)
+        })?;
+        self.blocks.insert(block, out.take(output)?.into_iter().collect());
+        let path = self.req.features.get(block).map(|p| p.display().to_string()).unwrap_or_default();
+        self.notes.push(format!("the {block} row is from pre-extracted features ({path})"));
+        Ok(true)
+    }
+
+    fn observe_zero_rows(&mut self) -> Result<(), RuntimeError> {
         let m = self.pipeline.manifest();
         let zero = ArrayD::from_shape_vec(vec![3, m.llm.embedding_width as usize], self.pipeline.zero_rows.clone())
             .expect("3 x width");
@@ -313,6 +357,9 @@ impl<'p> Session<'p> {
 
     /// Faces in the capped frames (MAE) and in VideoMAE's frames, tracked and aligned.
     pub fn detect_faces(&mut self) -> Result<(), RuntimeError> {
+        if self.req.features.covers_faces() {
+            return Ok(()); // both face rows come from features
+        }
         let Some([capped, videomae]) = self.face_selections() else {
             self.notes.push("official-demo mode: local and temporal rows are the zero-feature rows".into());
             return Ok(());
@@ -356,6 +403,9 @@ impl<'p> Session<'p> {
     /// The MAE mean over the face crops, projected (the local row).
     pub fn encode_local(&mut self) -> Result<(), RuntimeError> {
         let images = std::mem::take(&mut self.crops.local);
+        if self.project_features(RowBlock::Local, Stage::LocalEncoder)? {
+            return Ok(());
+        }
         if !self.pipeline.encoders().has(&Role::LocalEngine) {
             self.notes.push("the bundle has no local (MAE) engine: the local row is the zero-feature row".into());
             return self.zero_row(RowBlock::Local);
@@ -373,6 +423,9 @@ impl<'p> Session<'p> {
     /// VideoMAE over its sampled frames' face crops, projected (the temporal row).
     pub fn encode_temporal(&mut self) -> Result<(), RuntimeError> {
         let images = std::mem::take(&mut self.crops.temporal);
+        if self.project_features(RowBlock::Temporal, Stage::TemporalEncoder)? {
+            return Ok(());
+        }
         if !self.pipeline.encoders().has(&Role::TemporalEngine) {
             self.notes
                 .push("the bundle has no temporal (VideoMAE) engine: the temporal row is the zero-feature row".into());
@@ -390,6 +443,9 @@ impl<'p> Session<'p> {
 
     /// HuBERT over the waveform, projected (the audio row).
     pub fn encode_audio(&mut self) -> Result<(), RuntimeError> {
+        if self.project_features(RowBlock::Audio, Stage::AudioEncoder)? {
+            return Ok(());
+        }
         let Some(w) = self.waveform.take() else {
             return self.zero_row(RowBlock::Audio);
         };

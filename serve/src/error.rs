@@ -94,6 +94,10 @@ pub(crate) fn runtime_error(e: RuntimeError) -> ApiError {
             ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_parameter", msg)
         }
         RuntimeError::Request(r) => ApiError::new(S::BAD_REQUEST, "invalid_field", r.to_string()),
+        RuntimeError::Features(f) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_features", f.to_string()),
+        RuntimeError::NoProjector { .. } => {
+            ApiError::new(S::UNPROCESSABLE_ENTITY, "features_not_supported", e.to_string())
+        }
         RuntimeError::Engine(EngineError::ContextOverflow { .. }) => {
             ApiError::new(S::UNPROCESSABLE_ENTITY, "context_overflow", e.to_string())
         }

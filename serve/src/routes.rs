@@ -256,6 +256,13 @@ async fn analyze_inner(
         }
     };
     let media = media_source(&state, &upload, &opts.path, &opts.url).await?;
+    let mut opts = opts;
+    // Features files are read by path, under the same rules as a media `path`.
+    for features in [&mut opts.local_features, &mut opts.temporal_features, &mut opts.audio_features] {
+        if let Some(p) = features.take() {
+            *features = Some(allowed_path(&state, &p)?);
+        }
+    }
     let stream = query.stream.or(opts.stream).unwrap_or(false);
     let request: AnalyzeRequest = opts
         .into_request(media, state.config.max_new_tokens_limit as u32)

@@ -270,3 +270,51 @@ fn a_client_that_disconnects_cancels_its_generation() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A .npy file as numpy writes it: float32, C order, a version 1 header.
+fn write_npy(path: &std::path::Path, shape: &[usize]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    let n: usize = shape.iter().product();
+    bytes.extend((0..n).flat_map(|i| (0.01 * i as f32).to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn features_by_path_under_the_same_rules_as_media() {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::bundle_dir().join("manifest.json")).unwrap()).unwrap();
+    let projector = manifest["files"].as_array().unwrap().iter().find(|f| f["role"] == "audio_projector").unwrap();
+    let width = projector["inputs"][0]["shape"][1].as_u64().unwrap() as usize;
+    let (allowed, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_npy(&allowed.path().join("audio.npy"), &[width]);
+    write_npy(&allowed.path().join("wrong.npy"), &[2, width]);
+    write_npy(&outside.path().join("audio.npy"), &[1, width]);
+    let srv = start(&["--allowed-dir", allowed.path().to_str().unwrap()], &[]);
+    wait_ready(srv.port);
+    // The sample media folder is allowed by `start`, the features folder by the flag.
+    let clip = common::media_dir().join("talking-face.mp4");
+    let with = |f: &std::path::Path| format!(", \"preset\": \"fast\", \"audio_features\": \"{}\"", f.display());
+    let r =
+        http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 4, &with(&allowed.path().join("audio.npy"))));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("the audio row is from pre-extracted features"), "{notes}");
+    assert!(v["timings_ms"].get("decode_audio").is_none(), "HuBERT's input was not decoded");
+    let r =
+        http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 4, &with(&allowed.path().join("wrong.npy"))));
+    assert_eq!((r.status, error_code(&r)), (422, "invalid_features".to_string()), "{}", r.body);
+    assert!(r.body.contains("shape [2, "), "{}", r.body);
+    let r =
+        http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 4, &with(&outside.path().join("audio.npy"))));
+    assert_eq!((r.status, error_code(&r)), (403, "path_not_allowed".to_string()), "{}", r.body);
+}

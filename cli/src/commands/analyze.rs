@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use emollama_runtime::observer::InputDump;
 use emollama_runtime::transcript::{sidecar_subtitles, subtitles_text};
-use emollama_runtime::{AnalyzeOptions, Layout, LoadOptions, Mode, Pipeline, Preset, Stage, TaskKind};
+use emollama_runtime::{AnalyzeOptions, Layout, Mode, Preset, Stage, TaskKind};
 
-use crate::args::{host, BundleArgs, EngineArgs, ProfileArgs};
+use crate::args::{load_pipeline, BundleArgs, EngineArgs, ProfileArgs};
 
 #[derive(clap::Args)]
 pub struct AnalyzeArgs {
@@ -60,6 +60,16 @@ pub struct AnalyzeArgs {
     repetition_penalty: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Pre-extracted MAE features of the faces (.npy, float32 [C] or [1, C], as the
+    /// official `mae_340_UTT/<clip>.npy`): used instead of running the local encoder.
+    #[arg(long, value_name = "NPY")]
+    local_features: Option<PathBuf>,
+    /// Pre-extracted VideoMAE features (`maeV_399_UTT/<clip>.npy`), instead of the temporal encoder.
+    #[arg(long, value_name = "NPY")]
+    temporal_features: Option<PathBuf>,
+    /// Pre-extracted HuBERT features (`HL-UTT/<clip>.npy`), instead of the audio encoder.
+    #[arg(long, value_name = "NPY")]
+    audio_features: Option<PathBuf>,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -80,7 +90,6 @@ fn transcript_of(args: &AnalyzeArgs) -> anyhow::Result<Option<String>> {
 }
 
 pub fn run(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
-    let dir = args.bundle.dir()?;
     let transcript = transcript_of(&args)?;
     // The same options, and the same rules, as an HTTP request.
     let options = AnalyzeOptions {
@@ -99,20 +108,14 @@ pub fn run(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
         repetition_penalty: args.repetition_penalty,
         seed: Some(args.seed),
         scores: Some(args.scores),
+        local_features: args.local_features.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        temporal_features: args.temporal_features.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        audio_features: args.audio_features.as_ref().map(|p| p.to_string_lossy().into_owned()),
         ..AnalyzeOptions::default()
     };
     let req = options.into_request(args.media.clone(), u32::MAX)?;
-    let mut profile = args.profile.resolve()?;
-    if let Some(t) = args.engines.threads {
-        profile.defaults.threads = t.max(1);
-    }
-    let load = LoadOptions {
-        providers: Some(args.engines.provider.policy()),
-        ort_library,
-        host: Some(host()?),
-        scratch_dir: None,
-    };
-    let pipeline = Pipeline::planned(&dir, &profile, load).with_context(|| format!("bundle {}", dir.display()))?;
+    let pipeline = load_pipeline(&args.bundle, &args.profile, &args.engines, ort_library)?;
+    pipeline.check_features(&req.features)?;
     let json = args.json;
     if !json && transcript.is_none() {
         eprintln!("note: no transcript (--transcript, --transcript-file or a .srt/.vtt beside the video): the prompt's transcript line is left out");

@@ -4,6 +4,7 @@ mod analyze;
 mod bench;
 mod compile;
 mod doctor;
+mod eval;
 mod info;
 mod install_bundle;
 mod manpages;
@@ -27,6 +28,10 @@ pub enum Command {
     /// Does a bundle fit a device? The memory plan: the settings that will run, and the
     /// changes that make it fit.
     Plan(plan::PlanArgs),
+    /// Evaluate a labelled set as the official MER2023 protocol does (list file, videos,
+    /// pre-extracted features, transcripts): the paper's metrics, resumable; or compare
+    /// two runs (--compare A B: what a quantization cost on the same clips).
+    Eval(eval::EvalArgs),
     /// Benchmark the pipeline on this device: cold start, warm stages, decode vs raw llama.cpp.
     Bench(bench::BenchArgs),
     /// Build the TensorRT engines for this device into the engine cache, ahead of the
@@ -55,6 +60,7 @@ impl Command {
             Command::Doctor(a) => doctor::run(a, ort_library),
             Command::Plan(a) => plan::run(a),
             Command::Bench(a) => bench::run(a, ort_library),
+            Command::Eval(a) => eval::run(a, ort_library),
             Command::Compile(a) => compile::run(a, ort_library),
             Command::InstallBundle(a) => install_bundle::run(a),
             Command::Manpages(a) => manpages::run(a, cli),

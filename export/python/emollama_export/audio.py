@@ -46,9 +46,12 @@ class AudioEngine(nn.Module):
         self.hubert = HubertModel(config)
         self.feats_llama_proj3 = nn.Linear(config.hidden_size, llm_dim)
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def utterance(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The clip's feature before the projector, [1, C] (`HL-UTT/<clip>.npy`)."""
         mean = waveform.mean(dim=-1, keepdim=True)
         var = ((waveform - mean) ** 2).mean(dim=-1, keepdim=True)
         normalized = (waveform - mean) / torch.sqrt(var + 1e-7)
-        hidden = self.hubert(normalized).last_hidden_state  # [1, T, C]
-        return self.feats_llama_proj3(hidden.mean(dim=1, keepdim=True))
+        return self.hubert(normalized).last_hidden_state.mean(dim=1)  # [1, T, C] -> [1, C]
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.feats_llama_proj3(self.utterance(waveform).unsqueeze(1))

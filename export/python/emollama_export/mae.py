@@ -51,6 +51,9 @@ class LocalEngine(nn.Module):
         self.encoder = MaeViT(cfg)
         self.feats_llama_proj1 = nn.Linear(cfg.embed_dim, llm_dim)
 
+    def utterance(self, faces: torch.Tensor) -> torch.Tensor:
+        """The clip's feature before the projector, [1, C] (`mae_340_UTT/<clip>.npy`)."""
+        return self.encoder(faces).mean(dim=0, keepdim=True)
+
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        utterance = self.encoder(faces).mean(dim=0, keepdim=True)  # [1, C]
-        return self.feats_llama_proj1(utterance).unsqueeze(0)
+        return self.feats_llama_proj1(self.utterance(faces)).unsqueeze(0)

@@ -32,6 +32,7 @@ from .manifest import bundle_manifest, file_entry, sha256_file
 from .memory import MemorySampler
 from .official_code import EVA_DEPTH
 from .official_encoders import check_encoders, export_encoders
+from .projectors import PROJECTORS, export_projectors, projector_name
 from .official_llm import convert_llm, read_checkpoint, read_llama
 from .synthetic import export_face_detector, log
 from .tensors import write_json_atomic
@@ -104,7 +105,7 @@ def check_only(args) -> None:
 
 
 def build(args, out: Path, staging: Path, bundle: Path, work: Path, memory: MemorySampler) -> None:
-    stages = Stages(["check inputs", "hash inputs", "encoders", "face detector", "llm", "manifest"], memory)
+    stages = Stages(["check inputs", "hash inputs", "projectors", "encoders", "face detector", "llm", "manifest"], memory)
     llama, ckpt, lora, ckpt_config = stages.run("check inputs", check_inputs, args)
     cfg = llama["config"]
     d = cfg["hidden_size"]
@@ -112,7 +113,12 @@ def build(args, out: Path, staging: Path, bundle: Path, work: Path, memory: Memo
               args.hubert / "pytorch_model.bin", args.llama / "config.json", args.llama / "tokenizer.model",
               *llama["files"]] + [p for p in (args.mae, args.videomae) if p]
     hashes = stages.run("hash inputs", hash_inputs, inputs)
-    files, parts, rows = stages.run("encoders", export_encoders, args, ckpt, d, bundle)
+    # The projectors alone come from the main checkpoint, so pre-extracted features work
+    # even without the MAE and VideoMAE checkpoints (read before the encoders take them).
+    files = stages.run("projectors", export_projectors, bundle, {
+        k: (ckpt.peek(f"{projector_name(k)}.weight"), ckpt.peek(f"{projector_name(k)}.bias")) for k, _, _ in PROJECTORS})
+    encoder_files, parts, rows = stages.run("encoders", export_encoders, args, ckpt, d, bundle)
+    files.extend(encoder_files)
     ckpt.finish()
     files.extend(stages.run("face detector", export_face_detector, bundle, args.facenet_dir))
     gguf_path, delta_ratios = stages.run("llm", convert_llm, args, lora, bundle, work)

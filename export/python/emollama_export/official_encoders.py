@@ -228,7 +228,9 @@ def export_encoders(args, ckpt: Inventory, d: int, bundle: Path) -> tuple:
     for k, name in ((1, "MAE"), (2, "VideoMAE")):
         if k not in biases:
             biases[k] = ckpt.take(f"feats_llama_proj{k}.bias")
-            ckpt.ignore(rf"feats_llama_proj{k}\.weight", f"no {name} checkpoint given: its row is the zero-feature row")
+            ckpt.ignore(rf"feats_llama_proj{k}\.weight", f"no {name} checkpoint given: the weight is in "
+                        f"feats_llama_proj{k}.onnx only (pre-extracted features); without them the row is the "
+                        "zero-feature row")
     rows_f32 = torch.stack([biases[k] for k in (1, 2, 3)]).float().numpy().astype("<f4")
     (bundle / "zero-rows.f32").write_bytes(rows_f32.tobytes())
     files.append(file_entry(bundle, "zero-rows.f32", "zero_rows", "raw-f32", "fp32",

@@ -38,6 +38,7 @@ from transformers import (HubertModel, LlamaForCausalLM, LlamaTokenizer, VideoMA
 from .llama import spliced_reference
 from .official_code import load_eva_vit, eva_vision_transformer
 from .reference import load as load_dumped, run as run_pipeline
+from .projectors import PROJECTORS, projector_name
 from .tensors import TensorStore, write_json_atomic
 
 TOLERANCE = 1e-4  # fp32 on CPU, the synthetic goldens' tolerance
@@ -298,6 +299,13 @@ def goldens(args) -> None:
     }
     outputs = {"global": ["patch_rows", "cls_row"], "local": ["local_row"], "temporal": ["temporal_row"],
                "audio": ["audio_row"]}
+    # The projector-only engines, against nn.Linear on the checkpoint's own tensors.
+    for k, _, row in PROJECTORS:
+        layer = fx.linear(projector_name(k))
+        refs[projector_name(k)] = lambda x, layer=layer: layer(x).unsqueeze(1)
+        cases[projector_name(k)] = [{"features": rng.standard_normal((1, layer.in_features)).astype(np.float32)}
+                                    for _ in range(2)]
+        outputs[projector_name(k)] = [row]
     golden_engines, parity = {}, {}
     for name, feeds_list in cases.items():
         sess = ort.InferenceSession(str(bundle / f"{name}.onnx"), providers=["CPUExecutionProvider"])

@@ -2,7 +2,8 @@
 weights, exported as a complete bundle, with PyTorch golden values beside it.
 
 Layout written under OUT:
-  bundle/    manifest.json, global.onnx, local.onnx, temporal.onnx, audio.onnx, llm-f32.gguf
+  bundle/    manifest.json, global.onnx, local.onnx, temporal.onnx, audio.onnx,
+             feats_llama_proj{1,2,3}.onnx, face-*.onnx, zero-rows.f32, llm-f32.gguf
   goldens/   index.json + raw f32 tensors (engine inputs/outputs, LLM logits and tokens)
 """
 
@@ -25,6 +26,7 @@ from .eva import EvaConfig, GlobalEngine
 from .llama import spliced_reference, tiny_llama, write_gguf
 from .mae import LocalEngine, MaeConfig
 from .manifest import bundle_manifest, file_entry, tensor_spec
+from .projectors import export_projectors
 from .tensors import TensorStore, write_json_atomic
 from .videomae import TemporalEngine, VideoMaeConfig
 
@@ -244,6 +246,9 @@ def build(out: Path, vocab_gguf: Path, facenet_dir: Path) -> None:
     (bundle / "zero-rows.f32").write_bytes(zero_rows.tobytes())
     files.append(file_entry(bundle, "zero-rows.f32", "zero_rows", "raw-f32", "fp32",
                             outputs=[tensor_spec("zero_rows", [3, d])]))
+    # The projectors alone, for pre-extracted features (the official eval's .npy files).
+    files.extend(export_projectors(bundle, {k: (proj.weight.detach(), proj.bias.detach()) for k, proj in (
+        (1, local.feats_llama_proj1), (2, temporal.feats_llama_proj2), (3, audio.feats_llama_proj3))}))
     # The PyTorch modules themselves, for the end-to-end reference pipeline (tests only).
     torch_dir = staging / "torch"
     torch_dir.mkdir()

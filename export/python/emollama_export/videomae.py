@@ -68,5 +68,9 @@ class TemporalEngine(nn.Module):
         self.encoder = VideoMaeViT(cfg)
         self.feats_llama_proj2 = nn.Linear(cfg.embed_dim, llm_dim)
 
+    def utterance(self, clip: torch.Tensor) -> torch.Tensor:
+        """The clip's feature before the projector, [B, C] (`maeV_399_UTT/<clip>.npy`)."""
+        return self.encoder(clip).mean(dim=1)
+
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        return self.feats_llama_proj2(self.encoder(clip).mean(dim=1, keepdim=True))
+        return self.feats_llama_proj2(self.utterance(clip).unsqueeze(1))

@@ -1,0 +1,70 @@
+//! `emollama eval`: the official MER2023 protocol on the device. A dataset as the official
+//! files describe it ([`dataset`]), each clip through the pipeline (with pre-extracted
+//! features where given) and appended to `results.jsonl` so an interrupted run resumes
+//! ([`run`]), the paper's metrics as scikit-learn computes them ([`metrics`]), the report
+//! (`eval.md`, `eval.json`, `confusion.svg`, [`report`]) and two runs compared
+//! ([`compare`]): what a quantization cost on the same clips.
+
+pub mod compare;
+pub mod dataset;
+pub mod metrics;
+pub mod report;
+pub mod run;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::prompt::{LABELS_6, LABELS_9};
+
+pub use compare::Comparison;
+pub use dataset::{Clip, Dataset, DatasetPaths};
+pub use metrics::Metrics;
+pub use report::EvalReport;
+pub use run::{run_eval, EvalRow, EvalSettings, Progress, RunKey, RESULTS};
+
+/// A label set: the MER2023/2024 six, or MERR's nine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum LabelSet {
+    /// happy, sad, neutral, angry, worried, surprise (MER2023/2024 scoring).
+    Six,
+    /// The six and fear, contempt, doubt (MERR; the MER2023 eval's instruction).
+    Nine,
+}
+
+impl LabelSet {
+    pub fn labels(self) -> &'static [&'static str] {
+        match self {
+            LabelSet::Six => &LABELS_6,
+            LabelSet::Nine => &LABELS_9,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("list file {path}, line {line}: {reason}")]
+    ListLine { path: PathBuf, line: usize, reason: String },
+    #[error("transcript file {path}: {reason}")]
+    Transcripts { path: PathBuf, reason: String },
+    #[error("{path} line {line} is not a result row ({reason}); it was not written by emollama eval")]
+    ResultRow { path: PathBuf, line: usize, reason: String },
+    #[error("{path} holds results of another run ({found}; this run is {expected}): give another --out, or --restart to replace them")]
+    OtherRun { path: PathBuf, found: String, expected: String },
+    #[error("{path}: no result rows")]
+    NoRows { path: PathBuf },
+    #[error(transparent)]
+    Runtime(#[from] crate::RuntimeError),
+}
+
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
+    move |source| EvalError::Io { path: path.into(), source }
+}

@@ -1,0 +1,204 @@
+//! The report of a run: the paper's metrics with both label extractions, per-label
+//! recall, the confusion matrix (text and SVG), how often the label scores agree with
+//! the generated answer, and the speed. Written as `eval.md`, `eval.json` and
+//! `confusion.svg` beside `results.jsonl`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::dataset::Clip;
+use super::metrics::Metrics;
+use super::run::{latest_rows, EvalRow, RunKey};
+use super::{io, EvalError};
+use crate::stage::Stage;
+
+/// A share of clips on which two labels agree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agreement {
+    pub clips: usize,
+    pub agree: usize,
+    pub rate: f64,
+}
+
+impl Agreement {
+    pub fn of(pairs: impl Iterator<Item = bool>) -> Self {
+        let (mut clips, mut agree) = (0, 0);
+        for same in pairs {
+            clips += 1;
+            agree += usize::from(same);
+        }
+        Agreement { clips, agree, rate: if clips == 0 { 0.0 } else { agree as f64 / clips as f64 } }
+    }
+}
+
+/// Per-clip time, medians over the scored clips.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speed {
+    pub median_clip_ms: f64,
+    /// One clip after another: 1000 / the median clip time.
+    pub clips_per_s: f64,
+    pub median_stage_ms: BTreeMap<Stage, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub name: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub run: RunKey,
+    pub synthetic: bool,
+    pub clips_listed: usize,
+    pub clips_scored: usize,
+    /// Listed clips not yet run (an interrupted or `--limit`ed run).
+    pub clips_pending: usize,
+    pub skipped: Vec<Skipped>,
+    /// `eval_emotion.py`'s extraction (the paper's numbers).
+    pub official: Metrics,
+    /// The last label word anywhere in the answer.
+    pub robust: Metrics,
+    /// The best-scored label against the generated label (runs that generate).
+    pub scores_vs_answer: Option<Agreement>,
+    pub transcripts_used: usize,
+    pub speed: Option<Speed>,
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+impl EvalReport {
+    /// The report of the list's clips from the file's rows (the latest row of each).
+    pub fn new(clips: &[Clip], rows: Vec<EvalRow>, synthetic: bool) -> Result<Self, EvalError> {
+        let run = rows.first().map(|r| r.run.clone()).ok_or(EvalError::NoRows { path: super::RESULTS.into() })?;
+        let latest = latest_rows(rows);
+        let listed: Vec<&EvalRow> = clips.iter().filter_map(|c| latest.get(&c.name)).collect();
+        let scored: Vec<&EvalRow> = listed.iter().copied().filter(|r| r.scored()).collect();
+        let skipped = listed
+            .iter()
+            .filter_map(|r| r.error.as_ref().map(|e| Skipped { name: r.name.clone(), error: e.clone() }))
+            .collect();
+        let labels = run.settings.scoring.labels();
+        let pairs = |pick: fn(&EvalRow) -> &Option<String>| -> Metrics {
+            Metrics::compute(
+                scored.iter().map(|r| (r.truth.as_str(), pick(r).as_deref().expect("scored rows have labels"))),
+                labels,
+            )
+        };
+        let generated = run.settings.preset != crate::request::Preset::Fast;
+        let scores_vs_answer = generated.then(|| {
+            Agreement::of(
+                scored.iter().filter(|r| r.label_from_scores.is_some()).map(|r| r.label_from_scores == r.label),
+            )
+        });
+        let speed = median(scored.iter().filter_map(|r| r.timings_ms.get(&Stage::Total).copied()).collect()).map(|m| {
+            let stages = Stage::ALL
+                .iter()
+                .filter(|s| s.is_work())
+                .filter_map(|s| {
+                    median(scored.iter().filter_map(|r| r.timings_ms.get(s).copied()).collect()).map(|v| (*s, v))
+                })
+                .collect();
+            Speed { median_clip_ms: m, clips_per_s: if m > 0.0 { 1e3 / m } else { 0.0 }, median_stage_ms: stages }
+        });
+        Ok(EvalReport {
+            synthetic,
+            clips_listed: clips.len(),
+            clips_scored: scored.len(),
+            clips_pending: clips.len() - listed.len(),
+            skipped,
+            official: pairs(|r| &r.label_official),
+            robust: pairs(|r| &r.label),
+            scores_vs_answer,
+            transcripts_used: scored.iter().filter(|r| r.transcript).count(),
+            speed,
+            run,
+        })
+    }
+
+    /// `eval.md`.
+    pub fn render(&self) -> String {
+        let r = &self.run;
+        let mut s = String::from("# emollama eval\n\n");
+        if self.synthetic {
+            s += "**Synthetic bundle (random weights): these labels mean nothing; the numbers show the machinery works.**\n\n";
+        }
+        s += &format!("Run: {r}.\n\n");
+        s += &format!(
+            "Scored **{} of {} clips**; {} skipped, {} not run yet; transcripts on {} clips.\n\n",
+            self.clips_scored,
+            self.clips_listed,
+            self.skipped.len(),
+            self.clips_pending,
+            self.transcripts_used
+        );
+        s += "| metric | official extraction | robust extraction |\n|---|---:|---:|\n";
+        let (o, b) = (&self.official, &self.robust);
+        for ((key, x), (_, y)) in o.headline().into_iter().zip(b.headline()) {
+            s += &format!("| {} | {x:.4} | {y:.4} |\n", Metrics::title(key));
+        }
+        s += "\nOfficial: the answer's last word if it is a scoring label, else `neutral` (`eval_emotion.py`, the paper's numbers). \
+              Robust: the last label word anywhere in the answer, else the official label. Metrics as scikit-learn computes them \
+              (`average='weighted'`; UAR = `balanced_accuracy_score`).\n";
+        if let Some(a) = &self.scores_vs_answer {
+            s += &format!(
+                "\nLabel scores: the best-scored label equals the generated label on {} of {} clips ({:.1} %): how often `--preset fast` (one prefill) gives the generated answer.\n",
+                a.agree, a.clips, 100.0 * a.rate
+            );
+        }
+        s += "\n## Per label (robust extraction)\n\n| label | clips | predicted | precision | recall | F1 |\n|---|---:|---:|---:|---:|---:|\n";
+        for (label, m) in &b.per_label {
+            s += &format!(
+                "| {label} | {} | {} | {:.4} | {:.4} | {:.4} |\n",
+                m.support, m.predicted, m.precision, m.recall, m.f1
+            );
+        }
+        s += &format!(
+            "\n## Confusion matrix (robust extraction)\n\n```text\n{}```\n\n![confusion matrix](confusion.svg)\n",
+            b.confusion.render()
+        );
+        s += &format!("\nOfficial extraction:\n\n```text\n{}```\n", o.confusion.render());
+        if let Some(sp) = &self.speed {
+            s += &format!(
+                "\n## Speed\n\nMedian clip {:.0} ms, {:.2} clips/s one after another. Median per stage (ms):\n\n",
+                sp.median_clip_ms, sp.clips_per_s
+            );
+            s += "| stage | ms |\n|---|---:|\n";
+            for (stage, ms) in &sp.median_stage_ms {
+                s += &format!("| {stage} | {ms:.1} |\n");
+            }
+        }
+        if !self.skipped.is_empty() {
+            s += "\n## Skipped clips (not in the metrics)\n\n";
+            for k in &self.skipped {
+                s += &format!("- `{}`: {}\n", k.name, k.error);
+            }
+        }
+        s
+    }
+
+    /// `eval.md`, `eval.json` and `confusion.svg` in `dir`, each written to a temporary
+    /// name and renamed.
+    pub fn write(&self, dir: &Path) -> Result<(), EvalError> {
+        let title = format!("{} {}, {:?} preset", self.run.bundle, self.run.llm, self.run.settings.preset);
+        write_atomic(&dir.join("eval.md"), self.render().as_bytes())?;
+        write_atomic(&dir.join("eval.json"), &serde_json::to_vec_pretty(self).expect("report serialises"))?;
+        write_atomic(&dir.join("confusion.svg"), self.robust.confusion.svg(&title).as_bytes())
+    }
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
