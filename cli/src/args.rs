@@ -89,20 +89,31 @@ pub fn host() -> anyhow::Result<HostInfo> {
     Ok(detect(Path::new("/"), &profiles()?))
 }
 
-/// The pipeline of a command that runs clips itself (`analyze`, `eval`): the bundle
-/// planned on the profile, the engine flags applied.
-pub fn load_pipeline(
-    bundle: &BundleArgs,
-    profile: &ProfileArgs,
-    engines: &EngineArgs,
-    ort_library: Option<PathBuf>,
-) -> anyhow::Result<Pipeline> {
-    let dir = bundle.dir()?;
-    let mut profile = profile.resolve()?;
-    if let Some(t) = engines.threads {
-        profile.defaults.threads = t.max(1);
+/// The option groups of a command that runs clips itself (`analyze`, `eval`, `watch`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    #[command(flatten)]
+    pub engines: EngineArgs,
+}
+
+impl PipelineArgs {
+    /// The bundle planned on the profile, the engine flags applied.
+    pub fn load(&self, ort_library: Option<PathBuf>) -> anyhow::Result<Pipeline> {
+        let dir = self.bundle.dir()?;
+        let mut profile = self.profile.resolve()?;
+        if let Some(t) = self.engines.threads {
+            profile.defaults.threads = t.max(1);
+        }
+        let load = LoadOptions {
+            providers: Some(self.engines.provider.policy()),
+            ort_library,
+            host: Some(host()?),
+            scratch_dir: None,
+        };
+        Pipeline::planned(&dir, &profile, load).with_context(|| format!("bundle {}", dir.display()))
     }
-    let load =
-        LoadOptions { providers: Some(engines.provider.policy()), ort_library, host: Some(host()?), scratch_dir: None };
-    Pipeline::planned(&dir, &profile, load).with_context(|| format!("bundle {}", dir.display()))
 }

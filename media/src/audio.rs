@@ -34,32 +34,8 @@ pub fn decode_audio_16k_mono(
     let mut packet = ff::Packet::empty();
     let max_samples = (limits.max_duration_s * f64::from(rate)) as usize + rate as usize;
 
-    let push = |frame: &mut Audio,
-                resampler: &mut Option<resampling::Context>,
-                out: &mut Vec<f32>|
-     -> Result<(), MediaError> {
-        // FFmpeg < 7 may leave the layout empty: derive it from the channel count.
-        if frame.channel_layout().is_empty() {
-            frame.set_channel_layout(ChannelLayout::default(i32::from(frame.channels().max(1))));
-        }
-        if resampler.is_none() {
-            *resampler = Some(
-                resampling::Context::get(
-                    frame.format(),
-                    frame.channel_layout(),
-                    frame.rate(),
-                    Sample::F32(SampleType::Packed),
-                    ChannelLayout::MONO,
-                    rate,
-                )
-                .map_err(err)?,
-            );
-        }
-        let r = resampler.as_mut().expect("set above");
-        let mut converted = Audio::empty();
-        r.run(frame, &mut converted).map_err(err)?;
-        extend(out, &converted);
-        Ok(())
+    let push = |frame: &mut Audio, resampler: &mut Option<resampling::Context>, out: &mut Vec<f32>| {
+        resample_into(frame, resampler, rate, out).map_err(err)
     };
 
     loop {
@@ -105,6 +81,35 @@ pub fn decode_audio_16k_mono(
         return Err(MediaError::NoSamples { source_name: name });
     }
     Ok(out)
+}
+
+/// One decoded frame resampled to mono f32 at `rate`, appended to `out`; the resampler
+/// is made for the stream on its first frame.
+pub(crate) fn resample_into(
+    frame: &mut Audio,
+    resampler: &mut Option<resampling::Context>,
+    rate: u32,
+    out: &mut Vec<f32>,
+) -> Result<(), ff::Error> {
+    // FFmpeg < 7 may leave the layout empty: derive it from the channel count.
+    if frame.channel_layout().is_empty() {
+        frame.set_channel_layout(ChannelLayout::default(i32::from(frame.channels().max(1))));
+    }
+    if resampler.is_none() {
+        *resampler = Some(resampling::Context::get(
+            frame.format(),
+            frame.channel_layout(),
+            frame.rate(),
+            Sample::F32(SampleType::Packed),
+            ChannelLayout::MONO,
+            rate,
+        )?);
+    }
+    let r = resampler.as_mut().expect("set above");
+    let mut converted = Audio::empty();
+    r.run(frame, &mut converted)?;
+    extend(out, &converted);
+    Ok(())
 }
 
 fn extend(out: &mut Vec<f32>, frame: &Audio) {

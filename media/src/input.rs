@@ -73,7 +73,7 @@ pub fn is_network(source: &str) -> bool {
     source.contains("://") && !source.starts_with("file://")
 }
 
-fn is_camera(source: &str) -> bool {
+pub(crate) fn is_camera(source: &str) -> bool {
     source.starts_with("/dev/video")
 }
 

@@ -137,7 +137,7 @@ pub fn decode_frames(
 
 /// The best video stream's index and its decoder, frame-threaded on all cores as the
 /// CLI does (libavcodec's API default is one thread).
-fn video_decoder(input: &Input, name: &str) -> Result<(usize, ff::decoder::Video), MediaError> {
+pub(crate) fn video_decoder(input: &Input, name: &str) -> Result<(usize, ff::decoder::Video), MediaError> {
     let stream =
         input.streams().best(Type::Video).ok_or_else(|| MediaError::NoVideo { source_name: name.to_string() })?;
     let decode_err = |e: ff::Error| MediaError::Decode { source_name: name.to_string(), reason: e.to_string() };
@@ -185,17 +185,17 @@ pub(crate) fn check(source: &str, cancel: &CancelToken) -> Result<(), MediaError
 }
 
 /// Frame → rotated → RGB24, with the scaler cached for the stream's format and size.
-struct Converter {
+pub(crate) struct Converter {
     rotation: u32,
     scaler: Option<(Pixel, u32, u32, scaling::Context)>,
 }
 
 impl Converter {
-    fn new(rotation: u32) -> Self {
+    pub(crate) fn new(rotation: u32) -> Self {
         Self { rotation, scaler: None }
     }
 
-    fn convert(&mut self, frame: &Video, name: &str) -> Result<RgbImage, MediaError> {
+    pub(crate) fn convert(&mut self, frame: &Video, name: &str) -> Result<RgbImage, MediaError> {
         let rotated;
         let src = if self.rotation != 0 {
             rotated = rotate_planes(frame, self.rotation).ok_or_else(|| MediaError::PixelFormat {

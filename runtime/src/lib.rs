@@ -18,6 +18,7 @@ pub mod request;
 pub mod session;
 pub mod stage;
 pub mod transcript;
+pub mod watch;
 
 pub use config::RuntimeConfig;
 pub use error::RuntimeError;

@@ -9,6 +9,9 @@ use crate::request::Layout;
 /// The nine MERR labels, in the instruction's order.
 pub const LABELS_9: [&str; 9] =
     ["happy", "sad", "neutral", "angry", "worried", "surprise", "fear", "contempt", "doubt"];
+/// DFEW's seven classes (zero-shot eval with UAR/WAR; the official code has no DFEW
+/// instruction, so it is asked with one of the others).
+pub const LABELS_DFEW: [&str; 7] = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"];
 /// MER2023/2024 scoring labels; any other answer scores as neutral.
 pub const LABELS_6: [&str; 6] = ["happy", "sad", "neutral", "angry", "worried", "surprise"];
 

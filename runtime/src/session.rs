@@ -177,6 +177,37 @@ impl<'p> Session<'p> {
     /// Every stage in order, then the result.
     pub fn run(mut self, on_piece: impl FnMut(&str)) -> Result<AnalyzeResult, RuntimeError> {
         self.encode()?;
+        self.run_llm(on_piece)
+    }
+
+    /// Every stage on media the caller decoded (a live window): `frames` in order, and
+    /// the audio at the manifest's rate (None: the source has no audio).
+    pub fn run_decoded(
+        mut self,
+        frames: DecodedFrames,
+        waveform: Option<Vec<f32>>,
+        on_piece: impl FnMut(&str),
+    ) -> Result<AnalyzeResult, RuntimeError> {
+        self.read_features()?;
+        if frames.frames.is_empty() {
+            return Err(MediaError::NoFrames { source_name: self.req.media.clone() }.into());
+        }
+        self.frames = Some(frames);
+        self.waveform = waveform.filter(|w| !w.is_empty());
+        if self.waveform.is_none() && !self.features.contains_key(&RowBlock::Audio) {
+            self.notes.push("no audio: the audio row is the zero-feature row (projector bias)".into());
+        }
+        self.observe_zero_rows()?;
+        self.encode_global()?;
+        self.detect_faces()?;
+        self.encode_local()?;
+        self.encode_temporal()?;
+        self.encode_audio()?;
+        self.run_llm(on_piece)
+    }
+
+    /// The LLM stages after the encoders, then the result.
+    fn run_llm(mut self, on_piece: impl FnMut(&str)) -> Result<AnalyzeResult, RuntimeError> {
         self.tokenize_prompt()?;
         self.prefill()?;
         self.score_labels()?;

@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub max_new_tokens_limit: usize,
     /// ONNX Runtime library (found automatically otherwise).
     pub ort_library: Option<PathBuf>,
+    /// Live sources followed window by window (`[[watch]]` sections).
+    pub watch: Vec<crate::watch::WatchConfig>,
 }
 
 impl Default for ServeConfig {
@@ -81,6 +83,7 @@ impl Default for ServeConfig {
             upload_dir: None,
             max_new_tokens_limit: 500,
             ort_library: None,
+            watch: Vec::new(),
         }
     }
 }
@@ -163,6 +166,13 @@ impl ServeConfig {
         }
         for h in &self.allowed_url_hosts {
             crate::urls::AllowedHost::parse(h).map_err(|reason| invalid("allowed_url_hosts", h, reason))?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for w in &self.watch {
+            w.check().map_err(|reason| invalid("watch", &w.name, reason))?;
+            if !names.insert(&w.name) {
+                return Err(invalid("watch", &w.name, "two [[watch]] sources have this name"));
+            }
         }
         let upload_dir = self.upload_parent();
         crate::uploads::check_writable(&upload_dir)

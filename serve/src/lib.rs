@@ -17,6 +17,7 @@ mod shutdown;
 pub mod systemd;
 pub mod uploads;
 mod urls;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -60,6 +61,8 @@ pub struct AppState {
     next_job: AtomicU64,
     url_policy: urls::UrlPolicy,
     pub uploads: uploads::UploadDir,
+    /// The `[[watch]]` sources, started once the pipeline is ready.
+    pub watch: Arc<watch::WatchHub>,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
     pub fn new(config: ServeConfig, listen: std::net::SocketAddr) -> std::io::Result<Self> {
         let uploads = uploads::UploadDir::create(&config.upload_parent())?;
         Ok(Self {
+            watch: Arc::new(watch::WatchHub::new(config.watch.clone())),
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             url_policy: urls::UrlPolicy::new(&config.allowed_url_hosts, listen),
             config,
@@ -127,7 +131,9 @@ pub async fn serve(
         Ok((runtime, info)) => {
             let bytes: u64 = runtime.bundle().manifest().files.iter().map(|f| f.size).sum();
             loader.model_bytes.store(bytes as usize, Ordering::Relaxed);
-            let _ = loader.runtime.set(Arc::new(runtime));
+            let runtime = Arc::new(runtime);
+            let _ = loader.runtime.set(runtime.clone());
+            loader.watch.start(runtime);
             let status = format!("STATUS=ready: bundle {} on {}", info.bundle, info.profile);
             let _ = loader.ready.set(info);
             systemd::notify("READY=1");
@@ -154,6 +160,9 @@ pub async fn serve(
     let app = routes::router(state.clone());
     let accept = tokio::spawn(listener::accept_loop(listener, app, state.clone(), closing_rx));
     let code = shutdown::run(&state, signals).await;
+    // The watched sources stop after the window each is analysing; their event streams end.
+    state.watch.stop.cancel();
+    state.watch.close_subscribers();
     let _ = closing.send(true);
     if code == 0 {
         // After a drain, let each connection finish the response it is writing (briefly);

@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/analyze", post(analyze))
+        .route("/v1/watch/events", get(watch_events))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint takes another method")
@@ -95,7 +96,43 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         draining: state.draining.load(Ordering::SeqCst),
         model_bytes: state.model_bytes.load(Ordering::Relaxed) as u64,
     };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics().render(&gauges)).into_response()
+    let text = state.metrics().render(&gauges) + &state.watch.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchQuery {
+    source: Option<String>,
+}
+
+/// `GET /v1/watch/events[?source=NAME]`: the `[[watch]]` sources' events as Server-Sent
+/// Events (`window`, `connected`, `reconnecting`, `window_failed`, `ended`), from now on.
+async fn watch_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, QueryRejection>,
+) -> Response {
+    if let Err(e) = check_token(&state, &headers) {
+        return e.into_response();
+    }
+    let source = match query {
+        Ok(Query(q)) => q.source,
+        Err(e) => return ApiError::bad("invalid_query", e.body_text()).into_response(),
+    };
+    if let Some(name) = &source {
+        if !state.watch.has(name) {
+            let names = state.watch.names().join(", ");
+            let msg = format!("no [[watch]] source {name:?} (the sources: {names})");
+            return ApiError::new(StatusCode::NOT_FOUND, "unknown_source", msg).into_response();
+        }
+    }
+    let events = tokio_stream::wrappers::ReceiverStream::new(state.watch.subscribe());
+    let events = futures_util::StreamExt::filter(events, move |p| {
+        std::future::ready(source.as_ref().is_none_or(|s| *s == p.source))
+    });
+    let events =
+        futures_util::StreamExt::map(events, |p| Ok::<Event, Infallible>(Event::default().event(p.kind).data(p.json)));
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -499,6 +499,17 @@ fn bad_inputs_are_clear_errors_or_counted_skips() {
     let md = std::fs::read_to_string(work.path().join("skips/eval.md")).unwrap();
     assert!(md.contains("Scored **1 of 3 clips**; 2 skipped") && md.contains("`ghost`"), "{md}");
 
+    // DFEW's classes as the scoring set (UAR and WAR); there is no DFEW instruction.
+    let dfew = list("dfew.txt", "face_a 50 disgust\npattern 50 neutral\n");
+    let o = run(&dfew, "dfew", &["--scoring".into(), "dfew".into()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(&work.path().join("dfew"));
+    assert_eq!(r["run"]["scoring"], "dfew");
+    assert!(r["official"]["confusion"]["labels"].as_array().unwrap().iter().any(|l| l == "disgust"));
+    let o = run(&dfew, "dfew-instruction", &["--instruction".into(), "dfew".into()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("DFEW is a scoring set"), "{err}");
+
     // Features for a modality the bundle cannot project: refused before the first clip.
     let old = work.path().join("old-bundle");
     common::copy_dir(&common::bundle_dir(), &old);

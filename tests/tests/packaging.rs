@@ -166,12 +166,15 @@ fn compile_without_tensorrt_says_so_and_lists_the_engines() {
     assert!(err.contains("TensorRT is not available") && err.contains("tensorrt"), "{err}");
     let out = emollama(&["compile", "--bundle", b, "--profile", "x86-cpu", "--if-available"]);
     assert!(out.status.success());
-    // The list names every encoder with its cache folder, keyed on the device and versions.
+    // The list names every engine that makes rows (the encoders, then the projector-only
+    // engines) with its cache folder, keyed on the device and versions.
     let out = emollama(&["compile", "--bundle", b, "--profile", "orin-nano-8gb", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let roles: Vec<&str> = plan["engines"].as_array().unwrap().iter().map(|e| e["role"].as_str().unwrap()).collect();
-    assert_eq!(roles, ["global_engine", "local_engine", "temporal_engine", "audio_engine"]);
+    let all: Vec<&str> = emollama_bundle::Role::ROW_ENGINES.iter().map(|r| r.as_str()).collect();
+    assert_eq!(roles, all);
+    assert_eq!(roles[..4], ["global_engine", "local_engine", "temporal_engine", "audio_engine"]);
     assert_eq!(plan["precision"], "fp16", "the planner's precision for an Orin Nano");
     let key = plan["device_key"].as_str().unwrap();
     assert!(key.starts_with("orin-nano-8gb-L4T") && key.contains("-trt"), "{key}");

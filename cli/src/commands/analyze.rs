@@ -8,18 +8,14 @@ use emollama_runtime::observer::InputDump;
 use emollama_runtime::transcript::{sidecar_subtitles, subtitles_text};
 use emollama_runtime::{AnalyzeOptions, Layout, Mode, Preset, Stage, TaskKind};
 
-use crate::args::{load_pipeline, BundleArgs, EngineArgs, ProfileArgs};
+use crate::args::PipelineArgs;
 
 #[derive(clap::Args)]
 pub struct AnalyzeArgs {
     /// Video file, URL, or camera device (/dev/video0).
     media: String,
     #[command(flatten)]
-    bundle: BundleArgs,
-    #[command(flatten)]
-    profile: ProfileArgs,
-    #[command(flatten)]
-    engines: EngineArgs,
+    pipeline: PipelineArgs,
     #[arg(long, value_enum, default_value = "emotion")]
     task: TaskKind,
     /// The question, with --task question.
@@ -114,7 +110,7 @@ pub fn run(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
         ..AnalyzeOptions::default()
     };
     let req = options.into_request(args.media.clone(), u32::MAX)?;
-    let pipeline = load_pipeline(&args.bundle, &args.profile, &args.engines, ort_library)?;
+    let pipeline = args.pipeline.load(ort_library)?;
     pipeline.check_features(&req.features)?;
     let json = args.json;
     if !json && transcript.is_none() {

@@ -12,7 +12,7 @@ use emollama_runtime::eval::{
 };
 use emollama_runtime::{Mode, Preset};
 
-use crate::args::{load_pipeline, BundleArgs, EngineArgs, ProfileArgs};
+use crate::args::PipelineArgs;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -39,7 +39,8 @@ pub struct EvalArgs {
     /// The instruction's labels (the official MER2023 eval asks with nine).
     #[arg(long, value_enum, default_value = "nine")]
     instruction: LabelSet,
-    /// The labels scored and allowed in the list (MER2023/2024: six; any other answer is neutral).
+    /// The labels scored and allowed in the list (MER2023/2024: six, any other answer is
+    /// neutral; dfew: DFEW's seven, reported with UAR and WAR).
     #[arg(long, value_enum, default_value = "six")]
     scoring: LabelSet,
     /// eval: greedy answers as eval_emotion.py (label scores too); fast: the label scores
@@ -64,11 +65,7 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    bundle: BundleArgs,
-    #[command(flatten)]
-    profile: ProfileArgs,
-    #[command(flatten)]
-    engines: EngineArgs,
+    pipeline: PipelineArgs,
 }
 
 pub fn run(args: EvalArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
@@ -97,6 +94,7 @@ pub fn run(args: EvalArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let settings =
         EvalSettings { preset: args.preset, mode: args.mode, instruction: args.instruction, scoring: args.scoring };
+    settings.check()?;
     // The list is checked before the model loads: a wrong line fails at once.
     let dataset = Dataset::open(paths, settings.scoring.labels(), args.limit)?;
     if args.restart {
@@ -107,7 +105,7 @@ pub fn run(args: EvalArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    let pipeline = load_pipeline(&args.bundle, &args.profile, &args.engines, ort_library)?;
+    let pipeline = args.pipeline.load(ort_library)?;
     let bar = Bar::new();
     let rows = run_eval(&pipeline, &dataset, settings, &out, &Default::default(), |p| bar.update(p))?;
     bar.finish();

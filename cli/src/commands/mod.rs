@@ -12,6 +12,7 @@ mod plan;
 mod profiles;
 mod quantize;
 mod serve;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -45,6 +46,9 @@ pub enum Command {
     Manpages(manpages::ManpagesArgs),
     /// The HTTP service (for systemd): POST /v1/analyze, /healthz, /readyz, /metrics.
     Serve(serve::ServeArgs),
+    /// Follow a camera, stream or file window by window: one JSON line per window (label
+    /// probabilities, latency, windows dropped), reconnecting a lost stream.
+    Watch(watch::WatchArgs),
     /// Quantize a GGUF with llama.cpp; with --bundle, write a new bundle (OUTPUT folder)
     /// whose LLM has that type and whose manifest is updated.
     Quantize(quantize::QuantizeArgs),
@@ -66,6 +70,7 @@ impl Command {
             Command::Manpages(a) => manpages::run(a, cli),
             Command::Serve(a) => serve::run(a, ort_library),
             Command::Quantize(a) => quantize::run(a),
+            Command::Watch(a) => watch::run(a, ort_library),
         }
     }
 }

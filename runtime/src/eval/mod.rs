@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::prompt::{LABELS_6, LABELS_9};
+use crate::prompt::{LABELS_6, LABELS_9, LABELS_DFEW};
 
 pub use compare::Comparison;
 pub use dataset::{Clip, Dataset, DatasetPaths};
@@ -32,6 +32,9 @@ pub enum LabelSet {
     Six,
     /// The six and fear, contempt, doubt (MERR; the MER2023 eval's instruction).
     Nine,
+    /// DFEW's seven: happy, sad, neutral, angry, surprise, disgust, fear (scoring only:
+    /// there is no official DFEW instruction).
+    Dfew,
 }
 
 impl LabelSet {
@@ -39,6 +42,7 @@ impl LabelSet {
         match self {
             LabelSet::Six => &LABELS_6,
             LabelSet::Nine => &LABELS_9,
+            LabelSet::Dfew => &LABELS_DFEW,
         }
     }
 }
@@ -59,6 +63,8 @@ pub enum EvalError {
     ResultRow { path: PathBuf, line: usize, reason: String },
     #[error("{path} holds results of another run ({found}; this run is {expected}): give another --out, or --restart to replace them")]
     OtherRun { path: PathBuf, found: String, expected: String },
+    #[error("--instruction {0:?}: the official prompts ask with the six or the nine labels (DFEW is a scoring set)")]
+    Instruction(LabelSet),
     #[error("{path}: no result rows")]
     NoRows { path: PathBuf },
     #[error(transparent)]

@@ -34,6 +34,16 @@ pub struct EvalSettings {
     pub scoring: LabelSet,
 }
 
+impl EvalSettings {
+    /// Settings the official prompts can run.
+    pub fn check(&self) -> Result<(), EvalError> {
+        match self.instruction {
+            LabelSet::Six | LabelSet::Nine => Ok(()),
+            other => Err(EvalError::Instruction(other)),
+        }
+    }
+}
+
 /// What makes two runs' rows comparable: a resumed run must be the same run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunKey {
@@ -127,7 +137,10 @@ impl EvalRow {
             (from_scores.clone(), Some(official))
         } else {
             let official = extract_label(&r.text, scoring).official;
-            let robust = extract_label(&r.text, run.settings.instruction.labels()).robust;
+            // Any label word of the instruction or of the scoring set (DFEW's disgust).
+            let mut words = run.settings.instruction.labels().to_vec();
+            words.extend(scoring.iter().filter(|l| !words.contains(l)).collect::<Vec<_>>());
+            let robust = extract_label(&r.text, &words).robust;
             (Some(robust.unwrap_or_else(|| official.clone())), Some(official))
         };
         EvalRow {
@@ -235,6 +248,7 @@ pub fn run_eval(
     cancel: &CancelToken,
     mut on_clip: impl FnMut(&Progress<'_>),
 ) -> Result<Vec<EvalRow>, EvalError> {
+    settings.check()?;
     let (paths, clips, transcripts) = (&dataset.paths, &dataset.clips, &dataset.transcripts);
     let key = run_key(pipeline, paths, settings);
     // Features the bundle cannot take are refused before the first clip, not per clip.

@@ -1,0 +1,425 @@
+//! The service's `[[watch]]` sources: each is watched on a thread of its own once the
+//! pipeline is ready (`emollama_runtime::watch`), its events go to the subscribers of
+//! `GET /v1/watch/events` (Server-Sent Events), to the per-source series of `/metrics`,
+//! and, when configured, to a webhook (POSTed with retries from a bounded queue: a slow
+//! or dead receiver costs events, never memory).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use emollama_engines::CancelToken;
+use emollama_runtime::prompt::Task;
+use emollama_runtime::watch::{watch, WatchEvent, WatchOptions, DEFAULT_HOP_S, DEFAULT_WINDOW_S};
+use emollama_runtime::{AnalyzeRequest, Mode, Pipeline, Preset};
+use serde::{Deserialize, Serialize};
+
+/// One `[[watch]]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// The source's name in events and metrics (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// `/dev/video0`, `rtsp://…`, `http://…`, `udp://@:5000`, or a file.
+    pub source: String,
+    #[serde(default = "default_window")]
+    pub window_s: f64,
+    #[serde(default = "default_hop")]
+    pub hop_s: f64,
+    #[serde(default = "default_preset")]
+    pub preset: Preset,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    #[serde(default)]
+    pub six_labels: bool,
+    /// Play a file at its own pace, as if live.
+    #[serde(default)]
+    pub realtime: bool,
+    #[serde(default = "default_stall")]
+    pub stall_timeout_s: f64,
+    /// Each result is POSTed here as JSON (`http://host:port/path`).
+    #[serde(default)]
+    pub webhook: Option<String>,
+    #[serde(default = "default_retries")]
+    pub webhook_retries: u32,
+    /// Results waiting for the webhook; beyond it the oldest is dropped (and counted).
+    #[serde(default = "default_queue")]
+    pub webhook_queue: usize,
+}
+
+fn default_window() -> f64 {
+    DEFAULT_WINDOW_S
+}
+fn default_hop() -> f64 {
+    DEFAULT_HOP_S
+}
+fn default_preset() -> Preset {
+    Preset::Fast
+}
+fn default_mode() -> Mode {
+    Mode::Full
+}
+fn default_stall() -> f64 {
+    5.0
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_queue() -> usize {
+    64
+}
+
+impl WatchConfig {
+    pub fn options(&self) -> WatchOptions {
+        let request = AnalyzeRequest {
+            task: Task::Emotion { six_labels: self.six_labels },
+            preset: self.preset,
+            mode: self.mode,
+            ..AnalyzeRequest::new(self.source.clone())
+        };
+        let mut o = WatchOptions::new(self.source.clone(), request);
+        o.name = self.name.clone();
+        o.window_s = self.window_s;
+        o.hop_s = self.hop_s;
+        o.realtime = self.realtime;
+        o.stall_timeout_s = self.stall_timeout_s;
+        // Under systemd a source is followed for good: a file that ends is played again.
+        o.reconnect = true;
+        o
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("name {:?}: use letters, digits, '-', '_', '.'", self.name));
+        }
+        self.options().check()?;
+        if let Some(url) = &self.webhook {
+            WebhookUrl::parse(url)?;
+        }
+        if !(1..=100_000).contains(&self.webhook_queue) {
+            return Err(format!("webhook_queue {}: use 1-100000", self.webhook_queue));
+        }
+        Ok(())
+    }
+}
+
+/// An `http://host[:port]/path` URL (TLS is for a proxy in front).
+#[derive(Debug, Clone, PartialEq)]
+struct WebhookUrl {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl WebhookUrl {
+    fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| format!("webhook {url:?}: only http:// URLs"))?;
+        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().map_err(|_| format!("webhook {url:?}: bad port {p:?}"))?),
+            None => (authority, 80),
+        };
+        if host.is_empty() || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("webhook {url:?}: no host, or a path with spaces"));
+        }
+        Ok(Self { host: host.to_string(), port, path })
+    }
+
+    /// POST `body`; Ok when the answer is 2xx.
+    fn post(&self, body: &str) -> Result<(), String> {
+        let addr =
+            (self.host.as_str(), self.port).to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.path,
+            self.host,
+            self.port,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).map_err(|e| e.to_string())?;
+        let mut status = [0u8; 12];
+        s.read_exact(&mut status).map_err(|e| e.to_string())?;
+        let line = String::from_utf8_lossy(&status);
+        match line.get(9..12) {
+            Some(code) if code.starts_with('2') => Ok(()),
+            _ => Err(format!("answered {}", line.trim())),
+        }
+    }
+}
+
+/// A source's numbers for `/metrics`.
+#[derive(Debug, Default, Clone)]
+struct SourceStats {
+    connected: bool,
+    windows: u64,
+    dropped: u64,
+    failed: u64,
+    reconnects: u64,
+    latency_s: f64,
+    labels: BTreeMap<String, f64>,
+    webhook_sent: u64,
+    webhook_failed: u64,
+    webhook_dropped: u64,
+}
+
+/// A per-source series of `/metrics`: name, type, help, and its value.
+type Series = (&'static str, &'static str, &'static str, fn(&SourceStats) -> f64);
+
+/// One event as the subscribers get it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub source: String,
+    pub kind: &'static str,
+    pub json: String,
+}
+
+/// Every watched source's events and numbers.
+pub struct WatchHub {
+    sources: Vec<WatchConfig>,
+    stats: Mutex<BTreeMap<String, SourceStats>>,
+    subscribers: Mutex<Vec<tokio::sync::mpsc::Sender<Published>>>,
+    pub stop: CancelToken,
+}
+
+/// Events a slow subscriber may have waiting before it misses some.
+const SUBSCRIBER_BUFFER: usize = 256;
+
+impl WatchHub {
+    pub fn new(sources: Vec<WatchConfig>) -> Self {
+        let stats = sources.iter().map(|s| (s.name.clone(), SourceStats::default())).collect();
+        Self { sources, stats: Mutex::new(stats), subscribers: Mutex::new(Vec::new()), stop: CancelToken::new() }
+    }
+
+    fn stats(&self) -> MutexGuard<'_, BTreeMap<String, SourceStats>> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.sources.iter().any(|s| s.name == name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.sources.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// End every event stream (shutdown).
+    pub fn close_subscribers(&self) {
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> tokio::sync::mpsc::Receiver<Published> {
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_BUFFER);
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        rx
+    }
+
+    fn publish(&self, source: &str, event: &WatchEvent) -> String {
+        let kind = match event {
+            WatchEvent::Connected { .. } => "connected",
+            WatchEvent::Window(_) => "window",
+            WatchEvent::WindowFailed { .. } => "window_failed",
+            WatchEvent::Reconnecting { .. } => "reconnecting",
+            WatchEvent::Ended { .. } => "ended",
+        };
+        {
+            let mut stats = self.stats();
+            let s = stats.entry(source.to_string()).or_default();
+            match event {
+                WatchEvent::Connected { .. } => s.connected = true,
+                WatchEvent::Window(w) => {
+                    s.windows += 1;
+                    s.dropped = w.dropped;
+                    s.latency_s = w.latency_ms / 1e3;
+                    s.labels = w.label_scores.clone().unwrap_or_default();
+                }
+                WatchEvent::WindowFailed { .. } => s.failed += 1,
+                WatchEvent::Reconnecting { .. } => {
+                    s.connected = false;
+                    s.reconnects += 1;
+                }
+                WatchEvent::Ended { .. } => s.connected = false,
+            }
+        }
+        let json = serde_json::to_string(event).unwrap_or_default();
+        let published = Published { source: source.to_string(), kind, json: json.clone() };
+        // A subscriber that is gone is removed; one that is full misses this event.
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).retain(|tx| {
+            !matches!(tx.try_send(published.clone()), Err(tokio::sync::mpsc::error::TrySendError::Closed(_)))
+        });
+        json
+    }
+
+    /// Watch every source on its own thread (the service's pipeline, shared).
+    pub fn start(self: &Arc<Self>, pipeline: Arc<Pipeline>) {
+        for config in self.sources.clone() {
+            let hub = self.clone();
+            let pipeline = pipeline.clone();
+            std::thread::Builder::new()
+                .name(format!("watch-{}", config.name))
+                .spawn(move || hub.run_source(&pipeline, &config))
+                .expect("a thread for a watch source");
+        }
+    }
+
+    fn run_source(self: &Arc<Self>, pipeline: &Pipeline, config: &WatchConfig) {
+        let webhook = config.webhook.as_ref().and_then(|u| WebhookUrl::parse(u).ok()).map(|url| {
+            let queue = Arc::new(WebhookQueue::new(config.webhook_queue));
+            let (hub, q, name, retries) = (self.clone(), queue.clone(), config.name.clone(), config.webhook_retries);
+            std::thread::spawn(move || q.send_all(&url, retries, &hub, &name));
+            queue
+        });
+        let opts = config.options();
+        let result = watch(pipeline, &opts, &self.stop, |event| {
+            let json = self.publish(&config.name, event);
+            if let (Some(q), WatchEvent::Window(_)) = (&webhook, event) {
+                if q.push(json) {
+                    self.stats().entry(config.name.clone()).or_default().webhook_dropped += 1;
+                }
+            }
+        });
+        if let Err(e) = result {
+            tracing::error!(source = %config.name, "watch stopped: {e}");
+        }
+        if let Some(q) = webhook {
+            q.close();
+        }
+    }
+
+    /// The per-source series of `/metrics`.
+    pub fn render(&self) -> String {
+        let stats = self.stats();
+        if stats.is_empty() {
+            return String::new();
+        }
+        let mut s = String::new();
+        let series: [Series; 9] = [
+            ("emollama_watch_connected", "gauge", "1 while the source delivers.", |x| f64::from(u8::from(x.connected))),
+            ("emollama_watch_windows_total", "counter", "Windows analysed.", |x| x.windows as f64),
+            ("emollama_watch_dropped_total", "counter", "Windows skipped while analysis was busy.", |x| {
+                x.dropped as f64
+            }),
+            ("emollama_watch_failed_total", "counter", "Windows that could not be analysed.", |x| x.failed as f64),
+            ("emollama_watch_reconnects_total", "counter", "Reconnections of a lost source.", |x| x.reconnects as f64),
+            ("emollama_watch_latency_seconds", "gauge", "Last window: from its last packet to its result.", |x| {
+                x.latency_s
+            }),
+            ("emollama_watch_webhook_sent_total", "counter", "Results the webhook accepted.", |x| {
+                x.webhook_sent as f64
+            }),
+            ("emollama_watch_webhook_failed_total", "counter", "Results the webhook refused after every retry.", |x| {
+                x.webhook_failed as f64
+            }),
+            ("emollama_watch_webhook_dropped_total", "counter", "Results dropped from a full webhook queue.", |x| {
+                x.webhook_dropped as f64
+            }),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (source, x) in stats.iter() {
+                let _ = writeln!(s, "{name}{{source=\"{source}\"}} {}", value(x));
+            }
+        }
+        let name = "emollama_watch_label_probability";
+        let _ = writeln!(s, "# HELP {name} The last window's label probabilities.\n# TYPE {name} gauge");
+        for (source, x) in stats.iter() {
+            for (label, p) in &x.labels {
+                let _ = writeln!(s, "{name}{{source=\"{source}\",label=\"{label}\"}} {p}");
+            }
+        }
+        s
+    }
+}
+
+/// Results waiting for a webhook: bounded, the oldest dropped when full.
+struct WebhookQueue {
+    items: Mutex<(VecDeque<String>, bool)>,
+    ready: Condvar,
+    cap: usize,
+}
+
+impl WebhookQueue {
+    fn new(cap: usize) -> Self {
+        Self { items: Mutex::new((VecDeque::new(), false)), ready: Condvar::new(), cap }
+    }
+
+    /// Queue `json`; true when the oldest had to be dropped for it.
+    fn push(&self, json: String) -> bool {
+        let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let dropped = q.0.len() >= self.cap && q.0.pop_front().is_some();
+        q.0.push_back(json);
+        self.ready.notify_one();
+        dropped
+    }
+
+    fn close(&self) {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.ready.notify_one();
+    }
+
+    /// POST each result in turn, retrying with backoff; until closed and empty.
+    fn send_all(&self, url: &WebhookUrl, retries: u32, hub: &WatchHub, source: &str) {
+        loop {
+            let next = {
+                let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
+                while q.0.is_empty() && !q.1 {
+                    q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                match q.0.pop_front() {
+                    Some(json) => json,
+                    None => return, // closed and empty
+                }
+            };
+            let mut attempt = 0;
+            let outcome = loop {
+                match url.post(&next) {
+                    Ok(()) => break Ok(()),
+                    Err(e) if attempt >= retries || hub.stop.is_cancelled() => break Err(e),
+                    Err(_) => {
+                        attempt += 1;
+                        std::thread::sleep(emollama_runtime::watch::backoff(attempt));
+                    }
+                }
+            };
+            let mut stats = hub.stats();
+            let s = stats.entry(source.to_string()).or_default();
+            match outcome {
+                Ok(()) => s.webhook_sent += 1,
+                Err(e) => {
+                    s.webhook_failed += 1;
+                    tracing::warn!(source, "webhook {}:{}{}: {e}", url.host, url.port, url.path);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls_and_watch_sections() {
+        assert_eq!(
+            WebhookUrl::parse("http://10.0.0.2:9000/hook").unwrap(),
+            WebhookUrl { host: "10.0.0.2".into(), port: 9000, path: "/hook".into() }
+        );
+        assert_eq!(WebhookUrl::parse("http://h").unwrap().path, "/");
+        assert!(WebhookUrl::parse("https://h/x").is_err());
+        let c: WatchConfig = toml::from_str("name = \"door\"\nsource = \"rtsp://cam/1\"\n").unwrap();
+        assert_eq!((c.window_s, c.hop_s, c.preset), (DEFAULT_WINDOW_S, DEFAULT_HOP_S, Preset::Fast));
+        c.check().unwrap();
+        let bad: WatchConfig = toml::from_str("name = \"a b\"\nsource = \"x\"\n").unwrap();
+        assert!(bad.check().is_err());
+        let bad: WatchConfig = toml::from_str("name = \"a\"\nsource = \"x\"\nhop_s = 0.0\n").unwrap();
+        assert!(bad.check().unwrap_err().contains("hop"));
+        let q = WebhookQueue::new(2);
+        assert!(!q.push("1".into()) && !q.push("2".into()) && q.push("3".into()), "the oldest goes when full");
+    }
+}
