@@ -171,7 +171,10 @@ fn check_against_cuts(events: &[Value], what: &str) {
     let origin = w[0]["start"].as_f64().unwrap();
     for win in &w {
         let (start, end) = (win["start"].as_f64().unwrap(), win["end"].as_f64().unwrap());
-        assert_eq!(win["media"]["frames"], 100, "{what}: 4 s of 25 fps frames");
+        // 4 s of 25 fps frames; RTSP stamps frames from the RTP clock, so one may fall on
+        // either side of a window's edge.
+        let frames = win["media"]["frames"].as_u64().unwrap();
+        assert!((99..=101).contains(&frames), "{what}: {frames} frames in 4 s at 25 fps");
         let (label, scores) = label_of_cut(&clip(), start - origin, end - start, "full", dir.path());
         let worst = scores
             .as_object()
