@@ -71,7 +71,7 @@ fn download(url: &str, dest: &Path, limits: &MediaLimits, cancel: &CancelToken) 
     // SAFETY: valid pointers for the call; the dictionary is handed over and taken back
     // (what FFmpeg did not consume is freed with it).
     let opened = unsafe {
-        let mut dict = network_options(url, limits).disown();
+        let mut dict = network_options(url, limits.network_timeout_s).disown();
         let r = ffi::avio_open2(&mut avio.0, c_url.as_ptr(), ffi::AVIO_FLAG_READ, &callback, &mut dict);
         drop(ff::Dictionary::own(dict));
         r

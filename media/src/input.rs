@@ -110,7 +110,7 @@ pub(crate) fn open_input(
         let input = ff::format::input_with_interrupt_and_dictionary(
             source,
             move || stop.is_cancelled() || Instant::now() > deadline,
-            network_options(source, limits),
+            network_options(source, limits.network_timeout_s),
         )
         .map_err(|e| stopped(source, limits, cancel, deadline).unwrap_or_else(|| open_err(e)))?;
         return Ok((input, Some(deadline)));
@@ -138,15 +138,34 @@ pub(crate) fn open_input(
 }
 
 /// FFmpeg's own socket timeouts for a network input (the interrupt callback is the
-/// wall-clock bound), and the protocols it may use: the URL's own, never `file`.
-pub(crate) fn network_options(source: &str, limits: &MediaLimits) -> ff::Dictionary<'static> {
+/// wall-clock bound), and the protocols it may use: the URL's own family, never `file`.
+pub(crate) fn network_options(source: &str, timeout_s: f64) -> ff::Dictionary<'static> {
     let mut opts = ff::Dictionary::new();
-    let us = ((limits.network_timeout_s * 1e6) as i64).to_string();
+    let us = ((timeout_s * 1e6) as i64).to_string();
     opts.set("rw_timeout", &us);
     opts.set("timeout", &us);
-    let protocols = if source.starts_with("rtsp") { "rtsp,rtp,srtp,tcp,udp" } else { "http,https,tcp,tls" };
+    let protocols = match source.split("://").next().unwrap_or_default() {
+        "rtsp" | "rtsps" => "rtsp,rtp,srtp,tcp,udp,tls",
+        "udp" => "udp",
+        "rtp" => "rtp,udp",
+        _ => "http,https,tcp,tls",
+    };
     opts.set("protocol_whitelist", protocols);
     opts
+}
+
+/// Refuse a video stream larger than the limits.
+pub(crate) fn check_resolution(source: &str, v: &StreamInfo, limits: &MediaLimits) -> Result<(), MediaError> {
+    if v.width > limits.max_width || v.height > limits.max_height {
+        return Err(MediaError::ResolutionTooLarge {
+            source_name: source.to_string(),
+            width: v.width,
+            height: v.height,
+            max_width: limits.max_width,
+            max_height: limits.max_height,
+        });
+    }
+    Ok(())
 }
 
 /// Why a network operation stopped early, when it did: cancelled, or past its deadline.
@@ -223,7 +242,7 @@ pub(crate) fn stream_info(input: &Input, kind: Type) -> Option<StreamInfo> {
 }
 
 /// Containers FFmpeg opens for single pictures.
-fn is_image_container(name: &str) -> bool {
+pub(crate) fn is_image_container(name: &str) -> bool {
     name.contains("_pipe") || name == "image2" || name == "png" || name == "mjpeg_pipe"
 }
 
@@ -240,15 +259,7 @@ pub fn probe(source: &str, limits: &MediaLimits, cancel: &CancelToken) -> Result
         if is_image_container(&container) {
             return Err(MediaError::StillImage { source_name: name });
         }
-        if v.width > limits.max_width || v.height > limits.max_height {
-            return Err(MediaError::ResolutionTooLarge {
-                source_name: name,
-                width: v.width,
-                height: v.height,
-                max_width: limits.max_width,
-                max_height: limits.max_height,
-            });
-        }
+        check_resolution(source, v, limits)?;
     }
     if duration_s > limits.max_duration_s {
         return Err(MediaError::TooLong { source_name: name, seconds: duration_s, limit: limits.max_duration_s });

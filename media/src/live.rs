@@ -22,7 +22,10 @@ use serde::Serialize;
 use super::audio::resample_into;
 use super::error::MediaError;
 use super::image::RgbImage;
-use super::input::{is_camera, is_network, open_input, stream_info, MediaInfo, MediaLimits};
+use super::input::{
+    check_resolution, is_camera, is_image_container, is_network, network_options, open_input, stream_info, MediaInfo,
+    MediaLimits,
+};
 use super::video::{video_decoder, Converter};
 
 /// How a live source is read.
@@ -76,17 +79,6 @@ pub struct LiveSource {
     pub info: MediaInfo,
 }
 
-/// The protocols a live URL may use: its own family, never `file`.
-fn live_protocols(source: &str) -> &'static str {
-    let scheme = source.split("://").next().unwrap_or_default();
-    match scheme {
-        "rtsp" | "rtsps" => "rtsp,rtp,srtp,tcp,udp,tls",
-        "udp" => "udp",
-        "rtp" => "rtp,udp",
-        _ => "http,https,tcp,tls",
-    }
-}
-
 impl LiveSource {
     /// Open `source` (a URL, `/dev/videoN`, or a file) and its decoders.
     pub fn open(source: &str, opts: &LiveOptions, cancel: &CancelToken) -> Result<Self, MediaError> {
@@ -96,26 +88,25 @@ impl LiveSource {
         let last_packet_ms = Arc::new(AtomicU64::new(0));
         let stall = Duration::from_secs_f64(opts.stall_timeout_s.max(0.1));
         let input = if is_network(source) && !is_camera(source) {
-            let mut dict = ff::Dictionary::new();
-            let us = ((opts.stall_timeout_s * 1e6) as i64).to_string();
-            dict.set("rw_timeout", &us);
-            dict.set("timeout", &us);
-            dict.set("protocol_whitelist", live_protocols(source));
+            // FFmpeg's socket timeouts at the stall timeout: a live read has no total budget.
+            let dict = network_options(source, opts.stall_timeout_s);
             let (stop, last) = (cancel.clone(), last_packet_ms.clone());
             let stalled = move || {
                 let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
                 stop.is_cancelled() || quiet > stall
             };
-            ff::format::input_with_interrupt_and_dictionary(source, stalled, dict).map_err(|e| {
-                if cancel.is_cancelled() {
-                    MediaError::Cancelled { source_name: name.clone() }
-                } else {
-                    MediaError::Open { source_name: name.clone(), reason: e.to_string() }
-                }
+            ff::format::input_with_interrupt_and_dictionary(source, stalled, dict).map_err(|e| match e {
+                _ if cancel.is_cancelled() => MediaError::Cancelled { source_name: name.clone() },
+                // The interrupt callback stopped the open: nothing arrived within the stall timeout.
+                ff::Error::Exit => MediaError::Timeout { source_name: name.clone(), seconds: opts.stall_timeout_s },
+                e => MediaError::Open { source_name: name.clone(), reason: e.to_string() },
             })?
         } else {
             open_input(source, &opts.limits, cancel)?.0
         };
+        if is_image_container(input.format().name()) {
+            return Err(MediaError::StillImage { source_name: name });
+        }
         let info = MediaInfo {
             source: name.clone(),
             container: input.format().name().to_string(),
@@ -124,15 +115,7 @@ impl LiveSource {
             audio: stream_info(&input, Type::Audio),
         };
         let v = info.video.clone().ok_or_else(|| MediaError::NoVideo { source_name: name.clone() })?;
-        if v.width > opts.limits.max_width || v.height > opts.limits.max_height {
-            return Err(MediaError::ResolutionTooLarge {
-                source_name: name,
-                width: v.width,
-                height: v.height,
-                max_width: opts.limits.max_width,
-                max_height: opts.limits.max_height,
-            });
-        }
+        check_resolution(source, &v, &opts.limits)?;
         let seconds = |tb: ff::Rational| f64::from(tb.numerator()) / f64::from(tb.denominator().max(1));
         let (index, decoder) = video_decoder(&input, &name)?;
         let time_base = seconds(input.stream(index).expect("the decoder's stream").time_base());

@@ -338,15 +338,10 @@ impl BenchReport {
 /// Write `bench.md`, `bench.json` and `bench.svg` into `dir` (each under a temporary
 /// name first, then renamed).
 pub fn write_outputs(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
-    std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Io { path: dir.into(), source: e })?;
     let json = serde_json::to_string_pretty(report).expect("serialisable");
-    let mut written = Vec::new();
-    for (name, content) in [("bench.md", report.markdown()), ("bench.json", json), ("bench.svg", report.svg())] {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.partial"));
-        std::fs::write(&tmp, content).map_err(|e| RuntimeError::Io { path: tmp.clone(), source: e })?;
-        std::fs::rename(&tmp, &path).map_err(|e| RuntimeError::Io { path: path.clone(), source: e })?;
-        written.push(path);
-    }
-    Ok(written)
+    let (md, svg) = (report.markdown(), report.svg());
+    crate::outputs::write_files(
+        dir,
+        &[("bench.md", md.as_bytes()), ("bench.json", json.as_bytes()), ("bench.svg", svg.as_bytes())],
+    )
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod features;
 pub mod observer;
+pub mod outputs;
 pub mod pipeline;
 pub mod prompt;
 pub mod report;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use emollama_bundle::contract::FEATURES;
+use emollama_bundle::contract::{engine_io, FEATURES};
 use emollama_bundle::{Bundle, BundleError, Manifest, Role, RowBlock, TensorSpec};
 use emollama_devices::{plan, HostInfo, Outcome, Plan, Profile, Residency};
 use emollama_engines::llm::{LlmContext, LlmModel, ModelParams};
@@ -91,10 +91,12 @@ impl Encoders {
     }
 }
 
-/// A projector-only engine (always resident: one linear layer) and its input width.
+/// A projector-only engine (always resident: one linear layer), its input width and the
+/// output that holds its row (the contract's).
 pub(crate) struct Projector {
     pub(crate) engine: EncoderEngine,
     pub(crate) width: usize,
+    pub(crate) output: &'static str,
 }
 
 /// Which row each projector-only engine makes.
@@ -257,7 +259,8 @@ impl Pipeline {
             let engine =
                 EncoderEngine::load(rt, role.as_str(), &bundle.path_of(e), e.inputs.clone(), e.outputs.clone(), &opts)?;
             warm_up(&engine, sample_rate)?;
-            projectors.insert(block, Projector { engine, width });
+            let output = engine_io(&role).and_then(|io| io.outputs.first()).expect("a projector's contract").0;
+            projectors.insert(block, Projector { engine, width, output });
         }
         // Face detection is per frame: one single-threaded detector per worker.
         let face_opts = EngineOptions { intra_threads: 1, ..opts.clone() };

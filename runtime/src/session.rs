@@ -198,11 +198,7 @@ impl<'p> Session<'p> {
             self.notes.push("no audio: the audio row is the zero-feature row (projector bias)".into());
         }
         self.observe_zero_rows()?;
-        self.encode_global()?;
-        self.detect_faces()?;
-        self.encode_local()?;
-        self.encode_temporal()?;
-        self.encode_audio()?;
+        self.encode_decoded()?;
         self.run_llm(on_piece)
     }
 
@@ -232,6 +228,11 @@ impl<'p> Session<'p> {
     /// The media and encoder stages: everything [`Session::rows`] needs.
     pub fn encode(&mut self) -> Result<(), RuntimeError> {
         self.decode_media()?;
+        self.encode_decoded()
+    }
+
+    /// The encoder stages on the decoded frames and audio.
+    fn encode_decoded(&mut self) -> Result<(), RuntimeError> {
         self.encode_global()?;
         self.detect_faces()?;
         self.encode_local()?;
@@ -342,14 +343,10 @@ impl<'p> Session<'p> {
         let Some(features) = self.features.remove(&block) else { return Ok(false) };
         let input = ArrayD::from_shape_vec(vec![1, features.len()], features).expect("1 x width");
         self.observe_tensor(&format!("{block}_features"), &input)?;
-        let output = match block {
-            RowBlock::Local => LOCAL_ROW,
-            RowBlock::Temporal => TEMPORAL_ROW,
-            _ => AUDIO_ROW,
-        };
         let cancel = self.cancel.clone();
-        let mut out = self.timed(stage, |s| {
-            Ok(s.pipeline.projector(block)?.engine.run_cancellable(&[(FEATURES, input.view())], Some(&cancel))?)
+        let (mut out, output) = self.timed(stage, |s| {
+            let p = s.pipeline.projector(block)?;
+            Ok((p.engine.run_cancellable(&[(FEATURES, input.view())], Some(&cancel))?, p.output))
         })?;
         self.blocks.insert(block, out.take(output)?.into_iter().collect());
         let path = self.req.features.get(block).map(|p| p.display().to_string()).unwrap_or_default();

@@ -50,13 +50,6 @@ impl Dataset {
     }
 }
 
-/// The tests of this file run one at a time: each runs llama.cpp and ONNX Runtime on
-/// every core, and two at once on two cores run four times slower than in turn.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn runtime() -> &'static Pipeline {
     static RT: OnceLock<Pipeline> = OnceLock::new();
     RT.get_or_init(|| {
@@ -208,7 +201,7 @@ impl Lcg {
 
 #[test]
 fn metrics_equal_scikit_learn() {
-    let _serial = serial();
+    let _serial = common::serial();
     let nine = emollama_runtime::prompt::LABELS_9;
     let mut rng = Lcg(7);
     let mut sets: Vec<(Vec<&str>, Vec<&str>)> = Vec::new();
@@ -238,7 +231,7 @@ fn metrics_equal_scikit_learn() {
 
 #[test]
 fn features_give_the_rows_of_the_encoders() {
-    let _serial = serial();
+    let _serial = common::serial();
     let d = dataset();
     let video = d.videos().join("face_a.mp4").to_str().unwrap().to_string();
     let encoders = AnalyzeRequest { max_new_tokens: Some(24), ..AnalyzeRequest::new(video.clone()) };
@@ -281,7 +274,7 @@ fn features_give_the_rows_of_the_encoders() {
 
 #[test]
 fn eval_reports_the_papers_metrics_and_compares_runs() {
-    let _serial = serial();
+    let _serial = common::serial();
     let work = tempfile::tempdir().unwrap();
     let (with_features, with_encoders) = (work.path().join("features"), work.path().join("encoders"));
     let d = dataset();
@@ -346,7 +339,7 @@ fn eval_reports_the_papers_metrics_and_compares_runs() {
 
 #[test]
 fn an_interrupted_eval_resumes_to_the_same_rows() {
-    let _serial = serial();
+    let _serial = common::serial();
     let work = tempfile::tempdir().unwrap();
     let (whole, resumed) = (work.path().join("whole"), work.path().join("resumed"));
     let flags = features_flags();
@@ -396,7 +389,7 @@ fn an_interrupted_eval_resumes_to_the_same_rows() {
 /// preset: F16 and Q8_0 against F32, Q4_K_M against F16.
 #[test]
 fn quantizations_compared_on_the_same_clips() {
-    let _serial = serial();
+    let _serial = common::serial();
     let work = tempfile::tempdir().unwrap();
     let flags = features_flags();
     let mut runs: BTreeMap<&str, PathBuf> = BTreeMap::new();
@@ -444,7 +437,7 @@ fn quantizations_compared_on_the_same_clips() {
 
 #[test]
 fn bad_inputs_are_clear_errors_or_counted_skips() {
-    let _serial = serial();
+    let _serial = common::serial();
     let d = dataset();
     let work = tempfile::tempdir().unwrap();
     let list = |name: &str, text: &str| -> PathBuf {

@@ -18,13 +18,6 @@ use std::time::{Duration, Instant};
 use common::server::{http, rss_kb, signal, wait_ready};
 use serde_json::Value;
 
-/// One test at a time: each runs the pipeline in real time against a live source, and
-/// two on two cores would measure each other's load.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn clip() -> PathBuf {
     common::media_dir().join("talking-face.mp4")
 }
@@ -192,7 +185,7 @@ fn check_against_cuts(events: &[Value], what: &str) {
 
 #[test]
 fn udp_and_rtsp_windows_equal_the_same_stretch_cut_as_a_file() {
-    let _serial = serial();
+    let _serial = common::serial();
     // UDP MPEG-TS: the watch listens, the ffmpeg CLI sends in real time.
     let (watch, port) = watch_udp(&["--max-windows", "2", "--stall-timeout", "10s"]);
     let sender = send_udp(&clip(), port, &[]);
@@ -239,7 +232,7 @@ fn flash_and_beep(dir: &Path, seconds: u32) -> PathBuf {
 
 #[test]
 fn the_window_with_the_flash_hears_the_beep() {
-    let _serial = serial();
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let file = flash_and_beep(dir.path(), 9);
     let (watch, port) = watch_udp(&[
@@ -273,7 +266,7 @@ fn the_window_with_the_flash_hears_the_beep() {
 
 #[test]
 fn a_stream_that_stops_reconnects_and_continues_and_sigterm_stops_cleanly() {
-    let _serial = serial();
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     // A keyframe every second: a receiver that joins mid-stream decodes from the next one.
     let file = flash_and_beep(dir.path(), 9);
@@ -303,7 +296,7 @@ fn a_stream_that_stops_reconnects_and_continues_and_sigterm_stops_cleanly() {
 
 #[test]
 fn a_slow_pipeline_drops_windows_with_latency_bounded_and_memory_flat() {
-    let _serial = serial();
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let file = flash_and_beep(dir.path(), 14);
     // 1 s windows every 0.5 s, each costing at least 1.5 s: two of three must go.
@@ -362,7 +355,7 @@ fn receive_post(listener: &TcpListener) -> String {
 
 #[test]
 fn serve_streams_watch_events_behind_the_token_with_metrics_and_a_webhook() {
-    let _serial = serial();
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let hook = TcpListener::bind("127.0.0.1:0").unwrap();
     let config = dir.path().join("config.toml");
@@ -421,4 +414,34 @@ fn serve_streams_watch_events_behind_the_token_with_metrics_and_a_webhook() {
     let mut srv = srv;
     signal(srv.child.id(), "TERM");
     assert!(srv.child.wait().unwrap().success(), "SIGTERM with a watched source: exit 0");
+}
+
+#[test]
+fn sources_that_cannot_be_watched_are_clear_errors() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (empty, corrupt) = (dir.path().join("empty.mp4"), dir.path().join("corrupt.mp4"));
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::write(&corrupt, (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect::<Vec<_>>())
+        .unwrap();
+    let still = common::media_dir().join("astronaut.png");
+    let port = free_udp_port();
+    let silent = format!("udp://127.0.0.1:{port}");
+    for (source, extra, says) in [
+        ("/nonexistent/clip.mp4".to_string(), vec![], "does not exist"),
+        (text(&empty), vec![], "is empty"),
+        (text(&corrupt), vec![], "cannot open"),
+        (text(&still), vec![], "still image"),
+        (silent, vec!["--reconnect", "false", "--stall-timeout", "1s"], "timed out after 1 s"),
+        (text(&clip()), vec!["--window", "0s"], "window 0 s"),
+        (text(&clip()), vec!["--hop", "ten"], "not a duration"),
+    ] {
+        let out = Command::new(common::emollama_bin())
+            .args(["watch", &source, "--bundle", &text(&common::bundle_dir()), "--threads", "2"])
+            .args(&extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{source} {extra:?}: {err}");
+    }
 }

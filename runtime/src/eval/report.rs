@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::dataset::Clip;
 use super::metrics::Metrics;
 use super::run::{latest_rows, EvalRow, RunKey};
-use super::{io, EvalError};
+use super::EvalError;
 use crate::stage::Stage;
 
 /// A share of clips on which two labels agree.
@@ -190,15 +190,12 @@ impl EvalReport {
     /// name and renamed.
     pub fn write(&self, dir: &Path) -> Result<(), EvalError> {
         let title = format!("{} {}, {:?} preset", self.run.bundle, self.run.llm, self.run.settings.preset);
-        write_atomic(&dir.join("eval.md"), self.render().as_bytes())?;
-        write_atomic(&dir.join("eval.json"), &serde_json::to_vec_pretty(self).expect("report serialises"))?;
-        write_atomic(&dir.join("confusion.svg"), self.robust.confusion.svg(&title).as_bytes())
+        let (md, json) = (self.render(), serde_json::to_vec_pretty(self).expect("report serialises"));
+        let svg = self.robust.confusion.svg(&title);
+        crate::outputs::write_files(
+            dir,
+            &[("eval.md", md.as_bytes()), ("eval.json", &json), ("confusion.svg", svg.as_bytes())],
+        )?;
+        Ok(())
     }
-}
-
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial"));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
 }

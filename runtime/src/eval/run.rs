@@ -266,6 +266,16 @@ pub fn run_eval(
         return Err(EvalError::OtherRun { path: results, found: other.run.to_string(), expected: key.to_string() });
     }
     let done: BTreeSet<String> = rows.iter().filter(|r| r.error.is_none()).map(|r| r.name.clone()).collect();
+    // Clips whose latest row is an error, kept up to date row by row.
+    let mut failed = BTreeSet::new();
+    let note_row = |failed: &mut BTreeSet<String>, r: &EvalRow| {
+        if r.error.is_some() {
+            failed.insert(r.name.clone());
+        } else {
+            failed.remove(&r.name);
+        }
+    };
+    rows.iter().for_each(|r| note_row(&mut failed, r));
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&results).map_err(io(&results))?;
     let started = Instant::now();
     let total = clips.len();
@@ -284,14 +294,14 @@ pub fn run_eval(
         file.write_all(line.as_bytes()).and_then(|_| file.sync_data()).map_err(io(&results))?;
         done_count += 1;
         done_now += 1;
+        note_row(&mut failed, &row);
         rows.push(row);
-        let failed = latest_rows(rows.clone()).values().filter(|r| r.error.is_some()).count();
         on_clip(&Progress {
             done: done_count,
             total,
             done_now,
             elapsed_s: started.elapsed().as_secs_f64(),
-            failed,
+            failed: failed.len(),
             row: rows.last().expect("just pushed"),
         });
     }

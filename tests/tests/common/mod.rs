@@ -116,3 +116,11 @@ pub fn emollama_bin() -> PathBuf {
     assert!(bin.is_file(), "{} not built: run cargo test --workspace --bins --tests", bin.display());
     bin
 }
+
+/// One test of a file at a time (take it first in each): these tests run llama.cpp, ONNX
+/// Runtime or a live source on every core, and two at once on two cores measure each
+/// other's load.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
