@@ -47,8 +47,8 @@ fn one_line(e: &anyhow::Error) -> String {
 /// 3: the request needs TensorRT and this machine has none (`compile`), so a script or
 /// unit can tell "nothing to build here" from a failure; 1: any other error.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
-    match e.downcast_ref::<emollama_runtime::RuntimeError>() {
-        Some(emollama_runtime::RuntimeError::TensorRtUnavailable { .. }) => ExitCode::from(3),
+    match e.downcast_ref::<emollama_commands::CommandError>() {
+        Some(emollama_commands::CommandError::TensorRtUnavailable { .. }) => ExitCode::from(3),
         _ => ExitCode::FAILURE,
     }
 }

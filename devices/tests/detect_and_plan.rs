@@ -36,13 +36,37 @@ fn recorded_boards_are_recognised_with_their_software_and_power_mode() {
     assert!(slow.problems[0].contains("nvpmodel") && slow.problems[0].contains("jetson_clocks"), "{:?}", slow.problems);
 }
 
+/// `getconf NAME` as a number: the C library's sysconf, a path to the host's facts that
+/// does not go through the files `detect` reads.
+fn getconf(name: &str) -> u64 {
+    let out = std::process::Command::new("getconf").arg(name).output().expect("getconf");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("getconf {name}: {out:?}"))
+}
+
 #[test]
-fn this_machine_is_an_x86_cpu_host() {
+fn this_machine_is_detected_as_what_it_is() {
+    // Whatever runs the tests (an x86 CI host, a GPU machine, a Jetson): what detection
+    // says agrees with the host's own facts.
     let profiles = load_profiles(&[]).unwrap();
     let info = detect(Path::new("/"), &profiles);
-    if std::env::consts::ARCH == "x86_64" && !Path::new("/dev/nvidia0").exists() {
-        assert_eq!(info.profile.as_deref(), Some("x86-cpu"));
-        assert!(info.mem_total_gb.unwrap() > 1.0 && info.cpu_cores >= 1);
+    assert_eq!(info.arch, std::env::consts::ARCH);
+    assert_eq!(info.cpu_cores as u64, getconf("_NPROCESSORS_CONF"), "{info:?}");
+    let mem_gb = (getconf("_PHYS_PAGES") * getconf("PAGESIZE")) as f64 / 1e9;
+    let detected = info.mem_total_gb.expect("memory read");
+    assert!((detected / mem_gb - 1.0).abs() < 0.01, "{detected} GB detected, {mem_gb} GB by sysconf");
+    let jetson = Path::new("/etc/nv_tegra_release").exists();
+    let nvidia = Path::new("/dev/nvidia0").exists() || Path::new("/proc/driver/nvidia/version").exists();
+    assert_eq!(info.is_jetson(), jetson, "{info:?}");
+    assert_eq!(info.nvidia_gpu, nvidia || jetson, "{info:?}");
+    let profile = info.profile.as_deref();
+    if jetson {
+        // A board we know gets its profile; one we don't says how to pass one.
+        assert!(
+            profile.is_some_and(|p| !p.starts_with("x86")) || info.problems.iter().any(|p| p.contains("--profile")),
+            "{info:?}"
+        );
+    } else {
+        assert_eq!(profile, Some(if nvidia { "x86-cuda" } else { "x86-cpu" }), "{info:?}");
     }
 }
 

@@ -1,13 +1,15 @@
 //! Front-end time (decode + select + preprocess) against the ffmpeg CLI decoding and
 //! scaling the same frames, side by side, alternating, medians. Not a test.
 //!
-//! usage: cargo bench -p emollama-runtime --bench frontend -- [RUNS]
+//! usage: cargo bench -p emollama-media --bench frontend -- [RUNS]
 //! It makes a 10 s 720p H.264 clip (testsrc2) in a temporary folder.
 
 use std::process::Command;
 use std::time::Instant;
 
-use emollama_media::{decode_frames, global_tensor, temporal_tensor, FrameSelection, MediaLimits, Resize};
+use emollama_media::{
+    global_tensor, read_clip, temporal_tensor, ClipRequest, FrameSelection, MediaLimits, Resize, SourceOptions,
+};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -48,11 +50,13 @@ fn main() {
     let mean = [0.48145466, 0.4578275, 0.40821073];
     let std = [0.26862954, 0.261_302_6, 0.275_777_1];
 
-    // Ours: both decodes (count + decode), frame selection, 448 bicubic + CLIP norm for the
-    // first frame, 16 frames at 224 bilinear for the clip tensor.
+    // Ours: one demux (packets kept, counted), the selected frames decoded to RGB, 448
+    // bicubic + CLIP norm for the first frame, 16 frames at 224 bilinear for the clip tensor.
+    let opts = SourceOptions::request(limits, 16_000);
+    let request = ClipRequest { frames: sels.to_vec(), audio: false };
     let ours = || {
         let t = Instant::now();
-        let d = decode_frames(clip_s, &limits, &sels, &Default::default()).unwrap();
+        let d = read_clip(clip_s, &opts, &request, &Default::default()).unwrap();
         let g = global_tensor(d.select(FrameSelection::First)[0], [448, 448], Resize::Bicubic, mean, std);
         let frames: Vec<_> =
             d.select(FrameSelection::VideoMae { segments: 8, frames_per_segment: 2 }).into_iter().cloned().collect();

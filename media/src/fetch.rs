@@ -1,9 +1,7 @@
-//! A network source fetched once into a local file, so that a request opens its URL one
-//! time (probe, frame count, video and audio then read the local copy, all from the same
-//! bytes). HTTP(S) is copied byte for byte (the container, rotation and all, exactly as
-//! served); RTSP has no file to copy and is remuxed (stream copy, no re-encoding) into
-//! Matroska for `live_capture_s` seconds of stream time. Both are bounded by the
-//! network deadline, the file size limit and the request's cancel token.
+//! An HTTP(S) source fetched once into a local file, byte for byte (the container,
+//! rotation and all, exactly as served), bounded by the network deadline, the file size
+//! limit and the request's cancel token; the request then reads the local copy. (Live
+//! streams are read directly: see [`crate::SourceKind`].)
 
 use std::ffi::{c_int, c_void, CString};
 use std::io::Write;
@@ -12,20 +10,16 @@ use std::time::{Duration, Instant};
 
 use emollama_engines::CancelToken;
 use ff::ffi;
-use ff::media::Type;
 use ffmpeg_next as ff;
 
 use super::error::MediaError;
-use super::input::{network_options, open_input, stopped, MediaLimits};
+use super::input::{network_options, MediaLimits};
 
-/// Fetch `url` into `dest` (created 0600; the caller removes it). Returns its size.
-pub fn fetch_network(url: &str, dest: &Path, limits: &MediaLimits, cancel: &CancelToken) -> Result<u64, MediaError> {
+/// Fetch an `http(s)://` `url` into `dest` (created 0600; the caller removes it).
+/// Returns its size.
+pub fn fetch_url(url: &str, dest: &Path, limits: &MediaLimits, cancel: &CancelToken) -> Result<u64, MediaError> {
     super::init();
-    if url.starts_with("rtsp://") || url.starts_with("rtsps://") {
-        remux_live(url, dest, limits, cancel)
-    } else {
-        download(url, dest, limits, cancel)
-    }
+    download(url, dest, limits, cancel)
 }
 
 fn private_file(dest: &Path, source: &str) -> Result<std::fs::File, MediaError> {
@@ -57,6 +51,18 @@ impl Drop for Avio {
     fn drop(&mut self) {
         // SAFETY: opened by avio_open2; avio_closep tolerates and nulls the pointer.
         unsafe { ffi::avio_closep(&mut self.0) };
+    }
+}
+
+/// Why the download stopped early, when it did: cancelled, or past its deadline.
+fn stopped(url: &str, limits: &MediaLimits, cancel: &CancelToken, deadline: Instant) -> Option<MediaError> {
+    let source_name = url.to_string();
+    if cancel.is_cancelled() {
+        Some(MediaError::Cancelled { source_name })
+    } else if Instant::now() > deadline {
+        Some(MediaError::Timeout { source_name, seconds: limits.network_timeout_s })
+    } else {
+        None
     }
 }
 
@@ -107,58 +113,4 @@ fn download(url: &str, dest: &Path, limits: &MediaLimits, cancel: &CancelToken) 
     }
     file.sync_all().map_err(|e| open_err(format!("{}: {e}", dest.display())))?;
     Ok(total)
-}
-
-/// Stream-copy the audio and video streams of a live source into Matroska until
-/// `live_capture_s` seconds of stream time (or its end).
-fn remux_live(url: &str, dest: &Path, limits: &MediaLimits, cancel: &CancelToken) -> Result<u64, MediaError> {
-    let name = url.to_string();
-    let (mut input, deadline) = open_input(url, limits, cancel)?;
-    let deadline = deadline.unwrap_or_else(Instant::now);
-    let write_err =
-        |e: ff::Error| MediaError::Open { source_name: name.clone(), reason: format!("{}: {e}", dest.display()) };
-    drop(private_file(dest, url)?); // 0600 before FFmpeg opens it for writing
-    let mut output = ff::format::output_as(dest, "matroska").map_err(write_err)?;
-    let mut mapping = vec![None; input.nb_streams() as usize];
-    for stream in input.streams() {
-        let kind = stream.parameters().medium();
-        if kind != Type::Video && kind != Type::Audio {
-            continue;
-        }
-        let mut out = output.add_stream(ff::encoder::find(ff::codec::Id::None)).map_err(write_err)?;
-        out.set_parameters(stream.parameters());
-        // SAFETY: the codec tag of the source container means nothing to Matroska.
-        unsafe { (*out.parameters().as_mut_ptr()).codec_tag = 0 };
-        mapping[stream.index()] = Some((out.index(), stream.time_base()));
-    }
-    output.write_header().map_err(write_err)?;
-    let mut packet = ff::Packet::empty();
-    let mut first_seconds = None;
-    loop {
-        if let Some(e) = stopped(url, limits, cancel, deadline) {
-            return Err(e);
-        }
-        match packet.read(&mut input) {
-            Ok(()) => {}
-            Err(ff::Error::Eof) => break,
-            Err(ff::Error::InvalidData) => continue,
-            Err(e) => return Err(stopped(url, limits, cancel, deadline).unwrap_or_else(|| write_err(e))),
-        }
-        let Some((out_index, in_tb)) = mapping.get(packet.stream()).copied().flatten() else { continue };
-        let seconds = packet.pts().map_or(0.0, |p| p as f64 * f64::from(in_tb));
-        if seconds - *first_seconds.get_or_insert(seconds) >= limits.live_capture_s {
-            break;
-        }
-        let out_tb = output.stream(out_index).map(|s| s.time_base()).unwrap_or(in_tb);
-        packet.rescale_ts(in_tb, out_tb);
-        packet.set_stream(out_index);
-        packet.set_position(-1);
-        packet.write_interleaved(&mut output).map_err(write_err)?;
-    }
-    output.write_trailer().map_err(write_err)?;
-    let size = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
-    if size > limits.max_file_bytes {
-        return Err(MediaError::FileTooLarge { source_name: name, size, limit: limits.max_file_bytes });
-    }
-    Ok(size)
 }

@@ -24,6 +24,22 @@ impl RgbImage {
         let i = (y as usize * self.width as usize + x as usize) * 3;
         [self.data[i], self.data[i + 1], self.data[i + 2]]
     }
+
+    /// Mean luma (BT.601, 0-255), sampled on a grid of about 4096 pixels (a statistic,
+    /// not a measurement).
+    pub fn mean_luma(&self) -> f64 {
+        let step = ((self.width * self.height) as usize / 4096).max(1);
+        let (mut sum, mut n) = (0.0, 0usize);
+        for px in self.data.chunks_exact(3).step_by(step) {
+            sum += 0.299 * f64::from(px[0]) + 0.587 * f64::from(px[1]) + 0.114 * f64::from(px[2]);
+            n += 1;
+        }
+        if n == 0 {
+            0.0
+        } else {
+            sum / n as f64
+        }
+    }
 }
 
 /// PIL's kernels for the manifest's resize filters.

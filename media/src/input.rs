@@ -1,15 +1,10 @@
-//! Opening inputs (file, URL, V4L2 camera) with limits checked before heavy work, and
-//! probing what they hold.
-
-use std::path::Path;
-use std::time::{Duration, Instant};
+//! What an input holds (its streams, as FFmpeg reports them) and the limits checked
+//! before any decoding.
 
 use ff::format::context::Input;
 use ff::media::Type;
 use ffmpeg_next as ff;
 use serde::{Deserialize, Serialize};
-
-use emollama_engines::CancelToken;
 
 use super::error::MediaError;
 
@@ -68,75 +63,6 @@ pub struct MediaInfo {
     pub audio: Option<StreamInfo>,
 }
 
-/// Whether `source` is a URL FFmpeg fetches over the network.
-pub fn is_network(source: &str) -> bool {
-    source.contains("://") && !source.starts_with("file://")
-}
-
-pub(crate) fn is_camera(source: &str) -> bool {
-    source.starts_with("/dev/video")
-}
-
-/// Open an input. Every read is interruptible: FFmpeg polls the interrupt callback in
-/// its I/O loops, so a cancelled request stops mid-read, and a network read that
-/// outlives its deadline is aborted (nothing hangs on an unreachable host). A local
-/// input may name local files only (`protocol_whitelist=file`): an uploaded playlist
-/// cannot make FFmpeg fetch from the network.
-pub(crate) fn open_input(
-    source: &str,
-    limits: &MediaLimits,
-    cancel: &CancelToken,
-) -> Result<(Input, Option<Instant>), MediaError> {
-    super::init();
-    let name = source.to_string();
-    if cancel.is_cancelled() {
-        return Err(MediaError::Cancelled { source_name: name });
-    }
-    let open_err = |e: ff::Error| MediaError::Open { source_name: name.clone(), reason: e.to_string() };
-    if is_camera(source) {
-        let fmt =
-            ff::device::input::video().find(|f| f.name().split(',').any(|n| n == "video4linux2")).ok_or_else(|| {
-                MediaError::Open { source_name: name.clone(), reason: "FFmpeg has no video4linux2 input".into() }
-            })?;
-        let ctx = ff::format::open_with(Path::new(source), &fmt, ff::Dictionary::new()).map_err(open_err)?;
-        return match ctx {
-            ff::format::context::Context::Input(i) => Ok((i, None)),
-            _ => Err(MediaError::Open { source_name: name, reason: "not an input".into() }),
-        };
-    }
-    if is_network(source) {
-        let deadline = Instant::now() + Duration::from_secs_f64(limits.network_timeout_s);
-        let stop = cancel.clone();
-        let input = ff::format::input_with_interrupt_and_dictionary(
-            source,
-            move || stop.is_cancelled() || Instant::now() > deadline,
-            network_options(source, limits.network_timeout_s),
-        )
-        .map_err(|e| stopped(source, limits, cancel, deadline).unwrap_or_else(|| open_err(e)))?;
-        return Ok((input, Some(deadline)));
-    }
-    let path = Path::new(source.strip_prefix("file://").unwrap_or(source));
-    let meta = std::fs::metadata(path).map_err(|_| MediaError::NotFound(path.into()))?;
-    if meta.len() == 0 {
-        return Err(MediaError::Empty(path.into()));
-    }
-    if meta.len() > limits.max_file_bytes {
-        return Err(MediaError::FileTooLarge { source_name: name, size: meta.len(), limit: limits.max_file_bytes });
-    }
-    let mut opts = ff::Dictionary::new();
-    opts.set("protocol_whitelist", "file");
-    let stop = cancel.clone();
-    let input =
-        ff::format::input_with_interrupt_and_dictionary(path, move || stop.is_cancelled(), opts).map_err(|e| {
-            if cancel.is_cancelled() {
-                MediaError::Cancelled { source_name: name.clone() }
-            } else {
-                open_err(e)
-            }
-        })?;
-    Ok((input, None))
-}
-
 /// FFmpeg's own socket timeouts for a network input (the interrupt callback is the
 /// wall-clock bound), and the protocols it may use: the URL's own family, never `file`.
 pub(crate) fn network_options(source: &str, timeout_s: f64) -> ff::Dictionary<'static> {
@@ -166,22 +92,6 @@ pub(crate) fn check_resolution(source: &str, v: &StreamInfo, limits: &MediaLimit
         });
     }
     Ok(())
-}
-
-/// Why a network operation stopped early, when it did: cancelled, or past its deadline.
-pub(crate) fn stopped(
-    source: &str,
-    limits: &MediaLimits,
-    cancel: &CancelToken,
-    deadline: Instant,
-) -> Option<MediaError> {
-    if cancel.is_cancelled() {
-        Some(MediaError::Cancelled { source_name: source.to_string() })
-    } else if Instant::now() > deadline {
-        Some(MediaError::Timeout { source_name: source.to_string(), seconds: limits.network_timeout_s })
-    } else {
-        None
-    }
 }
 
 /// Rotation from the stream's display matrix, as the CLI's autorotate reads it.
@@ -244,28 +154,4 @@ pub(crate) fn stream_info(input: &Input, kind: Type) -> Option<StreamInfo> {
 /// Containers FFmpeg opens for single pictures.
 pub(crate) fn is_image_container(name: &str) -> bool {
     name.contains("_pipe") || name == "image2" || name == "png" || name == "mjpeg_pipe"
-}
-
-/// Probe without decoding; checks the limits on size, resolution and duration.
-pub fn probe(source: &str, limits: &MediaLimits, cancel: &CancelToken) -> Result<MediaInfo, MediaError> {
-    let (input, _) = open_input(source, limits, cancel)?;
-    let container = input.format().name().to_string();
-    let duration_s =
-        if input.duration() > 0 { input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE) } else { 0.0 };
-    let video = stream_info(&input, Type::Video);
-    let audio = stream_info(&input, Type::Audio);
-    let name = source.to_string();
-    if let Some(v) = &video {
-        if is_image_container(&container) {
-            return Err(MediaError::StillImage { source_name: name });
-        }
-        check_resolution(source, v, limits)?;
-    }
-    if duration_s > limits.max_duration_s {
-        return Err(MediaError::TooLong { source_name: name, seconds: duration_s, limit: limits.max_duration_s });
-    }
-    if video.is_none() && audio.is_none() {
-        return Err(MediaError::Open { source_name: name, reason: "no audio or video stream".into() });
-    }
-    Ok(MediaInfo { source: source.to_string(), container, duration_s, video, audio })
 }

@@ -1,6 +1,7 @@
-//! The media front end (emollama-media): open and probe a file, URL or camera with FFmpeg, decode the
-//! frames and the audio the encoders need, and turn them into their input tensors with
-//! PIL/torchvision-exact resizing.
+//! The media front end (emollama-media): one [`Source`] for every input (file, URL,
+//! camera, stream) demuxed once by FFmpeg, read whole as a [`Clip`] or cut into live
+//! [`Window`]s; the frames and audio the encoders need, turned into their input tensors
+//! with PIL/torchvision-exact resizing; faces (MTCNN, tracking, alignment).
 
 mod audio;
 mod error;
@@ -8,20 +9,20 @@ pub mod faces;
 mod fetch;
 mod image;
 mod input;
-mod live;
 mod preprocess;
 mod select;
+mod source;
 mod video;
+mod window;
 
-pub use audio::decode_audio_16k_mono;
 pub use error::MediaError;
-pub use fetch::fetch_network;
+pub use fetch::fetch_url;
 pub use image::{resize_pil, Resize, RgbImage};
-pub use input::{is_network, probe, MediaInfo, MediaLimits, StreamInfo};
-pub use live::{Decoded, LiveOptions, LiveSource, Window, WindowStats, Windower};
+pub use input::{MediaInfo, MediaLimits, StreamInfo};
 pub use preprocess::{face_tensor, global_tensor, temporal_tensor};
 pub use select::{videomae_indices, FrameSelection};
-pub use video::{decode_frames, DecodedFrames};
+pub use source::{probe, read_clip, Clip, ClipRequest, Decoded, Source, SourceKind, SourceOptions};
+pub use window::{Window, WindowStats, Windower};
 
 /// FFmpeg's global state (network, devices, log level), once per process.
 pub fn init() {

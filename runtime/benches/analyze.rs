@@ -57,7 +57,7 @@ fn main() {
     let py = |k: &str| pt[k].as_f64().unwrap();
     println!("warm analyze, {media}, 24 greedy tokens + 9 label scores, {runs} runs, medians (ms)");
     println!("{:<18} {:>10} {:>12}", "stage", "emollama", "python ref");
-    for k in ["decode_video", "decode_audio", "faces"] {
+    for k in ["fetch", "decode", "faces"] {
         println!("{k:<18} {:>10.1} {:>12}", get(k), "-");
     }
     println!("{:<18} {:>10.1} {:>12.1}", "encoders", ours_encoders, py("encoders"));

@@ -9,6 +9,7 @@ use emollama_bundle::{EnginePrecision, KvType};
 use emollama_devices::{HostInfo, Plan, Profile, Residency};
 use emollama_engines::llm::{ContextParams, FlashAttention};
 use emollama_engines::onnx::{ProviderPolicy, TensorRtOptions};
+use emollama_media::faces::FaceSearch;
 use emollama_media::MediaLimits;
 use serde::Serialize;
 
@@ -24,6 +25,8 @@ pub struct RuntimeConfig {
     pub encoders: Residency,
     /// Single-threaded MTCNN detectors working on frames in parallel (0: none loaded).
     pub face_detectors: usize,
+    /// How the face stage searches (smallest face, detection cadence, the face gate).
+    pub faces: FaceSearch,
     pub providers: ProviderPolicy,
     pub limits: MediaLimits,
     /// Where a URL source is fetched to for the request's decoding (the service sets its
@@ -83,6 +86,7 @@ impl RuntimeConfig {
                     cache_root: Some(engine_cache_dir()),
                     device_key: profile.name.clone(),
                     dynamic_ranges: dynamic_ranges(&base.limits, sample_rate),
+                    exact_shapes: Default::default(),
                 },
                 ..base.providers.clone()
             },
@@ -128,6 +132,7 @@ impl Default for RuntimeConfig {
             flash_attention: FlashAttention::Auto,
             encoders: Residency::Resident,
             face_detectors: threads.clamp(1, emollama_devices::MAX_FACE_DETECTORS),
+            faces: FaceSearch::default(),
             providers: ProviderPolicy::default(),
             limits: MediaLimits::default(),
             scratch_dir: std::env::temp_dir(),

@@ -28,8 +28,6 @@ pub enum RuntimeError {
     DoesNotFit { bundle: String, profile: String, message: String },
     #[error("bundle {bundle} fits {profile} only with its LLM as {llm_type} ({message}); make that bundle first: emollama quantize --bundle IN OUT {llm_type}")]
     NeedsRequantize { bundle: String, profile: String, llm_type: GgufType, message: String },
-    #[error("TensorRT is not available: {reason}; nothing to compile (the encoders run on CUDA or the CPU)")]
-    TensorRtUnavailable { reason: String },
     #[error("{stage} must run before this stage")]
     StageOrder { stage: &'static str },
     #[error("I/O on {path}: {source}")]

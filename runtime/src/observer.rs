@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use emollama_media::faces::FaceCrops;
+use emollama_media::Clip;
 use ndarray::ArrayD;
 
 use crate::session::PromptTokens;
@@ -16,9 +18,16 @@ pub trait Observer {
     fn tensor(&mut self, name: &str, tensor: &ArrayD<f32>) -> Result<(), RuntimeError>;
     /// The tokenized prompt and the generation budget.
     fn prompt(&mut self, prompt: &PromptTokens, max_new_tokens: u32) -> Result<(), RuntimeError>;
+    /// The face stage's result: the chosen faces, their frames and aligned crops.
+    fn faces(&mut self, _clip: &Clip, _faces: &FaceCrops) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 }
 
-/// Writes `NAME.f32` files and `index.json` (tensors, prompt ids, label ids) to a folder.
+/// Writes `NAME.f32` files and `index.json` (tensors, prompt ids, label ids) to a folder;
+/// with faces, `faces.json` (each crop's frame, box, landmarks, score and the frame's mean
+/// luma, for checking a crop against its frame decoded elsewhere) and `face_crops.rgb`
+/// (the aligned crops, raw RGB, in the same order).
 pub struct InputDump {
     dir: PathBuf,
     tensors: serde_json::Map<String, serde_json::Value>,
@@ -54,6 +63,36 @@ impl Observer for InputDump {
             "max_new_tokens": max_new_tokens,
         });
         let path = self.dir.join("index.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&index).expect("json")).map_err(|e| io(&path, e))
+    }
+
+    fn faces(&mut self, clip: &Clip, faces: &FaceCrops) -> Result<(), RuntimeError> {
+        let first = clip.frames.values().next();
+        let crops: Vec<serde_json::Value> = faces
+            .crops
+            .iter()
+            .map(|(frame, face, _)| {
+                serde_json::json!({
+                    "frame": frame,
+                    "bbox": face.bbox,
+                    "score": face.score,
+                    "landmarks": face.landmarks,
+                    "frame_luma": clip.frames.get(frame).map_or(0.0, |f| f.mean_luma()),
+                })
+            })
+            .collect();
+        let aligned = faces.crops.first().map_or([0, 0], |(_, _, c)| [c.width, c.height]);
+        let index = serde_json::json!({
+            "frame_width": first.map_or(0, |f| f.width),
+            "frame_height": first.map_or(0, |f| f.height),
+            "aligned_size": aligned,
+            "report": faces.report,
+            "crops": crops,
+        });
+        let bytes: Vec<u8> = faces.crops.iter().flat_map(|(_, _, c)| c.data.iter().copied()).collect();
+        let path = self.dir.join("face_crops.rgb");
+        std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+        let path = self.dir.join("faces.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&index).expect("json")).map_err(|e| io(&path, e))
     }
 }

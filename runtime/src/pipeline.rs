@@ -119,6 +119,8 @@ pub struct LoadOptions {
     pub host: Option<HostInfo>,
     /// Where URL sources are fetched to (default: the system's temporary folder).
     pub scratch_dir: Option<PathBuf>,
+    /// How faces are searched for (default: [`emollama_media::faces::FaceSearch::default`]).
+    pub faces: Option<emollama_media::faces::FaceSearch>,
 }
 
 /// Loaded once, shared by every request.
@@ -145,7 +147,7 @@ const CONTEXT_POOL: usize = 2;
 /// Run an encoder once on zeros at the smallest sensible sizes of its dynamic axes (one
 /// item, one second of audio): it checks the engine, and a GPU provider builds its
 /// kernels (or its TensorRT engine) then rather than on the first request.
-pub(crate) fn warm_up(engine: &EncoderEngine, sample_rate: u32) -> Result<(), RuntimeError> {
+pub fn warm_up(engine: &EncoderEngine, sample_rate: u32) -> Result<(), RuntimeError> {
     let samples = sample_rate as usize;
     Ok(engine.warm_up(&|axis| if axis == "samples" { samples } else { 1 })?)
 }
@@ -198,6 +200,9 @@ impl Pipeline {
         if let Some(dir) = opts.scratch_dir {
             config.scratch_dir = dir;
         }
+        if let Some(faces) = opts.faces {
+            config.faces = faces;
+        }
         let mut pipeline = Self::load(bundle, config)?;
         pipeline.plan = Some(plan);
         Ok(pipeline)
@@ -206,6 +211,7 @@ impl Pipeline {
     /// Verify the bundle's files, load every engine and the LLM with `config` as given,
     /// warm the encoders up.
     pub fn load(bundle: Bundle, config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        config.faces.check().map_err(|reason| crate::RequestError { field: "faces", reason })?;
         bundle.verify_files()?;
         let rt = init_runtime(config.ort_library.as_deref())?;
         let opts = EngineOptions {
@@ -266,7 +272,7 @@ impl Pipeline {
         let face_opts = EngineOptions { intra_threads: 1, ..opts.clone() };
         let mut faces = Vec::new();
         for _ in 0..config.face_detectors {
-            match FaceDetector::from_bundle(rt, &bundle, &face_opts)? {
+            match FaceDetector::from_bundle(rt, &bundle, &face_opts, &config.faces)? {
                 Some(d) => faces.push(d),
                 None => break,
             }

@@ -2,9 +2,11 @@
 //! [`Session::decode_media`] → [`Session::encode_global`] → [`Session::detect_faces`] →
 //! [`Session::encode_local`] → [`Session::encode_temporal`] → [`Session::encode_audio`] →
 //! [`Session::tokenize_prompt`] → [`Session::prefill`] → [`Session::score_labels`] →
-//! [`Session::generate`] → [`Session::finish`]. [`Session::run`] calls them all. Each
-//! stage is timed under its [`Stage`], checks the cancel token first, and shows its
-//! inputs to the [`Observer`] (the reference checks' input dump is one).
+//! [`Session::generate`] → [`Session::finish`]. [`Session::run`] calls them all on the
+//! request's source read whole; [`Session::run_clip`] on a stretch the caller read (a live
+//! window): one path either way, from the clip on. Each stage is timed under its
+//! [`Stage`], checks the cancel token first, and shows its inputs to the [`Observer`]
+//! (the reference checks' input dump is one).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -16,10 +18,10 @@ use emollama_bundle::{BundleError, FrameChoice, GenerationPreset, Role, RowBlock
 use emollama_engines::llm::{GenerateOptions, LlmContext, Sampler, SamplingParams, Segment, StopReason};
 use emollama_engines::onnx::Outputs;
 use emollama_engines::{CancelToken, EngineError};
-use emollama_media::faces::face_crops;
+use emollama_media::faces::{FaceDetector, FaceReport};
 use emollama_media::{
-    decode_audio_16k_mono, decode_frames, face_tensor, fetch_network, global_tensor, is_network, temporal_tensor,
-    DecodedFrames, FrameSelection, MediaError, RgbImage,
+    face_tensor, fetch_url, global_tensor, read_clip, temporal_tensor, Clip, ClipRequest, FrameSelection, MediaError,
+    RgbImage, SourceKind, SourceOptions,
 };
 use ndarray::ArrayD;
 use serde::Serialize;
@@ -37,6 +39,17 @@ pub struct TokenCounts {
     pub prompt: usize,
     pub generated: usize,
     pub decode_per_s: f64,
+}
+
+/// What was read of the source.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MediaSummary {
+    pub container: String,
+    /// Frames in the stretch read, and how many of them were decoded to RGB for the encoders.
+    pub frames: usize,
+    pub frames_decoded: usize,
+    /// Seconds of audio decoded (None: no audio track, or pre-extracted features replaced it).
+    pub audio_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +76,10 @@ pub struct AnalyzeResult {
     pub answer_tokens: Vec<i32>,
     /// What fell back to the official behaviour, and why (no audio, no face, …).
     pub notes: Vec<String>,
+    /// What was read of the source.
+    pub media: Option<MediaSummary>,
+    /// Which face the local and temporal encoders saw (full mode), or why none.
+    pub faces: Option<FaceReport>,
     pub timings_ms: Timings,
     pub tokens: TokenCounts,
     pub providers: BTreeMap<String, String>,
@@ -97,9 +114,11 @@ pub struct Session<'p> {
     timings: Timings,
     notes: Vec<String>,
     observer: Option<Box<dyn Observer + 'p>>,
-    frames: Option<DecodedFrames>,
+    clip: Option<Clip>,
     waveform: Option<Vec<f32>>,
     crops: FaceCrops,
+    media: Option<MediaSummary>,
+    face_report: Option<FaceReport>,
     /// Pre-extracted features read for this request, until their projector runs.
     features: BTreeMap<RowBlock, Vec<f32>>,
     blocks: BTreeMap<RowBlock, Vec<f32>>,
@@ -144,9 +163,11 @@ impl<'p> Session<'p> {
             timings: Timings::new(),
             notes: Vec::new(),
             observer: None,
-            frames: None,
+            clip: None,
             waveform: None,
             crops: FaceCrops::default(),
+            media: None,
+            face_report: None,
             features: BTreeMap::new(),
             blocks: BTreeMap::new(),
             prompt: None,
@@ -174,31 +195,17 @@ impl<'p> Session<'p> {
         &self.timings
     }
 
-    /// Every stage in order, then the result.
+    /// Every stage in order on the request's source, read whole, then the result.
     pub fn run(mut self, on_piece: impl FnMut(&str)) -> Result<AnalyzeResult, RuntimeError> {
         self.encode()?;
         self.run_llm(on_piece)
     }
 
-    /// Every stage on media the caller decoded (a live window): `frames` in order, and
-    /// the audio at the manifest's rate (None: the source has no audio).
-    pub fn run_decoded(
-        mut self,
-        frames: DecodedFrames,
-        waveform: Option<Vec<f32>>,
-        on_piece: impl FnMut(&str),
-    ) -> Result<AnalyzeResult, RuntimeError> {
+    /// Every stage in order on a stretch the caller read (a live window), then the result.
+    pub fn run_clip(mut self, clip: Clip, on_piece: impl FnMut(&str)) -> Result<AnalyzeResult, RuntimeError> {
         self.read_features()?;
-        if frames.frames.is_empty() {
-            return Err(MediaError::NoFrames { source_name: self.req.media.clone() }.into());
-        }
-        self.frames = Some(frames);
-        self.waveform = waveform.filter(|w| !w.is_empty());
-        if self.waveform.is_none() && !self.features.contains_key(&RowBlock::Audio) {
-            self.notes.push("no audio: the audio row is the zero-feature row (projector bias)".into());
-        }
-        self.observe_zero_rows()?;
-        self.encode_decoded()?;
+        self.take_clip(clip)?;
+        self.encode_clip()?;
         self.run_llm(on_piece)
     }
 
@@ -228,11 +235,11 @@ impl<'p> Session<'p> {
     /// The media and encoder stages: everything [`Session::rows`] needs.
     pub fn encode(&mut self) -> Result<(), RuntimeError> {
         self.decode_media()?;
-        self.encode_decoded()
+        self.encode_clip()
     }
 
-    /// The encoder stages on the decoded frames and audio.
-    fn encode_decoded(&mut self) -> Result<(), RuntimeError> {
+    /// The encoder stages on the clip's frames and audio.
+    fn encode_clip(&mut self) -> Result<(), RuntimeError> {
         self.encode_global()?;
         self.detect_faces()?;
         self.encode_local()?;
@@ -288,41 +295,47 @@ impl<'p> Session<'p> {
         })
     }
 
-    /// Decode the frames every encoder needs, and the audio at the manifest's rate. A URL
-    /// is fetched once into the scratch folder first; every read is then local.
+    /// Read the request's source once: the frames every encoder needs and the audio at
+    /// the manifest's rate (unless pre-extracted features replace HuBERT). An HTTP(S) URL
+    /// is fetched once into the scratch folder first, and the local copy read.
     pub fn decode_media(&mut self) -> Result<(), RuntimeError> {
         self.read_features()?;
-        let mut selections = vec![self.global_selection()];
-        selections.extend(self.face_selections().into_iter().flatten());
+        let mut frames = vec![self.global_selection()];
+        frames.extend(self.face_selections().into_iter().flatten());
+        let request = ClipRequest { frames, audio: !self.features.contains_key(&RowBlock::Audio) };
         let limits = self.pipeline.config().limits.clone();
+        let opts = SourceOptions::request(limits.clone(), self.pipeline.manifest().preprocess.audio.sample_rate);
         let mut media = self.req.media.clone();
-        if is_network(&media) {
+        if SourceKind::of(&media) == SourceKind::Url {
             let local = ScratchFile(self.pipeline.config().scratch_dir.join(scratch_name()));
-            self.timed(Stage::Fetch, |s| Ok(fetch_network(&media, &local.0, &limits, &s.cancel)?))?;
+            self.timed(Stage::Fetch, |s| Ok(fetch_url(&media, &local.0, &limits, &s.cancel)?))?;
             media = local.0.to_string_lossy().into_owned();
             self.fetched = Some(local);
         }
-        let cancel = self.cancel.clone();
         // Errors name the request's source, not the local copy of a URL.
         let source = self.req.media.clone();
         let named = |e: MediaError| if media == source { e } else { e.about(&source) };
-        let frames = self
-            .timed(Stage::DecodeVideo, |_| Ok(decode_frames(&media, &limits, &selections, &cancel).map_err(named)?))?;
-        self.frames = Some(frames);
-        let rate = self.pipeline.manifest().preprocess.audio.sample_rate;
-        if self.features.contains_key(&RowBlock::Audio) {
-            return self.observe_zero_rows(); // HuBERT does not run: no audio to decode
+        let clip = self.timed(Stage::Decode, |s| Ok(read_clip(&media, &opts, &request, &s.cancel).map_err(named)?))?;
+        self.take_clip(clip)
+    }
+
+    /// Keep the clip for the encoder stages; say what its audio lacks.
+    fn take_clip(&mut self, mut clip: Clip) -> Result<(), RuntimeError> {
+        if clip.frames.is_empty() {
+            return Err(MediaError::NoFrames { source_name: self.req.media.clone() }.into());
         }
-        self.waveform = self.timed(Stage::DecodeAudio, |s| {
-            match decode_audio_16k_mono(&media, &limits, rate, &cancel).map_err(named) {
-                Ok(w) => Ok(Some(w)),
-                Err(MediaError::NoAudio { .. }) | Err(MediaError::NoSamples { .. }) => {
-                    s.notes.push("no audio track: the audio row is the zero-feature row (projector bias)".into());
-                    Ok(None)
-                }
-                Err(e) => Err(e.into()),
-            }
-        })?;
+        let rate = f64::from(self.pipeline.manifest().preprocess.audio.sample_rate);
+        self.media = Some(MediaSummary {
+            container: clip.info.container.clone(),
+            frames: clip.total,
+            frames_decoded: clip.frames.len(),
+            audio_s: clip.audio.as_ref().map(|a| a.len() as f64 / rate),
+        });
+        self.waveform = clip.audio.take().filter(|w| !w.is_empty());
+        if self.waveform.is_none() && !self.features.contains_key(&RowBlock::Audio) {
+            self.notes.push("no audio track: the audio row is the zero-feature row (projector bias)".into());
+        }
+        self.clip = Some(clip);
         self.observe_zero_rows()
     }
 
@@ -361,8 +374,8 @@ impl<'p> Session<'p> {
         self.observe_tensor("zero_rows", &zero)
     }
 
-    fn decoded(&self) -> Result<&DecodedFrames, RuntimeError> {
-        self.frames.as_ref().ok_or(RuntimeError::StageOrder { stage: "decode_media" })
+    fn clip(&self) -> Result<&Clip, RuntimeError> {
+        self.clip.as_ref().ok_or(RuntimeError::StageOrder { stage: "decode_media" })
     }
 
     /// The global frame, resized and normalised, through the global engine: the patch
@@ -370,7 +383,7 @@ impl<'p> Session<'p> {
     pub fn encode_global(&mut self) -> Result<(), RuntimeError> {
         let g = self.pipeline.manifest().preprocess.global.clone();
         let frame = self
-            .decoded()?
+            .clip()?
             .select(self.global_selection())
             .first()
             .copied()
@@ -401,29 +414,35 @@ impl<'p> Session<'p> {
                 .push("the bundle has no face detector: local and temporal rows are the zero-feature rows".into());
             return Ok(());
         }
-        let crops = self.timed(Stage::Faces, |s| {
-            let decoded = s.decoded()?;
-            let capped = capped.indices(decoded.total);
-            let videomae = videomae.indices(decoded.total);
+        let (crops, found) = self.timed(Stage::Faces, |s| {
+            let clip = s.clip()?;
+            let capped = capped.indices(clip.total);
+            let videomae = videomae.indices(clip.total);
             let mut wanted: Vec<usize> = capped.iter().chain(&videomae).copied().collect();
             wanted.sort_unstable();
             wanted.dedup();
-            let frames = wanted.iter().filter_map(|i| decoded.frames.get(i).map(|f| (*i, f)));
-            let found: BTreeMap<usize, RgbImage> =
-                face_crops(&s.pipeline.faces, frames, &s.cancel)?.crops.into_iter().collect();
-            Ok(FaceCrops {
-                local: capped.iter().filter_map(|i| found.get(i).cloned()).collect(),
-                temporal: if found.is_empty() {
+            let frames: Vec<(usize, &RgbImage)> =
+                wanted.iter().filter_map(|i| clip.frames.get(i).map(|f| (*i, f))).collect();
+            let found = FaceDetector::find(&s.pipeline.faces, &frames, &s.pipeline.config().faces, &s.cancel)?;
+            let by_frame: BTreeMap<usize, &RgbImage> = found.crops.iter().map(|(i, _, crop)| (*i, crop)).collect();
+            let crops = FaceCrops {
+                local: capped.iter().filter_map(|i| by_frame.get(i).map(|c| (*c).clone())).collect(),
+                temporal: if by_frame.is_empty() {
                     Vec::new()
                 } else {
-                    videomae.iter().map(|i| nearest(&found, *i).clone()).collect()
+                    videomae.iter().map(|i| nearest(&by_frame, *i).clone()).collect()
                 },
-            })
+            };
+            Ok((crops, found))
         })?;
-        if crops.local.is_empty() && crops.temporal.is_empty() {
-            self.notes
-                .push("no face found: local and temporal rows are the zero-feature rows (as the official demo)".into());
+        if let Some(o) = self.observer.as_mut() {
+            o.faces(self.clip.as_ref().expect("read above"), &found)?;
         }
+        if found.is_empty() {
+            let why = found.report.reason.clone().unwrap_or_else(|| "no face found".into());
+            self.notes.push(format!("{why}: local and temporal rows are the zero-feature rows (as the official demo)"));
+        }
+        self.face_report = Some(found.report);
         self.crops = crops;
         Ok(())
     }
@@ -680,6 +699,8 @@ impl<'p> Session<'p> {
             transcript_used: self.req.transcript.as_deref().is_some_and(|t| !t.trim().is_empty()),
             stop: answer.stop,
             notes: std::mem::take(&mut self.notes),
+            media: self.media.take(),
+            faces: self.face_report.take(),
             timings_ms: std::mem::take(&mut self.timings),
             tokens: TokenCounts {
                 prompt: self.prompt_len(),
@@ -705,7 +726,7 @@ impl Drop for Session<'_> {
 /// The crop of frame `i`, else of the nearest frame with a face (earlier on ties): a
 /// VideoMAE frame whose face was missed takes its neighbour's, as the official loader
 /// only ever sees frames with a face.
-fn nearest(found: &BTreeMap<usize, RgbImage>, i: usize) -> &RgbImage {
+fn nearest<'a>(found: &BTreeMap<usize, &'a RgbImage>, i: usize) -> &'a RgbImage {
     let after = found.range(i..).next();
     let before = found.range(..i).next_back();
     match (before, after) {

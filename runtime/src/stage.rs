@@ -1,6 +1,6 @@
 //! The stages of one request, typed: the session's methods, the timings of a result,
 //! the service's metrics and the bench all name a stage by this enum, never by a string
-//! written in several files. Serialised as snake_case names (`decode_video`, …).
+//! written in several files. Serialised as snake_case names (`decode`, …).
 
 use std::collections::BTreeMap;
 
@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
-    /// A URL source copied to a local file (network sources only).
+    /// An HTTP(S) source copied to a local file.
     Fetch,
-    DecodeVideo,
-    DecodeAudio,
+    /// The source demuxed once: its audio decoded and resampled, its selected frames
+    /// decoded to RGB.
+    Decode,
     GlobalEncoder,
     Faces,
     LocalEncoder,
@@ -29,10 +30,9 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 14] = [
+    pub const ALL: [Stage; 13] = [
         Stage::Fetch,
-        Stage::DecodeVideo,
-        Stage::DecodeAudio,
+        Stage::Decode,
         Stage::GlobalEncoder,
         Stage::Faces,
         Stage::LocalEncoder,
@@ -49,8 +49,7 @@ impl Stage {
     pub fn name(self) -> &'static str {
         match self {
             Stage::Fetch => "fetch",
-            Stage::DecodeVideo => "decode_video",
-            Stage::DecodeAudio => "decode_audio",
+            Stage::Decode => "decode",
             Stage::GlobalEncoder => "global_encoder",
             Stage::Faces => "faces",
             Stage::LocalEncoder => "local_encoder",
@@ -75,7 +74,7 @@ impl Stage {
     }
 
     pub fn is_media(self) -> bool {
-        matches!(self, Stage::Fetch | Stage::DecodeVideo | Stage::DecodeAudio | Stage::Faces)
+        matches!(self, Stage::Fetch | Stage::Decode | Stage::Faces)
     }
 }
 
@@ -97,9 +96,9 @@ mod tests {
         for s in Stage::ALL {
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.name()));
         }
-        let t: Timings = [(Stage::DecodeVideo, 1.5)].into();
+        let t: Timings = [(Stage::Decode, 1.5)].into();
         let text = serde_json::to_string(&t).unwrap();
-        assert_eq!(text, "{\"decode_video\":1.5}");
+        assert_eq!(text, "{\"decode\":1.5}");
         assert_eq!(serde_json::from_str::<Timings>(&text).unwrap(), t);
     }
 }

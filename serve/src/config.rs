@@ -56,6 +56,10 @@ pub struct ServeConfig {
     pub max_new_tokens_limit: usize,
     /// ONNX Runtime library (found automatically otherwise).
     pub ort_library: Option<PathBuf>,
+    /// The smallest face searched for (full mode), as a share of the frame's short side:
+    /// 0.08 is 86 px on a 1080p camera. Lower it for people far from the camera (it
+    /// costs face-detection time on every window and request).
+    pub min_face: f32,
     /// Live sources followed window by window (`[[watch]]` sections).
     pub watch: Vec<crate::watch::WatchConfig>,
 }
@@ -83,6 +87,7 @@ impl Default for ServeConfig {
             upload_dir: None,
             max_new_tokens_limit: 500,
             ort_library: None,
+            min_face: emollama_media::faces::FaceSearch::default().min_face,
             watch: Vec::new(),
         }
     }
@@ -167,6 +172,7 @@ impl ServeConfig {
         for h in &self.allowed_url_hosts {
             crate::urls::AllowedHost::parse(h).map_err(|reason| invalid("allowed_url_hosts", h, reason))?;
         }
+        self.face_search().check().map_err(|reason| invalid("min_face", self.min_face, reason))?;
         let mut names = std::collections::BTreeSet::new();
         for w in &self.watch {
             w.check().map_err(|reason| invalid("watch", &w.name, reason))?;
@@ -178,6 +184,11 @@ impl ServeConfig {
         crate::uploads::check_writable(&upload_dir)
             .map_err(|e| invalid("upload_dir", upload_dir.display(), format!("not a writable folder: {e}")))?;
         Ok(())
+    }
+
+    /// The face stage's settings.
+    pub fn face_search(&self) -> emollama_media::faces::FaceSearch {
+        emollama_media::faces::FaceSearch { min_face: self.min_face, ..Default::default() }
     }
 
     /// The folder the private upload folder is made in.
@@ -232,6 +243,8 @@ mod tests {
             "token = \"a b\"",
             "allowed_url_hosts = [\"http://\"]",
             "upload_dir = \"/nonexistent/emollama\"",
+            "min_face = 0.0",
+            "min_face = nan",
         ] {
             let c: ServeConfig = toml::from_str(text).unwrap();
             let e = c.validate().expect_err(text);

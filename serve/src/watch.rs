@@ -1,5 +1,5 @@
 //! The service's `[[watch]]` sources: each is watched on a thread of its own once the
-//! pipeline is ready (`emollama_runtime::watch`), its events go to the subscribers of
+//! pipeline is ready (`emollama_commands::watch`), its events go to the subscribers of
 //! `GET /v1/watch/events` (Server-Sent Events), to the per-source series of `/metrics`,
 //! and, when configured, to a webhook (POSTed with retries from a bounded queue: a slow
 //! or dead receiver costs events, never memory).
@@ -11,9 +11,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use emollama_commands::watch::{watch, WatchEvent, WatchOptions, DEFAULT_HOP_S, DEFAULT_WINDOW_S};
 use emollama_engines::CancelToken;
 use emollama_runtime::prompt::Task;
-use emollama_runtime::watch::{watch, WatchEvent, WatchOptions, DEFAULT_HOP_S, DEFAULT_WINDOW_S};
 use emollama_runtime::{AnalyzeRequest, Mode, Pipeline, Preset};
 use serde::{Deserialize, Serialize};
 
@@ -383,7 +383,7 @@ impl WebhookQueue {
                     Err(e) if attempt >= retries || hub.stop.is_cancelled() => break Err(e),
                     Err(_) => {
                         attempt += 1;
-                        std::thread::sleep(emollama_runtime::watch::backoff(attempt));
+                        std::thread::sleep(emollama_commands::watch::backoff(attempt));
                     }
                 }
             };

@@ -98,14 +98,23 @@ fn official_demo_mode_matches_the_python_reference() {
 
 #[test]
 fn a_bare_label_answer_is_the_argmax_of_the_scores() {
-    // One generated token: when it is a label's token, it must be the top-scored label
-    // (a multi-token label's probability never exceeds its first token's).
+    // The label scores are the LLM's own probabilities: for the single-token labels, the
+    // ratio of two labels' scores is exp of the difference of their next-token logits
+    // after the prompt. So the greedy first token, when it is a label, is the top-scored
+    // label (a multi-token label's probability never exceeds its first token's), and the
+    // scores order the labels as the logits do, on whatever weights.
     let rt = runtime();
     let req = AnalyzeRequest { max_new_tokens: Some(1), ..AnalyzeRequest::new(talking_face()) };
-    let r = analyze(rt, &req).unwrap();
+    let mut session = rt.session(&req, Default::default()).unwrap();
+    session.encode().unwrap();
+    session.tokenize_prompt().unwrap();
+    session.prefill().unwrap();
+    let logits = session.context().unwrap().logits().unwrap().to_vec();
+    session.score_labels().unwrap();
+    session.generate(|_| {}).unwrap();
+    let r = session.finish();
     let scores = r.label_scores.unwrap();
     let best = scores.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0.clone();
-    let first = r.answer_tokens[0];
     let single_token_labels = [
         (9796, "happy"),
         (14610, "sad"),
@@ -115,8 +124,26 @@ fn a_bare_label_answer_is_the_argmax_of_the_scores() {
         (8866, "fear"),
         (7404, "doubt"),
     ];
+    let mut worst = 0.0f64;
+    for (ta, a) in single_token_labels {
+        for (tb, b) in single_token_labels {
+            let from_scores = (scores[a] / scores[b]).ln();
+            let from_logits = f64::from(logits[ta as usize] - logits[tb as usize]);
+            worst = worst.max((from_scores - from_logits).abs());
+        }
+    }
+    println!("label score ratios against the logits: max |diff| {worst:.2e} (log scale)");
+    assert!(worst < 1e-3, "the scores are not the model's probabilities: {worst}");
+    let first = r.answer_tokens[0];
+    let top_logit = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i32;
+    assert_eq!(first, top_logit, "greedy takes the top logit");
+    let (_, top_single) =
+        single_token_labels.iter().max_by(|a, b| logits[a.0 as usize].total_cmp(&logits[b.0 as usize])).unwrap();
+    let best_single =
+        single_token_labels.iter().map(|(_, l)| *l).max_by(|a, b| scores[*a].total_cmp(&scores[*b])).unwrap();
+    assert_eq!(best_single, *top_single);
     if let Some((_, label)) = single_token_labels.iter().find(|(t, _)| *t == first) {
-        assert_eq!(&best, label);
+        assert_eq!(&best, label, "a bare-label answer is the top-scored label");
     }
     // And the fast preset's label is that arg-max, with no generation at all.
     let fast = analyze(rt, &AnalyzeRequest { preset: Preset::Fast, ..AnalyzeRequest::new(talking_face()) }).unwrap();
@@ -152,8 +179,7 @@ fn tasks_layouts_and_missing_inputs_are_reported() {
     assert!(r.label.is_none() && r.label_scores.is_none(), "reason task: no label scoring");
     assert_eq!(streamed.trim(), r.text);
     for stage in [
-        Stage::DecodeVideo,
-        Stage::DecodeAudio,
+        Stage::Decode,
         Stage::Faces,
         Stage::GlobalEncoder,
         Stage::AudioEncoder,

@@ -284,7 +284,7 @@ fn a_plan_that_needs_a_smaller_llm_is_refused_with_the_command_that_makes_it() {
 }
 
 #[test]
-fn the_binary_links_no_exporter_and_the_pipeline_no_server_or_cli_parser() {
+fn the_binary_links_no_exporter_and_the_library_crates_no_server_or_cli_parser() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let tree = |package: &str| {
         let out = std::process::Command::new(&cargo)
@@ -303,6 +303,10 @@ fn the_binary_links_no_exporter_and_the_pipeline_no_server_or_cli_parser() {
     let pipeline = crate_names(&tree("emollama-runtime"));
     for forbidden in ["axum", "hyper", "clap", "tokio"] {
         assert!(!pipeline.iter().any(|c| c == forbidden), "emollama-runtime depends on {forbidden}");
+    }
+    let commands = crate_names(&tree("emollama-commands"));
+    for forbidden in ["axum", "hyper", "clap", "tokio"] {
+        assert!(!commands.iter().any(|c| c == forbidden), "emollama-commands depends on {forbidden}");
     }
     let media = crate_names(&tree("emollama-media"));
     assert!(!media.iter().any(|c| c == "emollama-runtime" || c == "axum"), "{media:?}");

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use emollama_bundle::Bundle;
-use emollama_runtime::eval::metrics::Metrics;
+use emollama_commands::eval::metrics::Metrics;
 use emollama_runtime::observer::InputDump;
 use emollama_runtime::prompt::LABELS_6;
 use emollama_runtime::{AnalyzeRequest, FeatureFiles, Pipeline, Preset, RuntimeConfig, Stage};
@@ -262,10 +262,10 @@ fn features_give_the_rows_of_the_encoders() {
     assert!(worst < 1e-4, "label probabilities differ by {worst}");
     assert_eq!(a.answer_tokens, b.answer_tokens, "greedy answers");
     assert_eq!(b.notes.iter().filter(|n| n.contains("pre-extracted features")).count(), 3, "{:?}", b.notes);
-    // No face detection and no HuBERT ran: the features replaced them.
-    for skipped in [Stage::Faces, Stage::DecodeAudio] {
-        assert!(!b.timings_ms.contains_key(&skipped), "{skipped} ran: {:?}", b.timings_ms);
-    }
+    // No face detection ran and no audio was decoded: the features replaced them.
+    assert!(!b.timings_ms.contains_key(&Stage::Faces), "faces ran: {:?}", b.timings_ms);
+    assert_eq!(b.media.as_ref().unwrap().audio_s, None, "audio decoded: {:?}", b.media);
+    assert!(a.media.as_ref().unwrap().audio_s.unwrap() > 1.0, "{:?}", a.media);
     println!(
         "features vs encoders: rows max |diff| {row_diff:.2e}, label probabilities max |diff| {worst:.2e}, {} greedy tokens identical",
         a.answer_tokens.len()

@@ -9,10 +9,29 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use emollama_engines::CancelToken;
 use emollama_media::{
-    decode_audio_16k_mono, decode_frames, global_tensor, probe, resize_pil, FrameSelection, MediaError, MediaLimits,
-    Resize, RgbImage,
+    global_tensor, probe, read_clip, resize_pil, Clip, ClipRequest, FrameSelection, MediaError, MediaLimits, Resize,
+    RgbImage, SourceOptions,
 };
+
+/// The frames of `selections` (no audio), as a request reads them.
+fn decode_frames(
+    source: &str,
+    limits: &MediaLimits,
+    selections: &[FrameSelection],
+    cancel: &CancelToken,
+) -> Result<Clip, MediaError> {
+    let request = ClipRequest { frames: selections.to_vec(), audio: false };
+    read_clip(source, &SourceOptions::request(limits.clone(), 16_000), &request, cancel)
+}
+
+/// The audio alone at 16 kHz, as a request reads it: `NoAudio` when there is none.
+fn decode_audio(source: &str, limits: &MediaLimits, cancel: &CancelToken) -> Result<Vec<f32>, MediaError> {
+    let request = ClipRequest { frames: Vec::new(), audio: true };
+    let clip = read_clip(source, &SourceOptions::request(limits.clone(), 16_000), &request, cancel)?;
+    clip.audio.ok_or(MediaError::NoAudio { source_name: source.into() })
+}
 
 fn ffmpeg(args: &[&str]) -> Vec<u8> {
     let out = Command::new("ffmpeg")
@@ -177,10 +196,12 @@ fn frames_are_byte_identical_to_the_ffmpeg_cli() {
 #[test]
 fn rotation_metadata_is_honoured() {
     let limits = MediaLimits::default();
+    let mut seen = Vec::new();
     for (name, path) in &clips().1 {
         if let Some(deg) =
             name.strip_prefix("rot").and_then(|s| s.strip_suffix(".mp4")).and_then(|d| d.parse::<u32>().ok())
         {
+            seen.push(deg);
             let info = probe(path.to_str().unwrap(), &limits, &Default::default()).unwrap();
             assert_eq!(info.video.as_ref().unwrap().rotation, deg, "{name}");
             let frames =
@@ -190,6 +211,7 @@ fn rotation_metadata_is_honoured() {
             assert_eq!((f.width, f.height), expect, "{name}");
         }
     }
+    assert_eq!(seen, vec![90, 180, 270], "every rotated clip was made and checked");
 }
 
 #[test]
@@ -233,10 +255,11 @@ fn audio_is_sample_exact_with_the_ffmpeg_cli() {
         .filter(|(n, _)| ["h264-aac.mp4", "hevc.mkv", "vp9.webm", "mpeg4-mp3.avi", "pcm.mov"].contains(&n.as_str()))
         .cloned()
         .collect();
+    assert_eq!(clips.len(), 5, "every clip with audio was made");
     clips.push(("talking-face.mp4".into(), common::media_dir().join("talking-face.mp4")));
     clips.push(("speech.wav".into(), common::media_dir().join("speech.wav")));
     for (name, path) in &clips {
-        let ours = decode_audio_16k_mono(path.to_str().unwrap(), &limits, 16000, &Default::default()).unwrap();
+        let ours = decode_audio(path.to_str().unwrap(), &limits, &Default::default()).unwrap();
         let cli = cli_audio(path);
         assert_eq!(ours.len(), cli.len(), "{name}: sample count");
         let same = ours.iter().zip(&cli).all(|(a, b)| a.to_bits() == b.to_bits());
@@ -286,7 +309,7 @@ fn no_audio_is_reported_not_an_error_deep_inside() {
     let info = probe(path.to_str().unwrap(), &limits, &Default::default()).unwrap();
     assert!(info.audio.is_none() && info.video.is_some());
     assert!(matches!(
-        decode_audio_16k_mono(path.to_str().unwrap(), &limits, 16000, &Default::default()),
+        decode_audio(path.to_str().unwrap(), &limits, &Default::default()),
         Err(MediaError::NoAudio { .. })
     ));
     let speech = common::media_dir().join("speech.wav");
@@ -415,13 +438,13 @@ fn a_url_is_fetched_byte_for_byte_under_its_limits() {
     let (port, server) = serve_bytes(data.clone(), Duration::ZERO);
     let dest = dir.path().join("fetched");
     let url = format!("http://127.0.0.1:{port}/clip.mp4");
-    let n = emollama_media::fetch_network(&url, &dest, &limits, &Default::default()).unwrap();
+    let n = emollama_media::fetch_url(&url, &dest, &limits, &Default::default()).unwrap();
     assert_eq!(n as usize, data.len());
     assert_eq!(std::fs::read(&dest).unwrap(), data, "byte for byte");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
     let over = MediaLimits { max_file_bytes: 1000, ..limits.clone() };
-    let r = emollama_media::fetch_network(&url, &dir.path().join("big"), &over, &Default::default());
+    let r = emollama_media::fetch_url(&url, &dir.path().join("big"), &over, &Default::default());
     assert!(matches!(r, Err(MediaError::FileTooLarge { .. })), "{r:?}");
     assert_eq!(server.join().unwrap(), 2, "one connection per fetch");
     // Cancelled while the server is slow to answer: out at once, as Cancelled.
@@ -434,7 +457,7 @@ fn a_url_is_fetched_byte_for_byte_under_its_limits() {
     });
     let started = Instant::now();
     let url = format!("http://127.0.0.1:{port}/clip.mp4");
-    let r = emollama_media::fetch_network(&url, &dir.path().join("cancelled"), &limits, &cancel);
+    let r = emollama_media::fetch_url(&url, &dir.path().join("cancelled"), &limits, &cancel);
     assert!(matches!(r, Err(MediaError::Cancelled { .. })), "{r:?}");
     assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
     let _ = server.join();
@@ -449,7 +472,7 @@ fn a_cancelled_request_stops_decoding() {
     let limits = MediaLimits::default();
     let r = decode_frames(clip.to_str().unwrap(), &limits, &[FrameSelection::AllCapped(64)], &cancel);
     assert!(matches!(r, Err(MediaError::Cancelled { .. })), "{r:?}");
-    let r = decode_audio_16k_mono(clip.to_str().unwrap(), &limits, 16000, &cancel);
+    let r = decode_audio(clip.to_str().unwrap(), &limits, &cancel);
     assert!(matches!(r, Err(MediaError::Cancelled { .. })), "{r:?}");
 }
 

@@ -166,14 +166,24 @@ fn compile_without_tensorrt_says_so_and_lists_the_engines() {
     assert!(err.contains("TensorRT is not available") && err.contains("tensorrt"), "{err}");
     let out = emollama(&["compile", "--bundle", b, "--profile", "x86-cpu", "--if-available"]);
     assert!(out.status.success());
-    // The list names every engine that makes rows (the encoders, then the projector-only
-    // engines) with its cache folder, keyed on the device and versions.
+    // The list names every engine (the encoders, the projector-only engines, then the face
+    // detector's nets) with its cache folder, keyed on the device and versions; P-Net's
+    // TensorRT profiles are the fixed pyramid's level shapes, the same for every frame.
     let out = emollama(&["compile", "--bundle", b, "--profile", "orin-nano-8gb", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let roles: Vec<&str> = plan["engines"].as_array().unwrap().iter().map(|e| e["role"].as_str().unwrap()).collect();
-    let all: Vec<&str> = emollama_bundle::Role::ROW_ENGINES.iter().map(|r| r.as_str()).collect();
+    let all: Vec<&str> = emollama_bundle::Role::ROW_ENGINES
+        .iter()
+        .chain(&emollama_bundle::Role::FACE_NETS)
+        .map(|r| r.as_str())
+        .collect();
     assert_eq!(roles, all);
+    let pnet = plan["engines"].as_array().unwrap().iter().find(|e| e["role"] == "face_pnet").unwrap();
+    let shapes: Vec<&str> = pnet["shapes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let want = emollama_media::faces::FaceSearch::default().pyramid().all_shapes().unwrap();
+    assert_eq!(shapes.len(), want.len(), "{shapes:?}");
+    assert!(shapes.contains(&"150x267") && shapes.contains(&"267x150"), "16:9 and 9:16 first levels: {shapes:?}");
     assert_eq!(roles[..4], ["global_engine", "local_engine", "temporal_engine", "audio_engine"]);
     assert_eq!(plan["precision"], "fp16", "the planner's precision for an Orin Nano");
     let key = plan["device_key"].as_str().unwrap();

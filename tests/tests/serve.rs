@@ -309,7 +309,8 @@ fn features_by_path_under_the_same_rules_as_media() {
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let notes = v["notes"].to_string();
     assert!(notes.contains("the audio row is from pre-extracted features"), "{notes}");
-    assert!(v["timings_ms"].get("decode_audio").is_none(), "HuBERT's input was not decoded");
+    assert!(v["media"]["audio_s"].is_null(), "HuBERT's input was not decoded: {}", v["media"]);
+    assert!(v["media"]["frames_decoded"].as_u64().unwrap() >= 1, "{}", v["media"]);
     let r =
         http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 4, &with(&allowed.path().join("wrong.npy"))));
     assert_eq!((r.status, error_code(&r)), (422, "invalid_features".to_string()), "{}", r.body);

@@ -196,7 +196,8 @@ fn d2_slowloris_idle_connections_slow_bodies_and_the_connection_cap() {
 /// free for the next request at once.
 #[test]
 fn d3_d4_the_run_timeout_cuts_streamed_and_plain_requests_and_frees_the_slot() {
-    let srv = start(&["--request-timeout-s", "1.5", "--max-concurrency", "1"], &[]);
+    let limit = LONG_TOKENS.to_string();
+    let srv = start(&["--request-timeout-s", "1.5", "--max-concurrency", "1", "--max-new-tokens-limit", &limit], &[]);
     wait_ready(srv.port);
     let started = Instant::now();
     let r = http(srv.port, "POST", "/v1/analyze?stream=true", &[JSON], &long_request());
@@ -585,7 +586,7 @@ fn d10_sigterm_refuses_the_queue_shows_draining_and_a_second_signal_stops_at_onc
 /// D11: a plain request whose client leaves is counted as cancelled.
 #[test]
 fn d11_a_plain_request_whose_client_leaves_is_counted() {
-    let srv = start(&[], &[]);
+    let srv = start(&["--max-new-tokens-limit", &LONG_TOKENS.to_string()], &[]);
     wait_ready(srv.port);
     let body = long_request();
     let mut s = connect(srv.port);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use emollama_bundle::locations::sample_media_dir;
-use emollama_runtime::bench::{run_bench, write_outputs, BenchOptions, BenchReport};
+use emollama_commands::bench::{run_bench, write_outputs, BenchOptions, BenchReport};
 use emollama_runtime::LoadOptions;
 
 use crate::args::{host, BundleArgs, ProfileArgs};
@@ -49,7 +49,7 @@ pub fn run(args: BenchArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
         runs: args.runs.max(1),
         warmup: args.warmup,
         max_new_tokens: args.max_new_tokens,
-        load: LoadOptions { providers: None, ort_library, host: Some(host), scratch_dir: None },
+        load: LoadOptions { providers: None, ort_library, host: Some(host), ..Default::default() },
     };
     let report = run_bench(&opts, &std::env::current_exe()?)?;
     let written = write_outputs(&report, &args.out)?;

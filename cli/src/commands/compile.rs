@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use emollama_bundle::locations::locate_bundle;
 use emollama_bundle::Bundle;
-use emollama_runtime::compile::{compile, compile_plan, CompileEvent};
+use emollama_commands::compile::{compile, compile_plan, CompileEvent};
 use emollama_serve::ServeConfig;
 
 use crate::args::{host, ProfileArgs};
@@ -47,7 +47,7 @@ pub fn run(args: CompileArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
     let profile = ProfileArgs { profile: args.profile.or(config.profile.clone()) }.resolve()?;
     let (dir, _) = locate_bundle(args.bundle.as_deref().or(config.bundle.as_deref()))?;
     let bundle = Bundle::open(&dir)?;
-    let plan = compile_plan(&bundle, &profile, &host()?, ort_library.as_deref())?;
+    let plan = compile_plan(&bundle, &profile, &host()?, ort_library.as_deref(), &config.face_search())?;
     if args.list || args.json {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -58,7 +58,10 @@ pub fn run(args: CompileArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
             );
             for e in &plan.engines {
                 let state = if e.current { "current" } else { "to build" };
-                println!("  {:<16} {:>7.1} MB  {:<8}  {}", e.role, e.bytes as f64 / 1e6, state, e.cache_dir.display());
+                println!("  {:<18} {:>7.1} MB  {:<8}  {}", e.role, e.bytes as f64 / 1e6, state, e.cache_dir.display());
+                if !e.shapes.is_empty() {
+                    println!("  {:<18} {} profiles: {}", "", e.shapes.len(), e.shapes.join(" "));
+                }
             }
             if let Some(reason) = &plan.tensorrt_unavailable {
                 println!("TensorRT is not available: {reason}");

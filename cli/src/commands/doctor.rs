@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use emollama_runtime::doctor::doctor;
+use emollama_commands::doctor::doctor;
 
 use crate::args::profiles;
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use emollama_runtime::eval::run::{read_rows, results_path};
-use emollama_runtime::eval::{
+use emollama_commands::eval::run::{read_rows, results_path};
+use emollama_commands::eval::{
     run_eval, Comparison, Dataset, DatasetPaths, EvalReport, EvalSettings, LabelSet, Progress, RESULTS,
 };
 use emollama_runtime::{Mode, Preset};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use emollama_runtime::report::inspect_bundle;
+use emollama_commands::info::inspect_bundle;
 
 use crate::args::{BundleArgs, ProviderArg};
 

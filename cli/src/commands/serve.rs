@@ -58,6 +58,8 @@ pub struct ServeArgs {
     upload_dir: Option<PathBuf>,
     #[arg(long)]
     max_new_tokens_limit: Option<usize>,
+    #[arg(long)]
+    min_face: Option<f32>,
 }
 
 fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<ServeConfig> {
@@ -78,7 +80,8 @@ fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Resul
         body_min_rate,
         request_timeout_s,
         drain_timeout_s,
-        max_new_tokens_limit
+        max_new_tokens_limit,
+        min_face
     );
     macro_rules! over_opt {
         ($($field:ident),*) => { $( if args.$field.is_some() { c.$field = args.$field.clone(); } )* };
@@ -127,6 +130,7 @@ pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
             ort_library: state.config.ort_library.clone(),
             host: Some(host.clone()),
             scratch_dir: Some(state.uploads.path().to_path_buf()),
+            faces: Some(state.config.face_search()),
         };
         let build = move || {
             let started = std::time::Instant::now();

@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use emollama_commands::watch::{watch, WatchEvent, WatchOptions};
 use emollama_engines::CancelToken;
 use emollama_runtime::prompt::Task;
-use emollama_runtime::watch::{watch, WatchEvent, WatchOptions};
 use emollama_runtime::{AnalyzeRequest, Mode, Preset};
 
 use crate::args::PipelineArgs;

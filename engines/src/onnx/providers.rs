@@ -94,6 +94,10 @@ pub struct TensorRtOptions {
     pub device_key: String,
     /// min/opt/max for each named dynamic axis of the manifest (e.g. `samples`).
     pub dynamic_ranges: BTreeMap<String, [u64; 3]>,
+    /// Inputs that only ever take shapes from a list (the face detector's pyramid
+    /// levels): one optimisation profile per shape (min = opt = max), each the engine's
+    /// best for that shape, instead of one profile over `dynamic_ranges`.
+    pub exact_shapes: BTreeMap<String, Vec<Vec<u64>>>,
 }
 
 impl TensorRtOptions {
@@ -123,20 +127,29 @@ impl TensorRtOptions {
     }
 
     /// TensorRT optimization-profile strings (`name:1x3x448x448,...`) for min, opt and
-    /// max, from the manifest's dynamic axes; `None` when an axis has no range.
+    /// max, from the manifest's dynamic axes; `None` when an axis has no range. An input
+    /// with exact shapes gives one profile per shape: ONNX Runtime reads an input named
+    /// again as the next profile (the other inputs repeat their range in each).
     pub fn profile_shapes(&self, inputs: &[TensorSpec]) -> Option<[String; 3]> {
+        let profiles = inputs.iter().filter_map(|i| self.exact_shapes.get(&i.name)).map(Vec::len).max().unwrap_or(1);
         let mut out: [Vec<String>; 3] = Default::default();
-        for spec in inputs {
-            for (k, slot) in out.iter_mut().enumerate() {
-                let mut dims = Vec::with_capacity(spec.shape.len());
-                for d in &spec.shape {
-                    dims.push(match d {
-                        Dim::Fixed(n) => *n,
-                        Dim::Dynamic(axis) => self.dynamic_ranges.get(axis)?[k],
-                    });
+        for p in 0..profiles {
+            for spec in inputs {
+                for (k, slot) in out.iter_mut().enumerate() {
+                    let dims: Vec<u64> = match self.exact_shapes.get(&spec.name) {
+                        Some(shapes) => shapes.get(p).or(shapes.last())?.clone(),
+                        None => spec
+                            .shape
+                            .iter()
+                            .map(|d| match d {
+                                Dim::Fixed(n) => Some(*n),
+                                Dim::Dynamic(axis) => self.dynamic_ranges.get(axis).map(|r| r[k]),
+                            })
+                            .collect::<Option<_>>()?,
+                    };
+                    let dims: Vec<String> = dims.iter().map(u64::to_string).collect();
+                    slot.push(format!("{}:{}", spec.name, dims.join("x")));
                 }
-                let dims: Vec<String> = dims.iter().map(u64::to_string).collect();
-                slot.push(format!("{}:{}", spec.name, dims.join("x")));
             }
         }
         Some(out.map(|v| v.join(",")))
@@ -193,6 +206,15 @@ mod tests {
         assert_eq!(max, "waveform:1x480000");
         let unknown = [spec("x", vec![Dim::Dynamic("batch".into())])];
         assert!(opts.profile_shapes(&unknown).is_none());
+        // A list of exact shapes: one profile each, min = opt = max.
+        let image = [spec(
+            "image",
+            vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Dynamic("height".into()), Dim::Dynamic("width".into())],
+        )];
+        opts.exact_shapes.insert("image".into(), vec![vec![1, 3, 150, 267], vec![1, 3, 106, 189]]);
+        let [min, opt, max] = opts.profile_shapes(&image).unwrap();
+        assert_eq!(min, "image:1x3x150x267,image:1x3x106x189");
+        assert_eq!((opt.as_str(), max.as_str()), (min.as_str(), min.as_str()));
     }
 
     #[test]

@@ -9,15 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use emollama_bundle::{Bundle, Role, TensorSpec};
+use emollama_bundle::{Bundle, Dim, Role, TensorSpec};
 use emollama_devices::{HostInfo, Profile};
 use emollama_engines::onnx::{
     available_providers, init_runtime, EncoderEngine, EngineOptions, OrtRuntime, Provider, ProviderPolicy,
     TensorRtOptions,
 };
+use emollama_media::faces::FaceSearch;
 
-use crate::pipeline::{planned_config, warm_up};
-use crate::RuntimeError;
+use crate::CommandError;
+use emollama_runtime::pipeline::{planned_config, warm_up};
 
 /// How often a long build reports that it is still running.
 const STILL_BUILDING_EVERY: Duration = Duration::from_secs(30);
@@ -35,8 +36,14 @@ pub struct EngineTarget {
     #[serde(skip)]
     pub outputs: Vec<TensorSpec>,
     pub cache_dir: PathBuf,
+    /// The input shapes built one optimisation profile each (the face detector's pyramid
+    /// levels, `HxW`); empty: one profile over the configured ranges.
+    pub shapes: Vec<String>,
     /// The cache already holds an engine for exactly this model, device and software.
     pub current: bool,
+    /// This engine's TensorRT settings (the plan's, with its own profiles).
+    #[serde(skip)]
+    tensorrt: TensorRtOptions,
 }
 
 /// What `compile` would do: the engines, in the order they are built.
@@ -51,8 +58,6 @@ pub struct CompilePlan {
     pub engines: Vec<EngineTarget>,
     #[serde(skip)]
     threads: usize,
-    #[serde(skip)]
-    tensorrt: TensorRtOptions,
     #[serde(skip)]
     sample_rate: u32,
     #[serde(skip)]
@@ -95,23 +100,32 @@ fn tensorrt_unavailable(library: &Path) -> Option<String> {
     None
 }
 
-/// The engines of `bundle` on `profile`, with their cache folders and whether each is
-/// current. Reads no model: cheap enough for every service start.
+/// The engines of `bundle` on `profile` (the four encoders, the projectors, the face
+/// detector's three nets as `faces` searches), with their cache folders and whether each
+/// is current. Reads no model: cheap enough for every service start.
 pub fn compile_plan(
     bundle: &Bundle,
     profile: &Profile,
     host: &HostInfo,
     ort_library: Option<&Path>,
-) -> Result<CompilePlan, RuntimeError> {
+    faces: &FaceSearch,
+) -> Result<CompilePlan, CommandError> {
     let (_, config) = planned_config(bundle, profile, Some(host))?;
     let rt = init_runtime(ort_library)?;
-    let tensorrt = config.providers.tensorrt.clone();
+    let base = EngineOptions { intra_threads: config.threads, policy: config.providers.clone(), ..Default::default() };
     let mut engines = Vec::new();
-    for role in Role::ROW_ENGINES {
+    for role in Role::ROW_ENGINES.into_iter().chain(Role::FACE_NETS) {
         let Some(e) = bundle.file(&role) else { continue };
+        let tensorrt = faces.engine_options(&role, &base).policy.tensorrt;
         let cache_dir = tensorrt
             .cache_dir(&rt.version, &e.sha256, &e.inputs)
             .expect("the planned configuration always has an engine cache");
+        let shapes = e
+            .inputs
+            .iter()
+            .flat_map(|i| tensorrt.exact_shapes.get(&i.name).into_iter().flatten())
+            .map(|dims| dims.iter().skip(2).map(u64::to_string).collect::<Vec<_>>().join("x"))
+            .collect();
         engines.push(EngineTarget {
             role: role.as_str().into(),
             path: bundle.path_of(e),
@@ -121,8 +135,11 @@ pub fn compile_plan(
             outputs: e.outputs.clone(),
             current: holds_engine(&cache_dir),
             cache_dir,
+            shapes,
+            tensorrt,
         });
     }
+    let tensorrt = config.providers.tensorrt;
     Ok(CompilePlan {
         bundle: bundle.manifest().id.clone(),
         profile: profile.name.clone(),
@@ -132,7 +149,6 @@ pub fn compile_plan(
         engines,
         threads: config.threads,
         sample_rate: bundle.manifest().preprocess.audio.sample_rate,
-        tensorrt,
         rt,
     })
 }
@@ -152,9 +168,9 @@ fn holds_engine(dir: &Path) -> bool {
 pub fn compile(
     plan: &CompilePlan,
     on_event: &(dyn Fn(CompileEvent<'_>) + Sync),
-) -> Result<CompileReport, RuntimeError> {
+) -> Result<CompileReport, CommandError> {
     if let Some(reason) = &plan.tensorrt_unavailable {
-        return Err(RuntimeError::TensorRtUnavailable { reason: reason.clone() });
+        return Err(CommandError::TensorRtUnavailable { reason: reason.clone() });
     }
     let started = Instant::now();
     let pending: Vec<&EngineTarget> = plan.pending().collect();
@@ -198,19 +214,35 @@ pub fn compile(
     Ok(CompileReport { built, current, total_s: started.elapsed().as_secs_f64() })
 }
 
-fn build_one(plan: &CompilePlan, engine: &EngineTarget) -> Result<(), RuntimeError> {
+fn build_one(plan: &CompilePlan, engine: &EngineTarget) -> Result<(), CommandError> {
     let opts = EngineOptions {
         intra_threads: plan.threads,
         policy: ProviderPolicy {
             order: vec![Provider::TensorRt],
             required: Some(Provider::TensorRt),
-            tensorrt: plan.tensorrt.clone(),
+            tensorrt: engine.tensorrt.clone(),
         },
         model_sha256: engine.sha256.clone(),
     };
     let session =
         EncoderEngine::load(plan.rt, &engine.role, &engine.path, engine.inputs.clone(), engine.outputs.clone(), &opts)?;
-    warm_up(&session, plan.sample_rate)
+    // An engine with exact shapes runs once on the first of them (any other shape is
+    // outside its profiles); the others as the pipeline warms them.
+    let mut exact_axes = std::collections::BTreeMap::new();
+    for input in &engine.inputs {
+        if let Some(dims) = engine.tensorrt.exact_shapes.get(&input.name).and_then(|s| s.first()) {
+            for (d, n) in input.shape.iter().zip(dims) {
+                if let Dim::Dynamic(axis) = d {
+                    exact_axes.insert(axis.clone(), *n as usize);
+                }
+            }
+        }
+    }
+    if exact_axes.is_empty() {
+        Ok(warm_up(&session, plan.sample_rate)?)
+    } else {
+        Ok(session.warm_up(&|axis| exact_axes.get(axis).copied().unwrap_or(1))?)
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::Metrics;
 use super::report::{median, Agreement};
 use super::run::{latest_rows, EvalRow, RunKey};
-use crate::stage::Stage;
+use emollama_runtime::stage::Stage;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricDelta {

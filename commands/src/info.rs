@@ -10,7 +10,7 @@ use emollama_engines::llm::{LlmModel, ModelParams};
 use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, ProviderPolicy};
 use serde::Serialize;
 
-use crate::RuntimeError;
+use crate::CommandError;
 
 #[derive(Debug, Serialize)]
 pub struct EngineReport {
@@ -63,7 +63,7 @@ pub fn inspect_bundle(
     dir: &Path,
     policy: &ProviderPolicy,
     ort_library: Option<&Path>,
-) -> Result<BundleReport, RuntimeError> {
+) -> Result<BundleReport, CommandError> {
     let bundle = Bundle::open_verified(dir)?;
     let m = bundle.manifest();
     let rt = init_runtime(ort_library)?;
@@ -85,7 +85,7 @@ pub fn inspect_bundle(
         )?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        crate::pipeline::warm_up(&engine, m.preprocess.audio.sample_rate)?;
+        emollama_runtime::pipeline::warm_up(&engine, m.preprocess.audio.sample_rate)?;
         engines.push(EngineReport {
             role: role.to_string(),
             file: entry.path.clone(),
@@ -105,11 +105,12 @@ pub fn inspect_bundle(
     let gguf = GgufFile::open(&path)?;
     let gguf_width = gguf.get("llama.embedding_length").and_then(|v| v.as_u64()).unwrap_or(0);
     if gguf_width != m.llm.embedding_width {
-        return Err(RuntimeError::LlmMismatch {
+        return Err(emollama_runtime::RuntimeError::LlmMismatch {
             what: "embedding width",
             gguf: gguf_width as i64,
             manifest: m.llm.embedding_width as i64,
-        });
+        }
+        .into());
     }
     let t = Instant::now();
     let model = Arc::new(LlmModel::load(&path, &ModelParams::default())?);

@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::{Clip, Dataset, DatasetPaths};
 use super::{io, EvalError, LabelSet};
-use crate::prompt::{extract_label, Task};
-use crate::request::{AnalyzeRequest, Mode, Preset};
-use crate::session::AnalyzeResult;
-use crate::stage::Timings;
-use crate::Pipeline;
+use emollama_runtime::prompt::{extract_label, Task};
+use emollama_runtime::request::{AnalyzeRequest, Mode, Preset};
+use emollama_runtime::session::AnalyzeResult;
+use emollama_runtime::stage::Timings;
+use emollama_runtime::Pipeline;
 
 /// The results file inside the output folder.
 pub const RESULTS: &str = "results.jsonl";
@@ -252,7 +252,7 @@ pub fn run_eval(
     let (paths, clips, transcripts) = (&dataset.paths, &dataset.clips, &dataset.transcripts);
     let key = run_key(pipeline, paths, settings);
     // Features the bundle cannot take are refused before the first clip, not per clip.
-    let given = crate::features::FeatureFiles {
+    let given = emollama_runtime::features::FeatureFiles {
         local: paths.local_features.clone(),
         temporal: paths.temporal_features.clone(),
         audio: paths.audio_features.clone(),
@@ -317,7 +317,7 @@ fn run_clip(
     clip: &Clip,
     key: &RunKey,
     cancel: &CancelToken,
-) -> Result<EvalRow, crate::RuntimeError> {
+) -> Result<EvalRow, emollama_runtime::RuntimeError> {
     let inputs = paths.video(&clip.name).and_then(|v| paths.features(&clip.name).map(|f| (v, f)));
     let (video, features) = match inputs {
         Ok(x) => x,

@@ -14,10 +14,10 @@ use emollama_engines::llm::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{LoadOptions, Pipeline};
-use crate::request::AnalyzeRequest;
-use crate::stage::Stage;
-use crate::RuntimeError;
+use crate::CommandError;
+use emollama_runtime::pipeline::{LoadOptions, Pipeline};
+use emollama_runtime::request::AnalyzeRequest;
+use emollama_runtime::stage::Stage;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
 pub struct Percentiles {
@@ -115,7 +115,7 @@ fn tegrastats_sample() -> Option<String> {
 }
 
 /// Run the benchmark. `cold_start_cmd`: the `emollama` executable for the cold run.
-pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchReport, RuntimeError> {
+pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchReport, CommandError> {
     let media0 = opts.media.first().cloned().unwrap_or_default();
     // Cold start: a fresh process, from spawn to its exit after the first token.
     let t = Instant::now();
@@ -123,10 +123,10 @@ pub fn run_bench(opts: &BenchOptions, cold_start_exe: &Path) -> Result<BenchRepo
         .args(["analyze", &media0, "--json", "--max-new-tokens", "1", "--profile", &opts.profile.name, "--bundle"])
         .arg(&opts.bundle)
         .output()
-        .map_err(|e| RuntimeError::Io { path: cold_start_exe.into(), source: e })?;
+        .map_err(|e| CommandError::Io { path: cold_start_exe.into(), source: e })?;
     let cold_start_ms = t.elapsed().as_secs_f64() * 1e3;
     if !out.status.success() {
-        return Err(RuntimeError::Io {
+        return Err(CommandError::Io {
             path: cold_start_exe.into(),
             source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
         });
@@ -337,11 +337,11 @@ impl BenchReport {
 
 /// Write `bench.md`, `bench.json` and `bench.svg` into `dir` (each under a temporary
 /// name first, then renamed).
-pub fn write_outputs(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
+pub fn write_outputs(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, CommandError> {
     let json = serde_json::to_string_pretty(report).expect("serialisable");
     let (md, svg) = (report.markdown(), report.svg());
-    crate::outputs::write_files(
+    Ok(crate::outputs::write_files(
         dir,
         &[("bench.md", md.as_bytes()), ("bench.json", json.as_bytes()), ("bench.svg", svg.as_bytes())],
-    )
+    )?)
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::prompt::{LABELS_6, LABELS_9, LABELS_DFEW};
+use emollama_runtime::prompt::{LABELS_6, LABELS_9, LABELS_DFEW};
 
 pub use compare::Comparison;
 pub use dataset::{Clip, Dataset, DatasetPaths};
@@ -68,7 +68,9 @@ pub enum EvalError {
     #[error("{path}: no result rows")]
     NoRows { path: PathBuf },
     #[error(transparent)]
-    Runtime(#[from] crate::RuntimeError),
+    Runtime(#[from] emollama_runtime::RuntimeError),
+    #[error(transparent)]
+    Write(#[from] crate::outputs::WriteError),
 }
 
 fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {

@@ -12,12 +12,16 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use emollama_engines::CancelToken;
-use emollama_media::{is_network, DecodedFrames, LiveOptions, LiveSource, MediaError, Window, WindowStats, Windower};
+use emollama_media::{MediaError, Source, SourceKind, SourceOptions, Window, WindowStats, Windower};
 use serde::Serialize;
 
-use crate::request::AnalyzeRequest;
-use crate::stage::Timings;
-use crate::{Pipeline, RuntimeError};
+use emollama_runtime::request::AnalyzeRequest;
+use emollama_runtime::stage::Timings;
+use emollama_runtime::Pipeline;
+
+use emollama_runtime::{RequestError, RuntimeError};
+
+use crate::CommandError;
 
 /// The defaults, from the MER datasets' clips: each is one utterance of a few seconds
 /// (the official list's example line, 125 frames at 25 fps, is 5 s), so a 4 s window
@@ -50,10 +54,9 @@ pub struct WatchOptions {
 impl WatchOptions {
     pub fn new(source: impl Into<String>, request: AnalyzeRequest) -> Self {
         let source = source.into();
-        let live = is_network(&source) || source.starts_with("/dev/video");
         Self {
             name: source.clone(),
-            reconnect: live,
+            reconnect: SourceKind::of(&source) != SourceKind::File,
             source,
             window_s: DEFAULT_WINDOW_S,
             hop_s: DEFAULT_HOP_S,
@@ -67,7 +70,7 @@ impl WatchOptions {
 
     /// Windows are dropped when analysis falls behind, except for a file read at full speed.
     fn drops_windows(&self) -> bool {
-        self.reconnect || self.realtime || is_network(&self.source) || self.source.starts_with("/dev/video")
+        self.reconnect || self.realtime || SourceKind::of(&self.source) != SourceKind::File
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -178,17 +181,17 @@ pub fn watch(
     opts: &WatchOptions,
     stop: &CancelToken,
     mut on_event: impl FnMut(&WatchEvent),
-) -> Result<(u64, u64), RuntimeError> {
-    opts.check().map_err(|reason| crate::RequestError { field: "watch", reason })?;
+) -> Result<(u64, u64), CommandError> {
+    opts.check().map_err(|reason| RuntimeError::from(RequestError { field: "watch", reason }))?;
     pipeline.check_request(&opts.request)?;
     let shared = Shared { state: Mutex::new(Handoff::default()), changed: Condvar::new() };
     // The reader's own token: cancelled by `stop` (seen within 100 ms) or by max_windows.
     let reader_stop = CancelToken::new();
-    let live = LiveOptions {
-        realtime: opts.realtime,
-        stall_timeout_s: opts.stall_timeout_s,
-        sample_rate: pipeline.manifest().preprocess.audio.sample_rate,
+    let live = SourceOptions {
         limits: pipeline.config().limits.clone(),
+        sample_rate: pipeline.manifest().preprocess.audio.sample_rate,
+        realtime: opts.realtime,
+        stall_timeout_s: Some(opts.stall_timeout_s),
     };
     let mut windows = 0u64;
     std::thread::scope(|scope| {
@@ -279,29 +282,20 @@ fn analyse(
     pipeline: &Pipeline,
     opts: &WatchOptions,
     window: Window,
-) -> Result<(crate::AnalyzeResult, WindowStats), RuntimeError> {
-    let frames: BTreeMap<usize, _> = window.frames.into_iter().enumerate().collect();
-    let info = emollama_media::MediaInfo {
-        source: opts.source.clone(),
-        container: "live".into(),
-        duration_s: window.end - window.start,
-        video: None,
-        audio: None,
-    };
-    let decoded = DecodedFrames { info, total: frames.len(), frames };
+) -> Result<(emollama_runtime::AnalyzeResult, WindowStats), CommandError> {
     let req = AnalyzeRequest { media: opts.name.clone(), ..opts.request.clone() };
-    let result = pipeline.session(&req, CancelToken::new())?.run_decoded(decoded, window.audio, |_| {})?;
+    let result = pipeline.session(&req, CancelToken::new())?.run_clip(window.clip, |_| {})?;
     Ok((result, window.stats))
 }
 
 /// The reader: open, read, cut windows and hand them over; reconnect when lost.
-fn read_windows(opts: &WatchOptions, live: &LiveOptions, stop: &CancelToken, shared: &Shared) {
+fn read_windows(opts: &WatchOptions, live: &SourceOptions, stop: &CancelToken, shared: &Shared) {
     let mut attempt = 0u32;
     let reason = loop {
         if stop.is_cancelled() {
             break String::new();
         }
-        let error = match LiveSource::open(&opts.source, live, stop) {
+        let error = match Source::open(&opts.source, live, stop) {
             Ok(mut source) => {
                 shared.event(WatchEvent::Connected {
                     source: opts.name.clone(),
@@ -314,10 +308,10 @@ fn read_windows(opts: &WatchOptions, live: &LiveOptions, stop: &CancelToken, sha
                         .unwrap_or_default(),
                     audio: source.info.audio.as_ref().map(|a| format!("{} {} Hz", a.codec, a.rate)),
                 });
-                let mut windower = Windower::new(opts.window_s, opts.hop_s, live.sample_rate, source.has_audio());
+                let mut windower = Windower::new(source.info.clone(), opts.window_s, opts.hop_s, live.sample_rate);
                 let mut decoded = Vec::new();
                 let end = loop {
-                    let read = source.read(&mut decoded, live.sample_rate);
+                    let read = source.read(&mut decoded);
                     for d in decoded.drain(..) {
                         windower.push(d);
                     }

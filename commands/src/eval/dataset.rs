@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::EvalError;
-use crate::features::FeatureFiles;
+use emollama_runtime::features::FeatureFiles;
 
 /// One line of the list file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ impl DatasetPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prompt::LABELS_6;
+    use emollama_runtime::prompt::LABELS_6;
 
     fn list(text: &str) -> Result<Vec<Clip>, String> {
         let dir = tempfile::tempdir().unwrap();

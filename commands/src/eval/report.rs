@@ -12,7 +12,7 @@ use super::dataset::Clip;
 use super::metrics::Metrics;
 use super::run::{latest_rows, EvalRow, RunKey};
 use super::EvalError;
-use crate::stage::Stage;
+use emollama_runtime::stage::Stage;
 
 /// A share of clips on which two labels agree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,7 +94,7 @@ impl EvalReport {
                 labels,
             )
         };
-        let generated = run.settings.preset != crate::request::Preset::Fast;
+        let generated = run.settings.preset != emollama_runtime::request::Preset::Fast;
         let scores_vs_answer = generated.then(|| {
             Agreement::of(
                 scored.iter().filter(|r| r.label_from_scores.is_some()).map(|r| r.label_from_scores == r.label),

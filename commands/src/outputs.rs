@@ -3,13 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::RuntimeError;
+/// A report file that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("writing {path}: {source}")]
+pub struct WriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// Write each `(name, content)` into `dir` (created if missing); the paths written.
-pub fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<Vec<PathBuf>, RuntimeError> {
+pub fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<Vec<PathBuf>, WriteError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| RuntimeError::Io { path, source }
+        move |source| WriteError { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut written = Vec::new();
