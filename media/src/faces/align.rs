@@ -48,6 +48,8 @@ pub fn align_face(img: &RgbImage, face: &Face, size: [u32; 2]) -> RgbImage {
     let det = a * a + b * b;
     let (w, h) = (img.width as i64, img.height as i64);
     let mut out = vec![0u8; out_w * out_h * 3];
+    // The four neighbours' offsets in the image (None: outside, black), once per pixel.
+    let at = |xx: i64, yy: i64| (xx >= 0 && yy >= 0 && xx < w && yy < h).then(|| ((yy * w + xx) * 3) as usize);
     for v in 0..out_h {
         for u in 0..out_w {
             let (du, dv) = (u as f64 - tx, v as f64 - ty);
@@ -55,18 +57,13 @@ pub fn align_face(img: &RgbImage, face: &Face, size: [u32; 2]) -> RgbImage {
             let y = (nb * du + a * dv) / det;
             let (x0, y0) = (x.floor() as i64, y.floor() as i64);
             let (fx, fy) = (x - x0 as f64, y - y0 as f64);
+            let corners = [at(x0, y0), at(x0 + 1, y0), at(x0, y0 + 1), at(x0 + 1, y0 + 1)];
             for c in 0..3 {
-                let px = |xx: i64, yy: i64| {
-                    if xx < 0 || yy < 0 || xx >= w || yy >= h {
-                        0.0
-                    } else {
-                        f64::from(img.data[((yy * w + xx) * 3) as usize + c])
-                    }
-                };
-                let val = px(x0, y0) * (1.0 - fx) * (1.0 - fy)
-                    + px(x0 + 1, y0) * fx * (1.0 - fy)
-                    + px(x0, y0 + 1) * (1.0 - fx) * fy
-                    + px(x0 + 1, y0 + 1) * fx * fy;
+                let px = |corner: Option<usize>| corner.map_or(0.0, |i| f64::from(img.data[i + c]));
+                let val = px(corners[0]) * (1.0 - fx) * (1.0 - fy)
+                    + px(corners[1]) * fx * (1.0 - fy)
+                    + px(corners[2]) * (1.0 - fx) * fy
+                    + px(corners[3]) * fx * fy;
                 out[(v * out_w + u) * 3 + c] = val.round().clamp(0.0, 255.0) as u8;
             }
         }

@@ -156,24 +156,44 @@ fn fixed_shapes(min_face: f32, aspect: (u32, u32)) -> Vec<[usize; 2]> {
     out
 }
 
-/// The three nets, and how their inputs are resampled.
+/// The three nets, and how much work the cascade does with them.
 pub(crate) struct Nets<'a> {
     pub pnet: &'a EncoderEngine,
     pub rnet: &'a EncoderEngine,
     pub onet: &'a EncoderEngine,
-    /// Samples per axis that [`area_resize`] averages for one output pixel at most
-    /// ([`EXACT`]: every pixel, as facenet's `F.interpolate(mode="area")`).
-    pub taps: usize,
+    pub work: Work,
 }
 
-/// Average every input pixel under an output pixel (the reference's area resize).
-pub(crate) const EXACT: usize = usize::MAX;
+/// How much work the cascade does between the nets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Work {
+    /// Samples per axis that [`area_resize`] averages for one output pixel at most.
+    pub taps: usize,
+    /// P-Net's boxes that R-Net sees at most (the best-scored).
+    pub rnet_boxes: usize,
+    /// The overlap above which NMS after R-Net drops a box.
+    pub rnet_nms: f32,
+}
 
-/// What the fixed-shape search averages per output pixel and axis: 4 × 4 samples of the
-/// area, evenly spaced. A face crop of 300 px to 48 px then reads 37 thousand pixels
-/// instead of 270 thousand, a 1080p frame to the first pyramid level 640 thousand instead
-/// of two million; the nets see the same picture to within a few grey levels.
-pub(crate) const SAMPLED: usize = 4;
+impl Pyramid {
+    /// facenet-pytorch's cascade exactly for its own pyramid (the reference checks); for
+    /// the fixed one, the search's economies:
+    /// - 4 × 4 samples of each output pixel's area, evenly spaced: a face crop of 300 px
+    ///   to 48 px reads 37 thousand pixels instead of 270 thousand, a 1080p frame to the
+    ///   first level 640 thousand instead of two million; the nets see the same picture
+    ///   to within a few grey levels;
+    /// - the 64 best-scored P-Net boxes go to R-Net: a cluttered frame (a kitchen's
+    ///   shelves) gives P-Net 250-350 candidates at its 0.6 threshold, 120 ms of R-Net on
+    ///   this project's machine, and the faces among them score highest;
+    /// - NMS 0.5 after R-Net instead of 0.7: the near-duplicates around one face that 0.7
+    ///   lets through each cost an O-Net run for the same face.
+    pub(crate) fn work(&self) -> Work {
+        match self {
+            Pyramid::Facenet { .. } => Work { taps: usize::MAX, rnet_boxes: usize::MAX, rnet_nms: 0.7 },
+            Pyramid::Fixed { .. } => Work { taps: 4, rnet_boxes: 64, rnet_nms: 0.5 },
+        }
+    }
+}
 
 impl Nets<'_> {
     /// Every face in the image: P-Net over the pyramid, NMS 0.5 per level then 0.7 over
@@ -183,7 +203,7 @@ impl Nets<'_> {
         let levels = pyramid.levels(w, h);
         let mut cands = Vec::new();
         for level in &levels {
-            let content = area_resize(img, [0, 0, w, h], level.content_w, level.content_h, self.taps);
+            let content = area_resize(img, [0, 0, w, h], level.content_w, level.content_h, self.work.taps);
             let input = normalise_padded(&content, level);
             let mut out = self.pnet.run(&[(IMAGE, input.view().into_dyn())])?;
             let (reg, prob) = (out.take(REG)?, out.take(PROB)?);
@@ -206,11 +226,12 @@ impl Nets<'_> {
         self.onet_stage(img, boxes)
     }
 
-    /// R-Net on 24×24 crops of every box in one batch: the boxes it keeps, regressed,
-    /// squared, NMS 0.7.
-    pub(crate) fn rnet_stage(&self, img: &RgbImage, boxes: Vec<Cand>) -> Result<Vec<Cand>, EngineError> {
+    /// R-Net on 24×24 crops of the best-scored boxes (`boxes` come in score order): the
+    /// boxes it keeps, regressed, squared, after NMS.
+    pub(crate) fn rnet_stage(&self, img: &RgbImage, mut boxes: Vec<Cand>) -> Result<Vec<Cand>, EngineError> {
+        boxes.truncate(self.work.rnet_boxes);
         let (next, _) = self.rnet_scored(img, boxes)?;
-        let keep = nms(&next, 0.7, false);
+        let keep = nms(&next, self.work.rnet_nms, false);
         Ok(keep.into_iter().map(|i| next[i].regressed()).collect())
     }
 
@@ -219,7 +240,7 @@ impl Nets<'_> {
     pub(crate) fn rnet_scored(&self, img: &RgbImage, boxes: Vec<Cand>) -> Result<(Vec<Cand>, Vec<usize>), EngineError> {
         let mut out = (Vec::new(), Vec::new());
         for (n, chunk) in boxes.chunks(MAX_BATCH).enumerate() {
-            let Some((mut run, kept)) = refine(self.rnet, img, chunk, 24, self.taps)? else { continue };
+            let Some((mut run, kept)) = refine(self.rnet, img, chunk, 24, self.work.taps)? else { continue };
             let (reg, prob) = (run.take(REG)?, run.take(PROB)?);
             for (i, &k) in kept.iter().enumerate() {
                 if prob[[i, 1]] > THRESHOLDS[1] {
@@ -246,7 +267,7 @@ impl Nets<'_> {
         let mut faces = Vec::new();
         let mut from = Vec::new();
         for (n, chunk) in boxes.chunks(MAX_BATCH).enumerate() {
-            let Some((mut out, kept)) = refine(self.onet, img, chunk, 48, self.taps)? else { continue };
+            let Some((mut out, kept)) = refine(self.onet, img, chunk, 48, self.work.taps)? else { continue };
             let (reg, lm, prob) = (out.take(REG)?, out.take(LANDMARKS)?, out.take(PROB)?);
             for (i, &k) in kept.iter().enumerate() {
                 let score = prob[[i, 1]];
@@ -303,7 +324,7 @@ fn normalise_padded(rgb: &[f32], level: &Level) -> Array4<f32> {
 
 /// `F.interpolate(mode="area")` (adaptive average pooling) of the region `[x0, y0, x1,
 /// y1)` of an image to out_w × out_h, interleaved RGB f32; over at most `taps` × `taps`
-/// evenly spaced pixels of each output pixel's area ([`EXACT`]: all of them).
+/// evenly spaced pixels of each output pixel's area (`usize::MAX`: all of them).
 pub(crate) fn area_resize(img: &RgbImage, region: [usize; 4], out_w: usize, out_h: usize, taps: usize) -> Vec<f32> {
     let [x0, y0, x1, y1] = region;
     let (iw, ih) = (x1 - x0, y1 - y0);
@@ -451,7 +472,7 @@ mod tests {
             2,
             vec![0, 0, 0, 10, 10, 10, 20, 20, 20, 30, 30, 30, 40, 40, 40, 50, 50, 50, 60, 60, 60, 70, 70, 70],
         );
-        let out = area_resize(&img, [0, 0, 4, 2], 2, 1, EXACT);
+        let out = area_resize(&img, [0, 0, 4, 2], 2, 1, usize::MAX);
         assert_eq!(out, vec![25.0, 25.0, 25.0, 45.0, 45.0, 45.0]);
         // Sampled: one of each 2×2 block's columns... here 1 tap per axis takes the
         // middle sample of each span.

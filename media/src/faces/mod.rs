@@ -25,7 +25,7 @@ pub use gate::Gate;
 pub use track::{rank, Sighting, Track, TrackSummary};
 
 use self::cascade::Nets;
-use self::track::{is_cut, join_chunks, thumbnail, track_chunk, ChunkTracks, TrackOptions};
+use self::track::{is_cut, join_fragments, thumbnail, track_chunk, ChunkTracks, TrackOptions};
 use crate::image::RgbImage;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -70,7 +70,9 @@ pub struct FaceSearch {
     /// = 150 px short side at the first level, whatever the resolution).
     pub min_face: f32,
     /// A full detection every this many examined frames (new faces are found then);
-    /// O-Net follows the known faces in between.
+    /// O-Net follows the known faces in between. 16 of the 64-80 frames a clip examines
+    /// is a new look about every second of a 5 s clip; a face lost in between is looked
+    /// for at once (see the tracker).
     pub detect_every: usize,
     pub gate: Gate,
     /// A track needs this many usable faces to be used (fewer, on a clip with fewer
@@ -83,7 +85,7 @@ impl Default for FaceSearch {
         Self {
             algorithm: FaceAlgorithm::Tracked,
             min_face: 0.08,
-            detect_every: 8,
+            detect_every: 16,
             gate: Gate::default(),
             min_track_frames: 3,
         }
@@ -199,14 +201,9 @@ impl FaceDetector {
         }
     }
 
-    /// The nets as `pyramid` uses them: facenet's exact area resizing for its own
-    /// pyramid (the reference checks), sampled for the fixed one.
+    /// The nets as `pyramid` uses them (see [`Pyramid::work`]).
     fn nets(&self, pyramid: &Pyramid) -> Nets<'_> {
-        let taps = match pyramid {
-            Pyramid::Facenet { .. } => cascade::EXACT,
-            Pyramid::Fixed { .. } => cascade::SAMPLED,
-        };
-        Nets { pnet: &self.pnet, rnet: &self.rnet, onet: &self.onet, taps }
+        Nets { pnet: &self.pnet, rnet: &self.rnet, onet: &self.onet, work: pyramid.work() }
     }
 
     /// Every face in an image, largest first, with `pyramid` (facenet-pytorch's
@@ -249,7 +246,7 @@ impl FaceDetector {
             .filter(|(t, _)| tracks[*t].usable().count() >= needed)
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         let Some(&(number, rank_score)) = best else {
-            report.reason = Some(no_face_reason(&tracks, needed, frames.len()));
+            report.reason = Some(no_face_reason(&tracks, needed, &report));
             return Ok(FaceCrops { report, crops: Vec::new() });
         };
         let track = &tracks[number];
@@ -264,17 +261,24 @@ impl FaceDetector {
 }
 
 /// Why no track is used, in words.
-fn no_face_reason(tracks: &[Track], needed: usize, examined: usize) -> String {
-    if tracks.is_empty() {
-        return format!("no face found in {examined} examined frames");
+fn no_face_reason(tracks: &[Track], needed: usize, report: &FaceReport) -> String {
+    let examined = report.frames_examined;
+    let refused: usize = report.rejected.values().sum();
+    let why = report.rejected.iter().map(|(w, n)| format!("{n} {w}")).collect::<Vec<_>>().join(", ");
+    match (tracks.is_empty(), refused) {
+        (true, 0) => format!("no face found in {examined} examined frames"),
+        (true, _) => format!(
+            "no usable face in {examined} examined frames: the face gate refused all {refused} detection(s) ({why})"
+        ),
+        (false, _) => {
+            let best = tracks.iter().map(|t| t.usable().count()).max().unwrap_or(0);
+            format!(
+                "no reliable face in {examined} examined frames: {} candidate track(s), the best with {best} usable \
+                 face(s) of the {needed} needed; the face gate refused {refused} detection(s) ({why})",
+                tracks.len()
+            )
+        }
     }
-    let best = tracks.iter().map(|t| t.usable().count()).max().unwrap_or(0);
-    let rejected = tracks.iter().flat_map(|t| &t.sightings).filter(|s| s.rejected.is_some()).count();
-    format!(
-        "no reliable face: {} candidate track(s), the best with {best} usable face(s) of the {needed} needed \
-         ({rejected} detection(s) refused by the face gate) in {examined} examined frames",
-        tracks.len()
-    )
 }
 
 fn empty_report(algorithm: FaceAlgorithm, frames: usize) -> FaceReport {
@@ -348,9 +352,13 @@ fn tracked(
     })?;
     let mut report = empty_report(FaceAlgorithm::Tracked, frames.len());
     report.full_detections = chunks.iter().map(|c| c.full_detections).sum();
+    for (why, n) in chunks.iter().flat_map(|c| &c.refused) {
+        *report.rejected.entry(why.to_string()).or_default() += n;
+    }
     report.shot_changes = cuts.iter().filter(|c| **c).count();
-    let first_cut: Vec<bool> = chunk_starts.iter().map(|&s| cuts[s]).collect();
-    Ok((join_chunks(chunks, &first_cut), report))
+    let examined: Vec<usize> = frames.iter().map(|(i, _)| *i).collect();
+    let tracks = chunks.into_iter().flat_map(|c| c.tracks).collect();
+    Ok((join_fragments(tracks, &examined, &cuts, search.detect_every), report))
 }
 
 /// The first release's face stage: the full cascade with facenet's pyramid on every

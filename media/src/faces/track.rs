@@ -52,6 +52,19 @@ impl Track {
         }
     }
 
+    /// Found again. A track whose last [`MAX_REFUSED`] faces the gate all refused is no
+    /// longer followed (a profile, the back of a head, a false detection: following it
+    /// costs an O-Net run per frame and it cannot be chosen); if it turns into a usable
+    /// face, the next full detection starts it again.
+    fn sighted(&mut self, sighting: Sighting) {
+        self.sightings.push(sighting);
+        self.misses = 0;
+        let n = self.sightings.len();
+        if n >= MAX_REFUSED && self.sightings[n - MAX_REFUSED..].iter().all(|s| s.rejected.is_some()) {
+            self.active = false;
+        }
+    }
+
     fn last(&self) -> &Sighting {
         self.sightings.last().expect("a track has a sighting")
     }
@@ -69,8 +82,13 @@ pub(crate) struct TrackOptions<'a> {
     pub gate: &'a Gate,
 }
 
+/// Detections the gate refused, by reason.
+pub(crate) type Refused = std::collections::BTreeMap<&'static str, usize>;
+
 /// A face not found in this many examined frames in a row ends its track.
 const MAX_MISSES: usize = 2;
+/// A track whose faces the gate refused this many times in a row is no longer followed.
+const MAX_REFUSED: usize = 3;
 /// Boxes this much apart (IoU) are the same face.
 const SAME_FACE_IOU: f32 = 0.3;
 
@@ -78,6 +96,8 @@ const SAME_FACE_IOU: f32 = 0.3;
 #[derive(Debug, Default)]
 pub(crate) struct ChunkTracks {
     pub tracks: Vec<Track>,
+    /// Refused detections that started no track (those of a track are its sightings').
+    pub refused: Refused,
     pub full_detections: usize,
     pub refined: usize,
 }
@@ -120,8 +140,7 @@ pub(crate) fn track_chunk(
                     match face {
                         Some(face) => {
                             let rejected = opts.gate.check(&face);
-                            track.sightings.push(Sighting { frame: index, face, rejected });
-                            track.misses = 0;
+                            track.sighted(Sighting { frame: index, face, rejected });
                         }
                         None => track.miss(),
                     }
@@ -131,7 +150,7 @@ pub(crate) fn track_chunk(
         if full {
             let faces = nets.detect(img, opts.pyramid)?;
             out.full_detections += 1;
-            associate(&mut out.tracks, index, faces, opts.gate);
+            associate(&mut out.tracks, index, faces, opts.gate, &mut out.refused);
         }
     }
     Ok(out)
@@ -139,7 +158,7 @@ pub(crate) fn track_chunk(
 
 /// Join a frame's detections to the active tracks (greedy, by overlap); new faces start
 /// tracks; a track without a detection counts a miss and ends after [`MAX_MISSES`].
-fn associate(tracks: &mut Vec<Track>, frame: usize, faces: Vec<Face>, gate: &Gate) {
+fn associate(tracks: &mut Vec<Track>, frame: usize, faces: Vec<Face>, gate: &Gate, refused: &mut Refused) {
     let active: Vec<usize> = (0..tracks.len()).filter(|&t| tracks[t].active).collect();
     let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
     for &t in &active {
@@ -160,18 +179,26 @@ fn associate(tracks: &mut Vec<Track>, frame: usize, faces: Vec<Face>, gate: &Gat
         face_taken[f] = true;
         track_fed[t] = true;
         let rejected = gate.check(&faces[f]);
-        tracks[t].sightings.push(Sighting { frame, face: faces[f].clone(), rejected });
-        tracks[t].misses = 0;
+        tracks[t].sighted(Sighting { frame, face: faces[f].clone(), rejected });
     }
     for &t in &active {
         if !track_fed[t] {
             tracks[t].miss();
         }
     }
+    // A new face starts a track only when the gate takes it: refused detections are
+    // followed only as part of a face already being followed.
     for (f, face) in faces.into_iter().enumerate() {
-        if !face_taken[f] {
-            let rejected = gate.check(&face);
-            tracks.push(Track { sightings: vec![Sighting { frame, face, rejected }], misses: 0, active: true });
+        if face_taken[f] {
+            continue;
+        }
+        match gate.check(&face) {
+            None => tracks.push(Track {
+                sightings: vec![Sighting { frame, face, rejected: None }],
+                misses: 0,
+                active: true,
+            }),
+            Some(why) => *refused.entry(why).or_default() += 1,
         }
     }
 }
@@ -253,53 +280,34 @@ fn best_per_owner(scored: (Vec<Face>, Vec<usize>), owner: &[usize], last: &[[f32
     best
 }
 
-/// Join the chunks' tracks in order: a track alive at the end of one chunk continues as
-/// the track that starts in the same place on the next chunk's first frame, unless that
-/// frame starts a new shot.
-pub(crate) fn join_chunks(chunks: Vec<ChunkTracks>, first_frames_cut: &[bool]) -> Vec<Track> {
-    let mut done: Vec<Track> = Vec::new();
-    let mut open: Vec<Track> = Vec::new();
-    for (c, chunk) in chunks.into_iter().enumerate() {
-        let start_frame = chunk.tracks.iter().flat_map(|t| t.sightings.first()).map(|s| s.frame).min();
-        let mut next: Vec<Track> = Vec::new();
-        let mut taken = vec![false; open.len()];
-        for mut t in chunk.tracks {
-            let starts_here = t.sightings.first().map(|s| s.frame) == start_frame;
-            let joined = (starts_here && !first_frames_cut[c])
-                .then(|| {
-                    (0..open.len())
-                        .filter(|&o| !taken[o])
-                        .map(|o| (iou(&open[o].last().face.bbox, &t.sightings[0].face.bbox), o))
-                        .filter(|(v, _)| *v >= SAME_FACE_IOU)
-                        .max_by(|a, b| a.0.total_cmp(&b.0))
-                        .map(|(_, o)| o)
-                })
-                .flatten();
-            if let Some(o) = joined {
-                taken[o] = true;
-                let mut whole = std::mem::take(&mut open[o]);
-                whole.sightings.append(&mut t.sightings);
-                whole.active = t.active;
-                whole.misses = t.misses;
-                next.push(whole);
-            } else {
-                next.push(t);
-            }
+/// Join the pieces of one face's track: a track that ends (a chunk's end, a face lost
+/// for a few frames, one the gate refused a while) continues as the track that starts
+/// within `max_gap` examined frames after it in the same place (overlap ≥ 0.3), unless a
+/// shot change lies between. `examined` are the examined frames' indices in order and
+/// `cuts[i]` says examined frame i starts a new shot.
+pub(crate) fn join_fragments(mut tracks: Vec<Track>, examined: &[usize], cuts: &[bool], max_gap: usize) -> Vec<Track> {
+    let position = |frame: usize| examined.binary_search(&frame).unwrap_or_else(|p| p);
+    tracks.retain(|t| !t.sightings.is_empty());
+    tracks.sort_by_key(|t| t.sightings[0].frame);
+    let mut joined: Vec<Track> = Vec::new();
+    for t in tracks {
+        let start = position(t.sightings[0].frame);
+        let earlier = joined
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| {
+                let end = position(a.last().frame);
+                end < start && start - end <= max_gap && !cuts[end + 1..=start].iter().any(|c| *c)
+            })
+            .map(|(i, a)| (iou(&a.last().face.bbox, &t.sightings[0].face.bbox), i))
+            .filter(|(v, _)| *v >= SAME_FACE_IOU)
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        match earlier {
+            Some((_, i)) => joined[i].sightings.extend(t.sightings),
+            None => joined.push(t),
         }
-        for (o, t) in open.into_iter().enumerate() {
-            if !taken[o] {
-                done.push(t);
-            }
-        }
-        open = next.into_iter().filter(|t| !t.sightings.is_empty()).collect();
-        // Tracks that ended inside the chunk cannot continue into the next one.
-        let (alive, ended): (Vec<Track>, Vec<Track>) = open.into_iter().partition(|t| t.active);
-        done.extend(ended);
-        open = alive;
     }
-    done.extend(open);
-    done.sort_by_key(|t| t.sightings.first().map(|s| s.frame));
-    done
+    joined
 }
 
 /// The rule that picks the face to use, stated: a track's rank is the sum over its usable
@@ -429,18 +437,44 @@ mod tests {
     fn association_follows_faces_and_counts_misses() {
         let gate = Gate::default();
         let mut tracks = Vec::new();
-        associate(&mut tracks, 0, vec![face(10.0, 10.0, 100.0, 0.99), face(300.0, 10.0, 120.0, 0.99)], &gate);
+        associate(
+            &mut tracks,
+            0,
+            vec![face(10.0, 10.0, 100.0, 0.99), face(300.0, 10.0, 120.0, 0.99)],
+            &gate,
+            &mut Refused::new(),
+        );
         assert_eq!(tracks.len(), 2);
-        associate(&mut tracks, 1, vec![face(305.0, 12.0, 120.0, 0.99), face(12.0, 11.0, 100.0, 0.99)], &gate);
+        associate(
+            &mut tracks,
+            1,
+            vec![face(305.0, 12.0, 120.0, 0.99), face(12.0, 11.0, 100.0, 0.99)],
+            &gate,
+            &mut Refused::new(),
+        );
         assert_eq!(tracks.len(), 2, "the same two faces");
         assert_eq!(tracks[0].sightings[1].face.bbox[0], 12.0);
         assert_eq!(tracks[1].sightings[1].face.bbox[0], 305.0);
         for f in 2..2 + MAX_MISSES + 1 {
-            associate(&mut tracks, f, vec![face(12.0, 11.0, 100.0, 0.99)], &gate);
+            associate(&mut tracks, f, vec![face(12.0, 11.0, 100.0, 0.99)], &gate, &mut Refused::new());
         }
         assert!(tracks[0].active && !tracks[1].active, "the second face was gone {} frames", MAX_MISSES + 1);
-        associate(&mut tracks, 9, vec![face(305.0, 12.0, 120.0, 0.99)], &gate);
+        associate(&mut tracks, 9, vec![face(305.0, 12.0, 120.0, 0.99)], &gate, &mut Refused::new());
         assert_eq!(tracks.len(), 3, "an ended track does not come back: a new one starts");
+    }
+
+    #[test]
+    fn a_track_the_gate_keeps_refusing_is_no_longer_followed() {
+        let gate = Gate::default();
+        let mut tracks = Vec::new();
+        let blob = |score| Face { score, ..face(10.0, 10.0, 100.0, score) };
+        associate(&mut tracks, 0, vec![blob(0.99)], &gate, &mut Refused::new());
+        for f in 1..=MAX_REFUSED {
+            assert!(tracks[0].active, "frame {f}");
+            associate(&mut tracks, f, vec![blob(0.8)], &gate, &mut Refused::new());
+        }
+        assert!(!tracks[0].active, "{} refused faces in a row end it", MAX_REFUSED);
+        assert_eq!(tracks[0].usable().count(), 1);
     }
 
     #[test]
@@ -453,14 +487,14 @@ mod tests {
             if f < 2 {
                 faces.push(face(0.0, 100.0, 500.0, 0.99));
             }
-            associate(&mut tracks, f, faces, &gate);
+            associate(&mut tracks, f, faces, &gate, &mut Refused::new());
         }
         let ranks: Vec<f32> = tracks.iter().map(|t| rank(t, 1920.0, 1080.0)).collect();
         assert!(ranks[0] > ranks[1] * 3.0, "{ranks:?}");
     }
 
     #[test]
-    fn chunks_join_where_a_face_continues_but_not_across_a_cut() {
+    fn pieces_join_where_a_face_continues_but_not_across_a_cut_or_a_long_gap() {
         let track = |frames: std::ops::Range<usize>, x: f32| Track {
             sightings: frames
                 .map(|frame| Sighting { frame, face: face(x, 10.0, 100.0, 0.99), rejected: None })
@@ -468,19 +502,23 @@ mod tests {
             misses: 0,
             active: true,
         };
-        let chunk = |tracks| ChunkTracks { tracks, full_detections: 1, refined: 3 };
-        let joined = join_chunks(
-            vec![
-                chunk(vec![track(0..4, 10.0), track(0..4, 500.0)]),
-                chunk(vec![track(4..8, 12.0)]),
-                chunk(vec![track(8..12, 12.0)]),
-            ],
-            &[false, false, true],
-        );
-        let mut spans: Vec<(usize, usize)> =
-            joined.iter().map(|t| (t.sightings[0].frame, t.sightings.last().unwrap().frame)).collect();
+        let examined: Vec<usize> = (0..40).collect();
+        let mut cuts = vec![false; 40];
+        cuts[8] = true;
+        let pieces = vec![
+            track(0..4, 10.0),
+            track(0..4, 500.0),
+            track(4..8, 12.0),   // goes on at once: joined to the first
+            track(8..12, 12.0),  // after the cut: another shot
+            track(14..16, 14.0), // a gap of 2 frames after it: joined
+            track(30..32, 14.0), // a gap of 14: another track
+        ];
+        let mut spans: Vec<(usize, usize, usize)> = join_fragments(pieces, &examined, &cuts, 4)
+            .iter()
+            .map(|t| (t.sightings[0].frame, t.sightings.last().unwrap().frame, t.sightings.len()))
+            .collect();
         spans.sort();
-        assert_eq!(spans, vec![(0, 3), (0, 7), (8, 11)], "the face at x=10 goes on at x=12; the cut starts anew");
+        assert_eq!(spans, vec![(0, 3, 4), (0, 7, 8), (8, 15, 6), (30, 31, 2)]);
     }
 
     #[test]
