@@ -12,6 +12,7 @@
 
 pub mod contract;
 mod error;
+pub mod files;
 pub mod locations;
 mod manifest;
 pub mod types;

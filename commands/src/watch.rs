@@ -175,11 +175,13 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// Watch `opts.source` until it ends, `stop` is cancelled (the window being analysed is
 /// finished first) or `max_windows` are done; every event goes to `on_event` on this
-/// thread. Returns the windows analysed and dropped.
+/// thread. `abort` cancels the window being analysed (a shutdown that cannot wait for
+/// it). Returns the windows analysed and dropped.
 pub fn watch(
     pipeline: &Pipeline,
     opts: &WatchOptions,
     stop: &CancelToken,
+    abort: &CancelToken,
     mut on_event: impl FnMut(&WatchEvent),
 ) -> Result<(u64, u64), CommandError> {
     opts.check().map_err(|reason| RuntimeError::from(RequestError { field: "watch", reason }))?;
@@ -214,12 +216,20 @@ pub fn watch(
             if let Some((window, ready)) = next {
                 let started = Instant::now();
                 let (start, end) = (window.start, window.end);
-                let event = match analyse(pipeline, opts, window) {
+                let event = match analyse(pipeline, opts, window, abort) {
+                    // Cancelled by a shutdown that could not wait: no event, and no more windows.
+                    Err(e) if abort.is_cancelled() => {
+                        tracing::info!(source = %opts.name, "window {start:.2}-{end:.2} s cancelled: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        Some(WatchEvent::WindowFailed { source: opts.name.clone(), start, end, error: e.to_string() })
+                    }
                     Ok((result, stats)) => {
                         if let Some(min) = opts.min_window_cost {
                             std::thread::sleep(min.saturating_sub(started.elapsed()));
                         }
-                        WatchEvent::Window(WindowResult {
+                        Some(WatchEvent::Window(WindowResult {
                             source: opts.name.clone(),
                             index: windows,
                             start,
@@ -232,14 +242,18 @@ pub fn watch(
                             media: stats,
                             timings_ms: result.timings_ms,
                             notes: result.notes,
-                        })
+                        }))
                     }
-                    Err(e) => WatchEvent::WindowFailed { source: opts.name.clone(), start, end, error: e.to_string() },
                 };
-                windows += 1;
-                on_event(&event);
-                if opts.max_windows.is_some_and(|m| windows >= m) {
-                    reader_stop.cancel();
+                match event {
+                    Some(event) => {
+                        windows += 1;
+                        on_event(&event);
+                        if opts.max_windows.is_some_and(|m| windows >= m) {
+                            reader_stop.cancel();
+                        }
+                    }
+                    None => reader_stop.cancel(),
                 }
             } else if let Some(reason) = done {
                 if !reason.is_empty() {
@@ -282,9 +296,10 @@ fn analyse(
     pipeline: &Pipeline,
     opts: &WatchOptions,
     window: Window,
+    abort: &CancelToken,
 ) -> Result<(emollama_runtime::AnalyzeResult, WindowStats), CommandError> {
     let req = AnalyzeRequest { media: opts.name.clone(), ..opts.request.clone() };
-    let result = pipeline.session(&req, CancelToken::new())?.run_clip(window.clip, |_| {})?;
+    let result = pipeline.session(&req, abort.clone())?.run_clip(window.clip, |_| {})?;
     Ok((result, window.stats))
 }
 

@@ -48,12 +48,10 @@ impl FeatureFiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeaturesError {
-    #[error("features file {path}: {source}")]
-    Unreadable {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Not a regular file (a FIFO, a device, a folder), over the size a `[width]` array
+    /// takes, unreadable, or its read stopped by the request's cancel token.
+    #[error("features file {0}")]
+    File(emollama_bundle::files::FileError),
     #[error("features file {path} is not a .npy file: {reason}")]
     NotNpy { path: PathBuf, reason: String },
     #[error("features file {path} holds {dtype} ({descr:?}); features must be float32 (numpy '<f4')")]
@@ -66,9 +64,23 @@ pub enum FeaturesError {
     NotFinite { path: PathBuf, index: usize },
 }
 
-/// Features of `block` from `path`, checked against the projector's input `width`.
-pub fn read_features(path: &Path, block: RowBlock, width: usize) -> Result<Vec<f32>, FeaturesError> {
-    let bytes = std::fs::read(path).map_err(|source| FeaturesError::Unreadable { path: path.into(), source })?;
+/// The largest `.npy` file of `width` float32 values: a version 1 header (at most 64 KiB)
+/// and the values.
+pub fn max_npy_bytes(width: usize) -> u64 {
+    10 + 65_535 + 4 * width as u64
+}
+
+/// Features of `block` from `path`, checked against the projector's input `width`. Only
+/// a regular file is read (a FIFO would block the open, a device never end), at most
+/// [`max_npy_bytes`], and `stopped` (the request's cancel token) is checked while reading.
+pub fn read_features(
+    path: &Path,
+    block: RowBlock,
+    width: usize,
+    stopped: &dyn Fn() -> bool,
+) -> Result<Vec<f32>, FeaturesError> {
+    use emollama_bundle::files::{read_regular, Links};
+    let bytes = read_regular(path, max_npy_bytes(width), Links::Follow, stopped).map_err(FeaturesError::File)?;
     let (shape, values) = parse_npy_f32(&bytes).map_err(|e| e.at(path))?;
     let fits = match shape.as_slice() {
         [n] => *n == width,
@@ -206,11 +218,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.npy");
         std::fs::write(&p, npy("<f4", "(2, 3)", &floats(&[0.0; 6]))).unwrap();
-        let e = read_features(&p, RowBlock::Audio, 3).unwrap_err().to_string();
+        let e = read_features(&p, RowBlock::Audio, 3, &|| false).unwrap_err().to_string();
         assert!(e.contains("shape [2, 3]") && e.contains("[3] or [1, 3]"), "{e}");
         std::fs::write(&p, npy("<f4", "(3,)", &floats(&[0.0, f32::NAN, 1.0]))).unwrap();
-        assert!(matches!(read_features(&p, RowBlock::Audio, 3), Err(FeaturesError::NotFinite { index: 1, .. })));
+        assert!(matches!(
+            read_features(&p, RowBlock::Audio, 3, &|| false),
+            Err(FeaturesError::NotFinite { index: 1, .. })
+        ));
         std::fs::write(&p, npy("<f4", "(1, 3)", &floats(&[0.5, 1.0, 1.5]))).unwrap();
-        assert_eq!(read_features(&p, RowBlock::Local, 3).unwrap(), vec![0.5, 1.0, 1.5]);
+        assert_eq!(read_features(&p, RowBlock::Local, 3, &|| false).unwrap(), vec![0.5, 1.0, 1.5]);
     }
 }

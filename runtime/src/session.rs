@@ -14,6 +14,7 @@ use std::time::Instant;
 use emollama_bundle::contract::{
     AUDIO_ROW, CLIP, CLS_ROW, FACES, FEATURES, LOCAL_ROW, PATCH_ROWS, PIXEL_VALUES, TEMPORAL_ROW, WAVEFORM,
 };
+use emollama_bundle::files::FileError;
 use emollama_bundle::{BundleError, FrameChoice, GenerationPreset, Role, RowBlock};
 use emollama_engines::llm::{GenerateOptions, LlmContext, Sampler, SamplingParams, Segment, StopReason};
 use emollama_engines::onnx::Outputs;
@@ -26,7 +27,7 @@ use emollama_media::{
 use ndarray::ArrayD;
 use serde::Serialize;
 
-use crate::features::{read_features, FeatureFiles};
+use crate::features::{read_features, FeatureFiles, FeaturesError};
 use crate::observer::Observer;
 use crate::pipeline::Pipeline;
 use crate::prompt::{build_prompt, extract_label, normalise_scores, Task};
@@ -344,7 +345,12 @@ impl<'p> Session<'p> {
         for block in FeatureFiles::BLOCKS {
             if let Some(path) = self.req.features.get(block) {
                 let width = self.pipeline.projector(block)?.width;
-                self.features.insert(block, read_features(path, block, width)?);
+                let cancel = self.cancel.clone();
+                let values = read_features(path, block, width, &|| cancel.is_cancelled()).map_err(|e| match e {
+                    FeaturesError::File(FileError::Stopped { .. }) => RuntimeError::from(EngineError::Cancelled),
+                    e => e.into(),
+                })?;
+                self.features.insert(block, values);
             }
         }
         Ok(())

@@ -13,7 +13,7 @@ mod listener;
 mod metrics;
 mod request_log;
 mod routes;
-mod shutdown;
+pub mod shutdown;
 pub mod systemd;
 pub mod uploads;
 mod urls;
@@ -133,7 +133,10 @@ pub async fn serve(
             loader.model_bytes.store(bytes as usize, Ordering::Relaxed);
             let runtime = Arc::new(runtime);
             let _ = loader.runtime.set(runtime.clone());
-            loader.watch.start(runtime);
+            // A stop that came during warm-up starts no source.
+            if !loader.draining.load(Ordering::SeqCst) {
+                loader.watch.start(runtime);
+            }
             let status = format!("STATUS=ready: bundle {} on {}", info.bundle, info.profile);
             let _ = loader.ready.set(info);
             systemd::notify("READY=1");
@@ -160,7 +163,7 @@ pub async fn serve(
     let app = routes::router(state.clone());
     let accept = tokio::spawn(listener::accept_loop(listener, app, state.clone(), closing_rx));
     let code = shutdown::run(&state, signals).await;
-    // The watched sources stop after the window each is analysing; their event streams end.
+    // The watched sources have stopped (or been given up on): their event streams end.
     state.watch.stop.cancel();
     state.watch.close_subscribers();
     let _ = closing.send(true);

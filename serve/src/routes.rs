@@ -294,10 +294,23 @@ async fn analyze_inner(
     };
     let media = media_source(&state, &upload, &opts.path, &opts.url).await?;
     let mut opts = opts;
-    // Features files are read by path, under the same rules as a media `path`.
+    // Features files are read by path, under the same rules as a media `path`, and only
+    // regular files (a FIFO or a device is refused here, before the slot; the runtime's
+    // read checks the file it opens again).
     for features in [&mut opts.local_features, &mut opts.temporal_features, &mut opts.audio_features] {
         if let Some(p) = features.take() {
-            *features = Some(allowed_path(&state, &p)?);
+            let path = allowed_path(&state, &p)?;
+            match std::fs::metadata(&path) {
+                Ok(m) if !m.is_file() => {
+                    let kind = emollama_bundle::files::describe_kind(&m);
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_features",
+                        format!("features file {p} is {kind}, not a regular file"),
+                    ));
+                }
+                _ => *features = Some(path),
+            }
         }
     }
     let stream = query.stream.or(opts.stream).unwrap_or(false);

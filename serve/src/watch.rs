@@ -184,7 +184,13 @@ pub struct WatchHub {
     sources: Vec<WatchConfig>,
     stats: Mutex<BTreeMap<String, SourceStats>>,
     subscribers: Mutex<Vec<tokio::sync::mpsc::Sender<Published>>>,
+    /// Stop after the window each source is analysing (the first signal).
     pub stop: CancelToken,
+    /// Cancel the windows being analysed (the drain deadline).
+    pub abort: CancelToken,
+    /// The sources' threads: the service exits only once they have returned (each
+    /// touches the engines) or the drain deadline has passed.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// Events a slow subscriber may have waiting before it misses some.
@@ -193,7 +199,14 @@ const SUBSCRIBER_BUFFER: usize = 256;
 impl WatchHub {
     pub fn new(sources: Vec<WatchConfig>) -> Self {
         let stats = sources.iter().map(|s| (s.name.clone(), SourceStats::default())).collect();
-        Self { sources, stats: Mutex::new(stats), subscribers: Mutex::new(Vec::new()), stop: CancelToken::new() }
+        Self {
+            sources,
+            stats: Mutex::new(stats),
+            subscribers: Mutex::new(Vec::new()),
+            stop: CancelToken::new(),
+            abort: CancelToken::new(),
+            threads: Mutex::new(Vec::new()),
+        }
     }
 
     fn stats(&self) -> MutexGuard<'_, BTreeMap<String, SourceStats>> {
@@ -258,14 +271,21 @@ impl WatchHub {
 
     /// Watch every source on its own thread (the service's pipeline, shared).
     pub fn start(self: &Arc<Self>, pipeline: Arc<Pipeline>) {
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for config in self.sources.clone() {
             let hub = self.clone();
             let pipeline = pipeline.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("watch-{}", config.name))
                 .spawn(move || hub.run_source(&pipeline, &config))
                 .expect("a thread for a watch source");
+            threads.push(thread);
         }
+    }
+
+    /// Whether every source's thread has returned (none touches an engine any more).
+    pub fn finished(&self) -> bool {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner()).iter().all(|t| t.is_finished())
     }
 
     fn run_source(self: &Arc<Self>, pipeline: &Pipeline, config: &WatchConfig) {
@@ -276,7 +296,7 @@ impl WatchHub {
             queue
         });
         let opts = config.options();
-        let result = watch(pipeline, &opts, &self.stop, |event| {
+        let result = watch(pipeline, &opts, &self.stop, &self.abort, |event| {
             let json = self.publish(&config.name, event);
             if let (Some(q), WatchEvent::Window(_)) = (&webhook, event) {
                 if q.push(json) {

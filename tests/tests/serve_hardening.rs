@@ -720,3 +720,57 @@ fn d17_one_log_line_per_request_at_info_and_no_llama_warning() {
     assert!(!text.contains("WARN"), "no warning per request: {text}");
     assert!(!text.contains('\u{1b}'), "no terminal colours in a log file");
 }
+
+/// N1: a second signal while a request is generating (inside llama.cpp) and a
+/// `[[watch]]` source is analysing exits at once with 128 + its number (143 for TERM,
+/// 130 for INT), never SIGSEGV, and the upload folder is gone.
+#[test]
+fn n1_a_second_signal_during_generation_exits_at_once_with_the_signals_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[watch]]\nname = \"desk\"\nsource = \"{}\"\nwindow_s = 0.5\nhop_s = 0.25\npreset = \"demo\"\nmode = \"official-demo\"\n",
+            common::media_dir().join("talking-face.mp4").display()
+        ),
+    )
+    .unwrap();
+    let uploads = tempfile::tempdir().unwrap();
+    let limit = LONG_TOKENS.to_string();
+    let mut outcomes = Vec::new();
+    for (second, code) in [("TERM", 143), ("INT", 130), ("TERM", 143), ("INT", 130)] {
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--max-new-tokens-limit",
+            &limit,
+            "--drain-timeout-s",
+            "60",
+            "--upload-dir",
+            uploads.path().to_str().unwrap(),
+        ];
+        let mut srv = start(&args, &[]);
+        wait_ready(srv.port);
+        let port = srv.port;
+        let running =
+            std::thread::spawn(move || http(port, "POST", "/v1/analyze?stream=true", &[JSON], &long_request()));
+        wait_until(Duration::from_secs(30), "one running", || metric(port, "emollama_in_flight") == 1.0);
+        std::thread::sleep(Duration::from_millis(800)); // into the token loop
+        signal(srv.child.id(), "TERM");
+        wait_until(Duration::from_secs(5), "draining", || metric(port, "emollama_draining") == 1.0);
+        signal(srv.child.id(), second);
+        let sent = Instant::now();
+        let status = srv.child.wait().unwrap();
+        let took = sent.elapsed();
+        srv.port = 0;
+        let _ = running.join();
+        use std::os::unix::process::ExitStatusExt;
+        outcomes.push(format!("{second}: {:?} / signal {:?} in {took:?}", status.code(), status.signal()));
+        assert_eq!(status.code(), Some(code), "{outcomes:?}");
+        assert!(took < Duration::from_secs(2), "{outcomes:?}");
+        let left: Vec<_> = std::fs::read_dir(uploads.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "the upload folder is removed: {left:?}");
+    }
+    println!("N1: second signal during generation: {outcomes:?}");
+}

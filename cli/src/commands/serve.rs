@@ -149,7 +149,8 @@ pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
         anyhow::Ok(emollama_serve::serve(state, listener, build).await?)
     })?;
     // Blocking threads may still hold cancelled work: do not wait for them (the upload
-    // folder is already removed).
+    // folder is already removed), and leave without running the engine libraries'
+    // destructors under them.
     rt.shutdown_background();
-    std::process::exit(code)
+    emollama_serve::shutdown::exit_now(code)
 }

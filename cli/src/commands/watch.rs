@@ -92,8 +92,9 @@ impl WatchArgs {
     }
 }
 
-/// Cancel `stop` on SIGTERM or SIGINT (a thread of its own with a small tokio runtime).
-pub fn stop_on_signals(stop: CancelToken) -> anyhow::Result<()> {
+/// Cancel `stop` on SIGTERM or SIGINT, and `abort` (the window being analysed) on a
+/// second one (a thread of its own with a small tokio runtime).
+pub fn stop_on_signals(stop: CancelToken, abort: CancelToken) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::spawn(move || {
         rt.block_on(async {
@@ -107,6 +108,12 @@ pub fn stop_on_signals(stop: CancelToken) -> anyhow::Result<()> {
             }
             tracing::info!("stopping after the current window");
             stop.cancel();
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("stopping now");
+            abort.cancel();
         });
     });
     Ok(())
@@ -116,11 +123,11 @@ pub fn run(args: WatchArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
     let opts = args.options();
     opts.check().map_err(anyhow::Error::msg)?;
     let pipeline = args.pipeline.load(ort_library)?;
-    let stop = CancelToken::new();
-    stop_on_signals(stop.clone())?;
+    let (stop, abort) = (CancelToken::new(), CancelToken::new());
+    stop_on_signals(stop.clone(), abort.clone())?;
     let mut out = std::io::stdout().lock();
     let mut ended = None;
-    let (windows, _) = watch(&pipeline, &opts, &stop, |event| {
+    let (windows, _) = watch(&pipeline, &opts, &stop, &abort, |event| {
         if let WatchEvent::Ended { reason, .. } = event {
             ended = Some(reason.clone());
         }
