@@ -25,12 +25,16 @@ pub enum BundleError {
     LegacyVersion { found: u32, supported: u32 },
     #[error("bundle file {path} is missing (role {role})")]
     MissingFile { path: PathBuf, role: String },
-    #[error("bundle file {path} has {actual} bytes, the manifest says {expected} (truncated or replaced)")]
-    SizeMismatch { path: PathBuf, expected: u64, actual: u64 },
-    #[error(
-        "bundle file {path} fails its checksum: sha256 {actual}, the manifest says {expected} (corrupt or tampered)"
-    )]
-    ChecksumMismatch { path: PathBuf, expected: String, actual: String },
+    /// The file's own size is not shown: it may not be the user's to know (an install
+    /// runs as root).
+    #[error("bundle file {path} has {} bytes than the {expected} the manifest says (truncated or replaced)", if *larger { "more" } else { "fewer" })]
+    SizeMismatch { path: PathBuf, expected: u64, larger: bool },
+    #[error("bundle file {path} fails its checksum: the manifest says sha256 {expected} (corrupt or tampered)")]
+    ChecksumMismatch { path: PathBuf, expected: String },
+    #[error("{path} is {what}: install-bundle replaces only a bundle or an empty folder; use --force to replace it")]
+    NotABundle { path: PathBuf, what: String },
+    #[error("bundle file: {0}")]
+    SourceFile(Box<crate::files::FileError>),
     #[error("bundle file {path} cannot be read: {source}")]
     FileUnreadable {
         path: PathBuf,

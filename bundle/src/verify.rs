@@ -95,12 +95,12 @@ impl Bundle {
                 _ => return Err(BundleError::MissingFile { path, role: entry.role.to_string() }),
             };
             if meta.len() != entry.size {
-                return Err(BundleError::SizeMismatch { path, expected: entry.size, actual: meta.len() });
+                return Err(BundleError::SizeMismatch { path, expected: entry.size, larger: meta.len() > entry.size });
             }
             let actual =
                 sha256_file(&path).map_err(|source| BundleError::FileUnreadable { path: path.clone(), source })?;
             if !actual.eq_ignore_ascii_case(&entry.sha256) {
-                return Err(BundleError::ChecksumMismatch { path, expected: entry.sha256.clone(), actual });
+                return Err(BundleError::ChecksumMismatch { path, expected: entry.sha256.clone() });
             }
             tracing::debug!(file = %entry.path, "verified");
         }

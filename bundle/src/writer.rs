@@ -75,62 +75,108 @@ pub fn derive_bundle<E: From<BundleError>>(
     result
 }
 
-/// Install a checked copy of the bundle at `src` as `dst` (`emollama install-bundle`):
-/// the manifest and the files it lists, each hashed while it is copied and compared
-/// with the manifest, into a hidden folder beside `dst` that replaces `dst` by renames
-/// only once everything matched. A corrupt source or a full disk leaves the installed
-/// bundle as it was.
-pub fn install_bundle(src: &Path, dst: &Path) -> Result<Manifest, BundleError> {
-    let bundle = Bundle::open(src)?;
-    let parent = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
-    let staging = beside(dst, "partial");
-    let previous = beside(dst, "old");
-    let _ = std::fs::remove_dir_all(&staging);
-    let _ = std::fs::remove_dir_all(&previous);
-    std::fs::create_dir_all(&staging).map_err(write_err(&staging))?;
-    let result = (|| {
-        for entry in &bundle.manifest().files {
-            let to = staging.join(&entry.path);
-            if let Some(dir) = to.parent() {
-                std::fs::create_dir_all(dir).map_err(write_err(dir))?;
-            }
-            copy_checked(&bundle.path_of(entry), &to, entry.size, &entry.sha256)?;
-        }
-        let manifest = staging.join(MANIFEST_FILE);
-        std::fs::copy(src.join(MANIFEST_FILE), &manifest).map_err(write_err(&manifest))?;
-        Bundle::open(&staging)?;
-        readable_by_all(&staging)?;
-        if dst.exists() {
-            std::fs::rename(dst, &previous).map_err(write_err(dst))?;
-        }
-        std::fs::rename(&staging, dst).map_err(write_err(dst))?;
-        let _ = std::fs::remove_dir_all(&previous);
-        Ok(bundle.manifest().clone())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
+/// What is at an install's destination, and whether it may be replaced.
+fn check_destination(dst: &Path, force: bool) -> Result<(), BundleError> {
+    let meta = match std::fs::symlink_metadata(dst) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(BundleError::Write { path: dst.into(), source: e }),
+        Ok(m) => m,
+    };
+    if force {
+        return Ok(());
     }
-    result
+    let refuse = |what: String| BundleError::NotABundle { path: dst.into(), what };
+    if !meta.is_dir() {
+        return Err(refuse(crate::files::describe_kind(&meta).into()));
+    }
+    let empty = std::fs::read_dir(dst).map_err(write_err(dst))?.next().is_none();
+    if empty || Bundle::open(dst).is_ok() {
+        return Ok(());
+    }
+    Err(refuse("a folder that holds no bundle".into()))
 }
 
-/// Copy `from` to `to`, hashing on the way; the copy is synced before it counts.
+/// Install a checked copy of the bundle at `src` as `dst` (`emollama install-bundle`).
+/// `dst` must be absent, an empty folder or an installed bundle (`force`: anything). The
+/// manifest and the files it lists are copied into a hidden folder beside `dst` (a name
+/// of its own, removed on every failure): regular files only, never a symlink, a FIFO
+/// or a device, never more bytes than the manifest says, each hashed while copied. That
+/// folder replaces `dst` by renames only once everything matched: a corrupt source or a
+/// full disk leaves the installed bundle as it was.
+pub fn install_bundle(src: &Path, dst: &Path, force: bool) -> Result<Manifest, BundleError> {
+    use crate::files::{open_regular, read_capped, Links};
+    let parent = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    check_destination(dst, force)?;
+    // The manifest is read once; the bytes checked are the bytes installed.
+    let manifest_path = src.join(MANIFEST_FILE);
+    let manifest_bytes = open_regular(&manifest_path, MAX_MANIFEST_BYTES, Links::Refuse)
+        .and_then(|(f, _)| read_capped(&manifest_path, f, MAX_MANIFEST_BYTES, &|| false))
+        .map_err(|e| BundleError::SourceFile(Box::new(e)))?;
+    let bundle = Bundle::open(src)?;
+    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+    let name = dst.file_name().map_or("bundle".into(), |n| n.to_string_lossy().into_owned());
+    let staging =
+        tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(parent).map_err(write_err(parent))?;
+    for entry in &bundle.manifest().files {
+        let to = staging.path().join(&entry.path);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+        }
+        copy_checked(&bundle.path_of(entry), &to, entry.size, &entry.sha256)?;
+    }
+    let manifest = staging.path().join(MANIFEST_FILE);
+    std::fs::write(&manifest, &manifest_bytes).map_err(write_err(&manifest))?;
+    Bundle::open(staging.path())?;
+    readable_by_all(staging.path())?;
+    // The old destination is moved aside under a name of its own, then removed by kind.
+    let previous =
+        tempfile::Builder::new().prefix(&format!(".{name}.old-")).tempdir_in(parent).map_err(write_err(parent))?;
+    let aside = previous.path().join("old");
+    let had_previous = std::fs::symlink_metadata(dst).is_ok();
+    if had_previous {
+        std::fs::rename(dst, &aside).map_err(write_err(dst))?;
+    }
+    let staged = staging.keep();
+    if let Err(e) = std::fs::rename(&staged, dst) {
+        let _ = std::fs::remove_dir_all(&staged);
+        if had_previous {
+            let _ = std::fs::rename(&aside, dst); // put back what was there
+        }
+        return Err(write_err(dst)(e));
+    }
+    drop(previous); // removes the old destination, whatever it was
+    Ok(bundle.manifest().clone())
+}
+
+/// The largest manifest an install reads.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// Copy `from` (a regular file, not a link, of at most `size` bytes) to `to`, hashing on
+/// the way; the copy is synced before it counts. A mismatch says which way it differs
+/// without showing the file's own size or hash (it may not be the user's to read).
 fn copy_checked(from: &Path, to: &Path, size: u64, sha256: &str) -> Result<(), BundleError> {
-    use std::io::Write;
-    let mut input = std::fs::File::open(from)
-        .map_err(|_| BundleError::MissingFile { path: from.to_path_buf(), role: "listed in the manifest".into() })?;
+    use std::io::{Read, Write};
+    let (input, _) = crate::files::open_regular(from, size, crate::files::Links::Refuse).map_err(|e| match e {
+        crate::files::FileError::TooLarge { .. } => {
+            BundleError::SizeMismatch { path: from.into(), expected: size, larger: true }
+        }
+        crate::files::FileError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            BundleError::MissingFile { path: from.to_path_buf(), role: "listed in the manifest".into() }
+        }
+        e => BundleError::SourceFile(Box::new(e)),
+    })?;
     let mut output = std::fs::File::create(to).map_err(write_err(to))?;
     let (actual, copied) = sha256_stream(
-        &mut input,
+        &mut input.take(size + 1),
         |chunk| output.write_all(chunk).map_err(write_err(to)),
         |source| BundleError::FileUnreadable { path: from.to_path_buf(), source },
     )?;
     output.sync_all().map_err(write_err(to))?;
     if copied != size {
-        return Err(BundleError::SizeMismatch { path: from.to_path_buf(), expected: size, actual: copied });
+        return Err(BundleError::SizeMismatch { path: from.to_path_buf(), expected: size, larger: copied > size });
     }
     if !actual.eq_ignore_ascii_case(sha256) {
-        return Err(BundleError::ChecksumMismatch { path: from.to_path_buf(), expected: sha256.into(), actual });
+        return Err(BundleError::ChecksumMismatch { path: from.to_path_buf(), expected: sha256.into() });
     }
     Ok(())
 }

@@ -80,8 +80,8 @@ impl WatchOptions {
         if !(self.hop_s.is_finite() && self.hop_s >= 0.1 && self.hop_s <= self.window_s * 4.0) {
             return Err(format!("hop {} s: use 0.1 s up to four windows", self.hop_s));
         }
-        if !(self.stall_timeout_s.is_finite() && self.stall_timeout_s > 0.0) {
-            return Err(format!("stall timeout {} s must be positive", self.stall_timeout_s));
+        if !(self.stall_timeout_s.is_finite() && (0.1..=3600.0).contains(&self.stall_timeout_s)) {
+            return Err(format!("stall timeout {} s: use 0.1-3600 s", self.stall_timeout_s));
         }
         Ok(())
     }
@@ -357,6 +357,9 @@ fn read_windows(opts: &WatchOptions, live: &SourceOptions, stop: &CancelToken, s
                 }
             }
             Err(MediaError::Cancelled { .. }) => break String::new(),
+            // What the source is cannot change by reconnecting (a still image, no video,
+            // over the limits): it ends here, named.
+            Err(e) if e.is_permanent() => break e.to_string(),
             Err(e) => e.to_string(),
         };
         if !opts.reconnect {

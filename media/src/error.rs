@@ -36,6 +36,21 @@ pub enum MediaError {
 }
 
 impl MediaError {
+    /// Whether the error is what the source is (a still image, no video, over the
+    /// limits), which reading it again cannot change; a lost stream or a camera that is
+    /// not there yet is not.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            MediaError::StillImage { .. }
+                | MediaError::NoVideo { .. }
+                | MediaError::ResolutionTooLarge { .. }
+                | MediaError::FileTooLarge { .. }
+                | MediaError::TooLong { .. }
+                | MediaError::PixelFormat { .. }
+        )
+    }
+
     /// The same error told about `name` (a URL whose local copy was read): a client
     /// sees its own source, never the service's scratch path.
     pub fn about(self, name: &str) -> Self {

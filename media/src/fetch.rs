@@ -13,7 +13,7 @@ use ff::ffi;
 use ffmpeg_next as ff;
 
 use super::error::MediaError;
-use super::input::{network_options, MediaLimits};
+use super::input::{network_options, open_failure, MediaLimits};
 
 /// Fetch an `http(s)://` `url` into `dest` (created 0600; the caller removes it).
 /// Returns its size.
@@ -83,9 +83,8 @@ fn download(url: &str, dest: &Path, limits: &MediaLimits, cancel: &CancelToken) 
         r
     };
     if opened < 0 {
-        return Err(
-            stopped(url, limits, cancel, deadline).unwrap_or_else(|| open_err(ff::Error::from(opened).to_string()))
-        );
+        return Err(stopped(url, limits, cancel, deadline)
+            .unwrap_or_else(|| open_err(open_failure(url, ff::Error::from(opened)))));
     }
     let mut file = private_file(dest, url)?;
     let mut buf = vec![0u8; 256 << 10];

@@ -65,19 +65,36 @@ pub struct MediaInfo {
 
 /// FFmpeg's own socket timeouts for a network input (the interrupt callback is the
 /// wall-clock bound), and the protocols it may use: the URL's own family, never `file`.
+/// HTTP redirects are not followed: the service's URL policy checks the URL it is
+/// given, and a redirect would take FFmpeg to a host the policy never saw.
 pub(crate) fn network_options(source: &str, timeout_s: f64) -> ff::Dictionary<'static> {
     let mut opts = ff::Dictionary::new();
-    let us = ((timeout_s * 1e6) as i64).to_string();
-    opts.set("rw_timeout", &us);
-    opts.set("timeout", &us);
+    // Microseconds, saturated: a huge configured timeout cannot wrap around.
+    let us = (timeout_s * 1e6).clamp(1.0, i64::MAX as f64) as i64;
+    opts.set("rw_timeout", &us.to_string());
+    opts.set("timeout", &us.to_string());
     let protocols = match source.split("://").next().unwrap_or_default() {
         "rtsp" | "rtsps" => "rtsp,rtp,srtp,tcp,udp,tls",
         "udp" => "udp",
         "rtp" => "rtp,udp",
-        _ => "http,https,tcp,tls",
+        _ => {
+            opts.set("max_redirects", "0");
+            "http,https,tcp,tls"
+        }
     };
     opts.set("protocol_whitelist", protocols);
     opts
+}
+
+/// FFmpeg's reason for a failed open of `source`, saying that redirects are not
+/// followed when an HTTP open failed as a refused redirect does (an I/O error).
+pub(crate) fn open_failure(source: &str, e: ff::Error) -> String {
+    let http = source.starts_with("http://") || source.starts_with("https://");
+    if http && e == (ff::Error::Other { errno: ff::util::error::EIO }) {
+        format!("{e} (a redirect is not followed: give the final URL)")
+    } else {
+        e.to_string()
+    }
 }
 
 /// Refuse a video stream larger than the limits.

@@ -28,7 +28,9 @@ use ffmpeg_next as ff;
 use super::audio::{flush_resampler, resample_into};
 use super::error::MediaError;
 use super::image::RgbImage;
-use super::input::{check_resolution, is_image_container, network_options, stream_info, MediaInfo, MediaLimits};
+use super::input::{
+    check_resolution, is_image_container, network_options, open_failure, stream_info, MediaInfo, MediaLimits,
+};
 use super::select::FrameSelection;
 use super::video::{video_decoder, Converter};
 
@@ -218,15 +220,16 @@ impl Source {
         let interrupt = Interrupt {
             cancel: cancel.clone(),
             deadline: (kind.is_network() && opts.stall_timeout_s.is_none())
-                .then(|| Instant::now() + Duration::from_secs_f64(limits.network_timeout_s)),
-            stall: opts.stall_timeout_s.filter(|_| kind.is_network()).map(|s| Duration::from_secs_f64(s.max(0.1))),
+                .then(|| Instant::now().checked_add(seconds(limits.network_timeout_s)))
+                .flatten(),
+            stall: opts.stall_timeout_s.filter(|_| kind.is_network()).map(|s| seconds(s.max(0.1))),
             last_packet_ms: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
         };
         if cancel.is_cancelled() {
             return Err(MediaError::Cancelled { source_name: name });
         }
-        let open_err = |e: ff::Error| MediaError::Open { source_name: name.clone(), reason: e.to_string() };
+        let open_err = |e: ff::Error| MediaError::Open { source_name: name.clone(), reason: open_failure(source, e) };
         let input = match kind {
             SourceKind::Camera => {
                 let fmt = ff::device::input::video()
@@ -394,7 +397,7 @@ impl Source {
     /// to honour a cancel.
     fn wait_until(&mut self, t: f64) -> Result<(), MediaError> {
         let (wall0, t0) = *self.pace.get_or_insert((Instant::now(), t));
-        let due = wall0 + Duration::from_secs_f64((t - t0).max(0.0));
+        let due = wall0.checked_add(seconds(t - t0)).unwrap_or(wall0);
         while Instant::now() < due {
             if self.interrupt.cancel.is_cancelled() {
                 return Err(MediaError::Cancelled { source_name: self.name.clone() });
@@ -487,6 +490,12 @@ impl Source {
         let audio = (!samples.is_empty()).then_some(samples);
         Ok(Clip { info: self.info, total, frames, audio })
     }
+}
+
+/// A number of seconds as a Duration, whatever the number: negative or NaN is zero, huge
+/// is a week (`from_secs_f64` panics outside its range).
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.clamp(0.0, 7.0 * 86400.0)).unwrap_or(Duration::ZERO)
 }
 
 fn decode(name: &str, e: ff::Error) -> MediaError {

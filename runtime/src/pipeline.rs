@@ -287,6 +287,10 @@ impl Pipeline {
         if config.n_ctx > m.llm.n_ctx_train {
             return Err(RuntimeError::ContextTooLong { n_ctx: config.n_ctx, n_ctx_train: m.llm.n_ctx_train });
         }
+        // One context made now: its KV cache and compute buffers are memory the first
+        // request needs anyway, and a device too small for them fails at load, not at
+        // its first request.
+        let first_context = LlmContext::new(llm.clone(), config.context_params())?;
         Ok(Self {
             bundle,
             config,
@@ -296,7 +300,7 @@ impl Pipeline {
             faces,
             zero_rows,
             llm,
-            contexts: Mutex::new(Vec::new()),
+            contexts: Mutex::new(vec![first_context]),
         })
     }
 

@@ -58,6 +58,10 @@ pub enum TaskKind {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AnalyzeRequest {
     pub media: String,
+    /// What errors call the media when it is not the media's own name (an upload: its
+    /// file name as the client sent it, never the service's private path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_name: Option<String>,
     pub task: Task,
     pub layout: Layout,
     pub transcript: Option<String>,
@@ -78,10 +82,16 @@ pub struct AnalyzeRequest {
 }
 
 impl AnalyzeRequest {
+    /// What errors call the media.
+    pub fn shown_media(&self) -> &str {
+        self.media_name.as_deref().unwrap_or(&self.media)
+    }
+
     /// The defaults: emotion (nine labels), eval layout and preset, full mode, scores on.
     pub fn new(media: impl Into<String>) -> Self {
         Self {
             media: media.into(),
+            media_name: None,
             task: Task::Emotion { six_labels: false },
             layout: Layout::Eval,
             transcript: None,
@@ -161,6 +171,14 @@ const TEXT_FIELDS: [&str; 11] = [
 ];
 
 impl AnalyzeOptions {
+    /// Whether `name` is one of the options (the one list is the struct's own fields:
+    /// every field is optional, so a null of a known name parses and an unknown one does not).
+    pub fn knows_field(name: &str) -> bool {
+        let mut map = serde_json::Map::new();
+        map.insert(name.to_string(), serde_json::Value::Null);
+        serde_json::from_value::<Self>(serde_json::Value::Object(map)).is_ok()
+    }
+
     /// Options from multipart text fields (name, value), with JSON's rules: numbers must
     /// be numbers of the field's type, booleans `true`/`false`, names known, each once.
     pub fn from_form<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, RequestError> {

@@ -314,7 +314,7 @@ impl<'p> Session<'p> {
             self.fetched = Some(local);
         }
         // Errors name the request's source, not the local copy of a URL.
-        let source = self.req.media.clone();
+        let source = self.req.shown_media().to_string();
         let named = |e: MediaError| if media == source { e } else { e.about(&source) };
         let clip = self.timed(Stage::Decode, |s| Ok(read_clip(&media, &opts, &request, &s.cancel).map_err(named)?))?;
         self.take_clip(clip)
@@ -323,7 +323,7 @@ impl<'p> Session<'p> {
     /// Keep the clip for the encoder stages; say what its audio lacks.
     fn take_clip(&mut self, mut clip: Clip) -> Result<(), RuntimeError> {
         if clip.frames.is_empty() {
-            return Err(MediaError::NoFrames { source_name: self.req.media.clone() }.into());
+            return Err(MediaError::NoFrames { source_name: self.req.shown_media().into() }.into());
         }
         let rate = f64::from(self.pipeline.manifest().preprocess.audio.sample_rate);
         self.media = Some(MediaSummary {
@@ -388,13 +388,10 @@ impl<'p> Session<'p> {
     /// rows and the CLS row.
     pub fn encode_global(&mut self) -> Result<(), RuntimeError> {
         let g = self.pipeline.manifest().preprocess.global.clone();
-        let frame = self
-            .clip()?
-            .select(self.global_selection())
-            .first()
-            .copied()
-            .cloned()
-            .ok_or_else(|| RuntimeError::Media(MediaError::NoFrames { source_name: self.req.media.clone() }))?;
+        let frame =
+            self.clip()?.select(self.global_selection()).first().copied().cloned().ok_or_else(|| {
+                RuntimeError::Media(MediaError::NoFrames { source_name: self.req.shown_media().into() })
+            })?;
         let pixels = global_tensor(&frame, g.image_size, g.resize, g.mean, g.std).into_dyn();
         let mut out = self.run_encoder(Stage::GlobalEncoder, Role::GlobalEngine, PIXEL_VALUES, &pixels)?;
         self.blocks.insert(RowBlock::GlobalPatches, out.take(PATCH_ROWS)?.into_iter().collect());

@@ -15,6 +15,7 @@ use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 
 use emollama_runtime::AnalyzeOptions;
 
@@ -28,6 +29,8 @@ struct Verdict(AtomicU8);
 
 const TOO_LARGE: u8 = 1;
 const TOO_SLOW: u8 = 2;
+/// The service began to shut down while the body arrived.
+const DRAINING: u8 = 3;
 
 impl Verdict {
     fn set(&self, v: u8) {
@@ -72,14 +75,16 @@ pub fn check_declared_length(headers: &HeaderMap, limits: &BodyLimits) -> Result
     }
 }
 
-/// A body that ends with an error once it passes its size cap or falls behind its time
-/// budget; `Verdict` says which.
-fn limited(body: Body, limits: BodyLimits) -> (Body, Arc<Verdict>) {
+/// A body that ends with an error once it passes its size cap, falls behind its time
+/// budget, or the service starts to shut down (`stopping` turns true: the client gets a
+/// 503 it can retry elsewhere, at once, not a connection closed at the end of the
+/// drain); `Verdict` says which.
+fn limited(body: Body, limits: BodyLimits, stopping: watch::Receiver<bool>) -> (Body, Arc<Verdict>) {
     let verdict = Arc::new(Verdict::default());
     let v = verdict.clone();
     let started = Instant::now();
-    let state = (body.into_data_stream(), 0u64, false);
-    let stream = futures_util::stream::unfold(state, move |(mut inner, received, done)| {
+    let state = (body.into_data_stream(), 0u64, false, stopping);
+    let stream = futures_util::stream::unfold(state, move |(mut inner, received, done, mut stopping)| {
         let v = v.clone();
         async move {
             if done {
@@ -87,19 +92,29 @@ fn limited(body: Body, limits: BodyLimits) -> (Body, Arc<Verdict>) {
             }
             let budget = limits.timeout + Duration::from_secs_f64(received as f64 / limits.min_rate as f64);
             let deadline = tokio::time::Instant::from_std(started + budget);
-            let next = tokio::time::timeout_at(deadline, inner.next()).await;
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, inner.next()) => Some(next),
+                _ = stopping.wait_for(|s| *s) => None,
+            };
+            let Some(next) = next else {
+                v.set(DRAINING);
+                return Some((
+                    Err(std::io::Error::other("the service is shutting down")),
+                    (inner, received, true, stopping),
+                ));
+            };
             let cut = match next {
                 Ok(None) => return None,
                 Ok(Some(Ok(bytes))) if received + bytes.len() as u64 <= limits.max_bytes => {
                     let received = received + bytes.len() as u64;
-                    return Some((Ok(bytes), (inner, received, false)));
+                    return Some((Ok(bytes), (inner, received, false, stopping)));
                 }
-                Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e)), (inner, received, true))),
+                Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e)), (inner, received, true, stopping))),
                 Ok(Some(Ok(_))) => (TOO_LARGE, "the body is too large"),
                 Err(_) => (TOO_SLOW, "the body arrived too slowly"),
             };
             v.set(cut.0);
-            Some((Err(std::io::Error::other(cut.1)), (inner, received, true)))
+            Some((Err(std::io::Error::other(cut.1)), (inner, received, true, stopping)))
         }
     });
     (Body::from_stream(stream), verdict)
@@ -109,6 +124,7 @@ fn limited(body: Body, limits: BodyLimits) -> (Body, Arc<Verdict>) {
 fn body_error(verdict: &Verdict, limits: &BodyLimits, detail: impl std::fmt::Display) -> ApiError {
     match verdict.0.load(Ordering::SeqCst) {
         TOO_LARGE => too_large(limits.max_bytes),
+        DRAINING => crate::routes::draining(),
         TOO_SLOW => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
@@ -123,22 +139,29 @@ fn body_error(verdict: &Verdict, limits: &BodyLimits, detail: impl std::fmt::Dis
 }
 
 /// A JSON body, whole.
-pub async fn read_json(req: Request, limits: BodyLimits) -> Result<AnalyzeOptions, ApiError> {
-    let (body, verdict) = limited(req.into_body(), limits);
+pub async fn read_json(
+    req: Request,
+    limits: BodyLimits,
+    stopping: watch::Receiver<bool>,
+) -> Result<AnalyzeOptions, ApiError> {
+    let (body, verdict) = limited(req.into_body(), limits, stopping);
     let bytes: Bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| body_error(&verdict, &limits, e))?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("malformed_json", e.to_string()))
 }
 
 /// A multipart body: the `media` file to a private file (counting bytes as they come),
-/// the text fields (each at most `max_json_bytes`) as options with JSON's rules.
+/// the text fields as options with JSON's rules: each a known option given once (refused
+/// from its header, before its value is read), all of them together at most
+/// `max_json_bytes`, as a JSON body.
 pub async fn read_multipart(
     req: Request,
     limits: BodyLimits,
     config: &ServeConfig,
     uploads: &UploadDir,
+    stopping: watch::Receiver<bool>,
 ) -> Result<(AnalyzeOptions, Upload), ApiError> {
     let (parts, body) = req.into_parts();
-    let (body, verdict) = limited(body, limits);
+    let (body, verdict) = limited(body, limits, stopping);
     let req = Request::from_parts(parts, body);
     let mut mp = Multipart::from_request(req, &()).await.map_err(|e| ApiError::bad("bad_multipart", e.body_text()))?;
     let err = |e: axum::extract::multipart::MultipartError| match verdict.0.load(Ordering::SeqCst) {
@@ -146,6 +169,7 @@ pub async fn read_multipart(
         _ => body_error(&verdict, &limits, ""),
     };
     let mut fields: Vec<(String, String)> = Vec::new();
+    let mut text_total: u64 = 0;
     let mut upload = None;
     while let Some(mut field) = mp.next_field().await.map_err(err)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -153,7 +177,8 @@ pub async fn read_multipart(
             if upload.is_some() {
                 return Err(ApiError::bad("ambiguous_media", "the upload has two `media` parts"));
             }
-            let (guard, file) = uploads.new_file().map_err(|e| ApiError::internal("upload_failed", e))?;
+            let (mut guard, file) = uploads.new_file().map_err(|e| ApiError::internal("upload_failed", e))?;
+            guard.set_client_name(field.file_name());
             let mut file = tokio::fs::File::from_std(file);
             let mut written: u64 = 0;
             while let Some(chunk) = field.chunk().await.map_err(err)? {
@@ -173,11 +198,25 @@ pub async fn read_multipart(
             }
             upload = Some(guard);
         } else {
+            if !AnalyzeOptions::knows_field(&name) {
+                return Err(ApiError::bad("unknown_field", format!("the upload has a field {name:?}: not an option")));
+            }
+            if fields.iter().any(|(n, _)| *n == name) {
+                return Err(ApiError::bad("invalid_field", format!("field {name:?} is given twice")));
+            }
             let mut text = Vec::new();
             while let Some(chunk) = field.chunk().await.map_err(err)? {
                 text.extend_from_slice(&chunk);
-                if text.len() as u64 > config.max_json_bytes {
-                    return Err(too_large(config.max_json_bytes));
+                text_total += chunk.len() as u64;
+                if text_total > config.max_json_bytes {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "fields_too_large",
+                        format!(
+                            "the upload's text fields exceed {} bytes together (max_json_bytes)",
+                            config.max_json_bytes
+                        ),
+                    ));
                 }
             }
             let text = String::from_utf8(text)

@@ -8,6 +8,19 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG: &str = "/etc/emollama/config.toml";
 
+/// Connections kept free beyond the admitted requests and event streams, for health
+/// checks and metrics.
+const HEALTH_CHECK_ROOM: usize = 4;
+
+/// The shortest header, body and request timeout.
+const MIN_TIMEOUT_S: f64 = 0.1;
+
+/// The longest bearer token (a header line must carry it).
+const MAX_TOKEN_BYTES: usize = 1024;
+
+/// Folders whose files an `allowed_dirs` entry should not expose.
+const SYSTEM_DIRS: [&str; 6] = ["/etc", "/proc", "/sys", "/dev", "/root", "/home"];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
@@ -60,6 +73,14 @@ pub struct ServeConfig {
     /// 0.08 is 86 px on a 1080p camera. Lower it for people far from the camera (it
     /// costs face-detection time on every window and request).
     pub min_face: f32,
+    /// Open connections from one address; beyond, its oldest idle one is closed (or the
+    /// new one refused when all are busy).
+    pub max_connections_per_peer: usize,
+    /// Event streams (`/v1/watch/events`) open at once; beyond: 503.
+    pub max_event_streams: usize,
+    /// An event stream ends after this long (its client reconnects): none holds a
+    /// connection for ever.
+    pub event_stream_max_s: f64,
     /// Live sources followed window by window (`[[watch]]` sections).
     pub watch: Vec<crate::watch::WatchConfig>,
 }
@@ -88,6 +109,9 @@ impl Default for ServeConfig {
             max_new_tokens_limit: 500,
             ort_library: None,
             min_face: emollama_media::faces::FaceSearch::default().min_face,
+            max_connections_per_peer: 64,
+            max_event_streams: 8,
+            event_stream_max_s: 3600.0,
             watch: Vec::new(),
         }
     }
@@ -144,17 +168,25 @@ impl ServeConfig {
     /// Every value checked, so that nothing can fail later in a request or at shutdown.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.token.as_deref() {
-            Some(t) if t.trim().is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                return Err(invalid("token", "(hidden)", "must be non-empty, without spaces or control characters"));
+            // A bearer token is sent in a header: visible ASCII only, and short enough
+            // that a client can send it (a token that can never be presented locks
+            // everyone out with 401).
+            Some(t) if t.is_empty() || t.len() > MAX_TOKEN_BYTES || !t.bytes().all(|b| (0x21..=0x7e).contains(&b)) => {
+                return Err(invalid(
+                    "token",
+                    "(hidden)",
+                    format!("must be 1-{MAX_TOKEN_BYTES} visible ASCII characters (no spaces, no accents)"),
+                ));
             }
             None if !self.listen.ip().is_loopback() => {
                 return Err(invalid("listen", self.listen, "listening beyond loopback requires a token"));
             }
             _ => {}
         }
-        seconds("header_timeout_s", self.header_timeout_s, 0.0, true, 3600.0)?;
-        seconds("body_timeout_s", self.body_timeout_s, 0.0, true, 3600.0)?;
-        seconds("request_timeout_s", self.request_timeout_s, 0.0, true, 86400.0)?;
+        // A timeout under a tenth of a second refuses every request before it starts.
+        seconds("header_timeout_s", self.header_timeout_s, MIN_TIMEOUT_S, false, 3600.0)?;
+        seconds("body_timeout_s", self.body_timeout_s, MIN_TIMEOUT_S, false, 3600.0)?;
+        seconds("request_timeout_s", self.request_timeout_s, MIN_TIMEOUT_S, false, 86400.0)?;
         seconds("drain_timeout_s", self.drain_timeout_s, 0.0, false, 3600.0)?;
         count("body_min_rate", self.body_min_rate, 1, 1 << 40)?;
         count("max_concurrency", self.max_concurrency as u64, 1, 64)?;
@@ -162,8 +194,12 @@ impl ServeConfig {
         count("max_upload_bytes", self.max_upload_bytes, 1, 1 << 40)?;
         count("max_json_bytes", self.max_json_bytes, 1 << 10, 64 << 20)?;
         count("max_new_tokens_limit", self.max_new_tokens_limit as u64, 1, 1 << 20)?;
-        let admitted = (self.max_concurrency + self.max_queue) as u64;
-        count("max_connections", self.max_connections as u64, admitted.max(1), 1 << 16)?;
+        count("max_event_streams", self.max_event_streams as u64, 0, 4096)?;
+        seconds("event_stream_max_s", self.event_stream_max_s, 1.0, false, 86400.0 * 7.0)?;
+        // Room for every admitted request and event stream, and a few health checks.
+        let needed = (self.max_concurrency + self.max_queue + self.max_event_streams + HEALTH_CHECK_ROOM) as u64;
+        count("max_connections", self.max_connections as u64, needed, 1 << 16)?;
+        count("max_connections_per_peer", self.max_connections_per_peer as u64, 1, 1 << 16)?;
         for d in &self.allowed_dirs {
             if !d.is_dir() {
                 return Err(invalid("allowed_dirs", d.display(), "not a folder"));
@@ -184,6 +220,27 @@ impl ServeConfig {
         crate::uploads::check_writable(&upload_dir)
             .map_err(|e| invalid("upload_dir", upload_dir.display(), format!("not a writable folder: {e}")))?;
         Ok(())
+    }
+
+    /// What the configuration allows that it probably should not (printed by
+    /// `--check-config`, logged at start): an allowed folder that is or holds a system
+    /// folder lets a request name any file the service can read there.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in &self.allowed_dirs {
+            let dir = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+            // A folder that is or holds a system folder, or one inside the system's own
+            // trees (a user's media under /home is fine).
+            let holds = SYSTEM_DIRS.iter().find(|s| Path::new(s).starts_with(&dir));
+            let inside = ["/etc", "/proc", "/sys", "/dev"].into_iter().find(|s| dir.starts_with(s));
+            if let Some(sys) = holds.copied().or(inside) {
+                out.push(format!(
+                    "allowed_dirs includes {} ({sys}): every file the service can read there may be named in a request",
+                    d.display()
+                ));
+            }
+        }
+        out
     }
 
     /// The face stage's settings.

@@ -76,6 +76,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A user's text (a path, a URL, a file name) as an error message shows it: control
+/// characters escaped, at most 160 characters (the first 100, `…`, the last 50), so an
+/// answer never echoes half a megabyte back.
+pub(crate) fn shown(text: &str) -> String {
+    let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+    let chars: Vec<char> = escaped.chars().collect();
+    if chars.len() <= 160 {
+        return escaped;
+    }
+    let head: String = chars[..100].iter().collect();
+    let tail: String = chars[chars.len() - 50..].iter().collect();
+    format!("{head}…{tail}")
+}
+
 pub(crate) fn runtime_error(e: RuntimeError) -> ApiError {
     use StatusCode as S;
     match e {

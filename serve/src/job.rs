@@ -135,6 +135,7 @@ impl Job {
             })
         });
         self.state.running.fetch_sub(1, Ordering::SeqCst);
+        self.state.work_done.fetch_add(1, Ordering::Relaxed);
         let expired = self.timer.expired.load(Ordering::SeqCst);
         let timeout = || {
             ApiError::new(

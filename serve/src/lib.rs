@@ -10,6 +10,7 @@ pub mod config;
 mod error;
 mod job;
 mod listener;
+pub mod memory;
 mod metrics;
 mod request_log;
 mod routes;
@@ -52,8 +53,12 @@ pub struct AppState {
     /// Requests admitted (reading their body, waiting for a slot, or running).
     admitted: AtomicUsize,
     running: AtomicUsize,
+    /// Requests and watched windows finished (the allocator is trimmed after work).
+    work_done: AtomicU64,
     connections: AtomicUsize,
     draining: AtomicBool,
+    /// Turns true at the first signal: bodies still arriving are answered 503 at once.
+    stopping: tokio::sync::watch::Sender<bool>,
     metrics: Mutex<metrics::Metrics>,
     model_bytes: AtomicUsize,
     /// Cancel tokens of the admitted runs, by job number.
@@ -79,8 +84,10 @@ impl AppState {
             startup_error: OnceLock::new(),
             admitted: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            work_done: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
             metrics: Mutex::new(metrics::Metrics::default()),
             model_bytes: AtomicUsize::new(0),
             active: Mutex::new(HashMap::new()),
@@ -158,6 +165,22 @@ pub async fn serve(
             }
         });
     }
+
+    // After work, once no request runs, the allocator's free memory goes back to the
+    // system (at most every two seconds): RSS follows what is in use.
+    let trimmer = state.clone();
+    tokio::spawn(async move {
+        let mut seen = 0;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let done = trimmer.work_done.load(Ordering::Relaxed) + trimmer.watch.windows();
+            if done != seen && trimmer.running.load(Ordering::SeqCst) == 0 {
+                seen = done;
+                let _ = tokio::task::spawn_blocking(memory::release_free_memory).await;
+            }
+        }
+    });
 
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let app = routes::router(state.clone());

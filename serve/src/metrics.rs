@@ -43,6 +43,7 @@ pub struct Gauges {
     pub ready: bool,
     pub draining: bool,
     pub model_bytes: u64,
+    pub event_streams: usize,
 }
 
 /// Outcomes of `emollama_requests_total`, all rendered (zero included) so that a
@@ -110,6 +111,7 @@ impl Metrics {
                 self.decode_tokens_per_second,
             ),
             ("emollama_model_bytes", "Bytes of the bundle's files.", g.model_bytes as f64),
+            ("emollama_event_streams", "Event streams (/v1/watch/events) open.", g.event_streams as f64),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use emollama_runtime::AnalyzeRequest;
 
 use crate::body::{check_declared_length, read_json, read_multipart, BodyLimits};
-use crate::error::{runtime_error, ApiError};
+use crate::error::{runtime_error, shown, ApiError};
 use crate::job::{Admitted, Job};
 use crate::metrics::Gauges;
 use crate::request_log::{request_id, RequestLog};
@@ -65,7 +65,7 @@ fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn draining() -> ApiError {
+pub(crate) fn draining() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the service is shutting down").retry(5)
 }
 
@@ -74,7 +74,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         return draining().into_response();
     }
     match (state.ready.get(), state.startup_error.get()) {
-        (Some(info), _) => Json(serde_json::json!({"status": "ready", "ready": info})).into_response(),
+        // A watched source that stopped for good leaves the service serving requests:
+        // ready, but degraded, with the source and why.
+        (Some(info), _) => {
+            let failed = state.watch.failures();
+            let status = if failed.is_empty() { "ready" } else { "degraded" };
+            Json(serde_json::json!({"status": status, "ready": info, "watch_failed": failed})).into_response()
+        }
         (None, Some(e)) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "startup_failed", e.clone()).into_response(),
         (None, None) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "loading", "engines are loading and warming up")
             .retry(5)
@@ -95,6 +101,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         ready: state.ready.get().is_some(),
         draining: state.draining.load(Ordering::SeqCst),
         model_bytes: state.model_bytes.load(Ordering::Relaxed) as u64,
+        event_streams: state.watch.subscribers(),
     };
     let text = state.metrics().render(&gauges) + &state.watch.render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -126,7 +133,14 @@ async fn watch_events(
             return ApiError::new(StatusCode::NOT_FOUND, "unknown_source", msg).into_response();
         }
     }
-    let events = tokio_stream::wrappers::ReceiverStream::new(state.watch.subscribe());
+    let Some(events) = state.watch.subscribe(state.config.max_event_streams) else {
+        let msg = format!("{} event streams are open (max_event_streams)", state.config.max_event_streams);
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", msg).retry(5).into_response();
+    };
+    // A stream ends after `event_stream_max_s` (clients reconnect), so none holds its
+    // connection for ever.
+    let lifetime = tokio::time::sleep(ServeConfig::duration(state.config.event_stream_max_s));
+    let events = futures_util::StreamExt::take_until(events, lifetime);
     let events = futures_util::StreamExt::filter(events, move |p| {
         std::future::ready(source.as_ref().is_none_or(|s| *s == p.source))
     });
@@ -144,8 +158,13 @@ struct StreamQuery {
 /// so the answer (403 outside, 404 missing inside) says nothing about files outside the
 /// allowed folders; then symlinks are resolved and checked again.
 fn allowed_path(state: &AppState, p: &str) -> Result<String, ApiError> {
-    let forbidden =
-        || ApiError::new(StatusCode::FORBIDDEN, "path_not_allowed", format!("{p} is not inside an allowed directory"));
+    let forbidden = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "path_not_allowed",
+            format!("{} is not inside an allowed directory", shown(p)),
+        )
+    };
     let path = Path::new(p);
     if !path.is_absolute() {
         return Err(forbidden());
@@ -167,7 +186,7 @@ fn allowed_path(state: &AppState, p: &str) -> Result<String, ApiError> {
         return Err(forbidden());
     }
     let canon = std::fs::canonicalize(&lexical)
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "media_not_found", format!("{p} does not exist")))?;
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "media_not_found", format!("{} does not exist", shown(p))))?;
     if allowed.iter().any(|d| canon.starts_with(d)) {
         Ok(canon.to_string_lossy().into_owned())
     } else {
@@ -249,11 +268,9 @@ async fn media_source(
                     "this server does not fetch URLs (allow_urls = false)",
                 ));
             }
-            state
-                .url_policy
-                .check(u)
-                .await
-                .map_err(|why| ApiError::new(StatusCode::FORBIDDEN, "url_not_allowed", format!("{u}: {why}")))?;
+            state.url_policy.check(u).await.map_err(|why| {
+                ApiError::new(StatusCode::FORBIDDEN, "url_not_allowed", format!("{}: {why}", shown(u)))
+            })?;
             Ok(u.clone())
         }
         (None, None, None) => Err(ApiError::bad("missing_media", "give a `path`, a `url`, or upload a `media` file")),
@@ -286,9 +303,9 @@ async fn analyze_inner(
     let deadline = tokio::time::Instant::now() + ServeConfig::duration(state.config.request_timeout_s);
 
     let (opts, upload) = match kind {
-        BodyKind::Json => (read_json(req, limits).await?, None),
+        BodyKind::Json => (read_json(req, limits, state.stopping.subscribe()).await?, None),
         BodyKind::Multipart => {
-            let (o, u) = read_multipart(req, limits, &state.config, &state.uploads).await?;
+            let (o, u) = read_multipart(req, limits, &state.config, &state.uploads, state.stopping.subscribe()).await?;
             (o, Some(u))
         }
     };
@@ -306,7 +323,7 @@ async fn analyze_inner(
                     return Err(ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "invalid_features",
-                        format!("features file {p} is {kind}, not a regular file"),
+                        format!("features file {} is {kind}, not a regular file", shown(&p)),
                     ));
                 }
                 _ => *features = Some(path),
@@ -314,9 +331,15 @@ async fn analyze_inner(
         }
     }
     let stream = query.stream.or(opts.stream).unwrap_or(false);
-    let request: AnalyzeRequest = opts
+    let mut request: AnalyzeRequest = opts
         .into_request(media, state.config.max_new_tokens_limit as u32)
         .map_err(|e| ApiError::bad("invalid_field", e.to_string()))?;
+    // Errors about an upload name the client's file, not the service's private copy;
+    // a path or URL is named shortened.
+    request.media_name = Some(match &upload {
+        Some(u) => u.shown_name(),
+        None => shown(&request.media),
+    });
     let checked = runtime.clone();
     let req_copy = request.clone();
     tokio::task::spawn_blocking(move || checked.check_request(&req_copy))

@@ -67,8 +67,9 @@ async fn until_settled(state: &AppState) {
 pub async fn run(state: &Arc<AppState>, mut signals: Signals) -> i32 {
     let (name, _) = signals.next().await;
     state.draining.store(true, Ordering::SeqCst);
-    // Queued requests (and those still sending their body) get 503 at their slot wait.
+    // Queued requests get 503 at their slot wait, those still sending their body at once.
     state.slots.close();
+    state.stopping.send_replace(true);
     // The watched sources stop after the window each is analysing.
     state.watch.stop.cancel();
     systemd::notify("STOPPING=1");

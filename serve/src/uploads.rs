@@ -93,7 +93,7 @@ impl UploadDir {
         let path = self.path.join(format!("upload-{}", self.next.fetch_add(1, Ordering::Relaxed)));
         let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok((Upload(path), file))
+        Ok((Upload { path, client_name: None }, file))
     }
 
     /// Remove the folder and everything in it (the last step before the process exits).
@@ -114,17 +114,33 @@ impl Drop for UploadDir {
 
 /// An uploaded file, removed when the request ends.
 #[derive(Debug)]
-pub struct Upload(PathBuf);
+pub struct Upload {
+    path: PathBuf,
+    /// The file name the client sent (shortened), for errors: never the private path.
+    client_name: Option<String>,
+}
 
 impl Upload {
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
+    }
+
+    pub fn set_client_name(&mut self, name: Option<&str>) {
+        self.client_name = name.filter(|n| !n.is_empty()).map(crate::error::shown);
+    }
+
+    /// What errors call the upload.
+    pub fn shown_name(&self) -> String {
+        match &self.client_name {
+            Some(n) => format!("the uploaded file {n}"),
+            None => "the uploaded file".into(),
+        }
     }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -38,7 +38,7 @@ impl Target {
     }
 }
 
-fn split_host_port(authority: &str) -> Result<(String, Option<u16>), String> {
+pub(crate) fn split_host_port(authority: &str) -> Result<(String, Option<u16>), String> {
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, rest) = v6.split_once(']').ok_or("unclosed [ in the host")?;
         (h, rest.strip_prefix(':'))

@@ -102,11 +102,18 @@ impl WatchConfig {
         if !(1..=100_000).contains(&self.webhook_queue) {
             return Err(format!("webhook_queue {}: use 1-100000", self.webhook_queue));
         }
+        if self.webhook_retries > MAX_WEBHOOK_RETRIES {
+            return Err(format!("webhook_retries {}: use 0-{MAX_WEBHOOK_RETRIES}", self.webhook_retries));
+        }
         Ok(())
     }
 }
 
-/// An `http://host[:port]/path` URL (TLS is for a proxy in front).
+/// Retries of one result beyond which a dead receiver only delays the queue.
+const MAX_WEBHOOK_RETRIES: u32 = 20;
+
+/// An `http://host[:port]/path` URL (TLS is for a proxy in front); the host a name or an
+/// IP address (IPv6 in brackets).
 #[derive(Debug, Clone, PartialEq)]
 struct WebhookUrl {
     host: String,
@@ -118,14 +125,16 @@ impl WebhookUrl {
     fn parse(url: &str) -> Result<Self, String> {
         let rest = url.strip_prefix("http://").ok_or_else(|| format!("webhook {url:?}: only http:// URLs"))?;
         let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| format!("webhook {url:?}: bad port {p:?}"))?),
-            None => (authority, 80),
-        };
-        if host.is_empty() || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("webhook {url:?}: no host, or a path with spaces"));
+        let (host, port) = crate::urls::split_host_port(authority).map_err(|e| format!("webhook {url:?}: {e}"))?;
+        // The host goes into the request line and the log: a name or an address, nothing else.
+        let name_ok = host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        if !(name_ok || host.parse::<std::net::IpAddr>().is_ok()) {
+            return Err(format!("webhook {url:?}: the host must be a name or an IP address"));
         }
-        Ok(Self { host: host.to_string(), port, path })
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("webhook {url:?}: a path with spaces or control characters"));
+        }
+        Ok(Self { host, port: port.unwrap_or(80), path })
     }
 
     /// POST `body`; Ok when the answer is 2xx.
@@ -135,10 +144,10 @@ impl WebhookUrl {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
         s.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.path,
-            self.host,
             self.port,
             body.len()
         );
@@ -166,6 +175,9 @@ struct SourceStats {
     webhook_sent: u64,
     webhook_failed: u64,
     webhook_dropped: u64,
+    /// Why the source stopped for good (its thread ended or panicked, or what it is
+    /// cannot be watched), while the service goes on.
+    failure: Option<String>,
 }
 
 /// A per-source series of `/metrics`: name, type, help, and its value.
@@ -179,11 +191,40 @@ pub struct Published {
     pub json: String,
 }
 
+/// The open event streams, by number.
+type Subscribers = Arc<Mutex<BTreeMap<u64, tokio::sync::mpsc::Sender<Published>>>>;
+
+/// One event stream's receiving end; it leaves the subscribers when dropped (the client
+/// went away, or the stream ended), whether or not anything was ever published to it.
+pub struct Subscription {
+    rx: tokio::sync::mpsc::Receiver<Published>,
+    id: u64,
+    subscribers: Subscribers,
+}
+
+impl futures_util::Stream for Subscription {
+    type Item = Published;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Published>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
 /// Every watched source's events and numbers.
 pub struct WatchHub {
     sources: Vec<WatchConfig>,
     stats: Mutex<BTreeMap<String, SourceStats>>,
-    subscribers: Mutex<Vec<tokio::sync::mpsc::Sender<Published>>>,
+    subscribers: Subscribers,
+    next_subscriber: std::sync::atomic::AtomicU64,
     /// Stop after the window each source is analysing (the first signal).
     pub stop: CancelToken,
     /// Cancel the windows being analysed (the drain deadline).
@@ -202,7 +243,8 @@ impl WatchHub {
         Self {
             sources,
             stats: Mutex::new(stats),
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: Arc::new(Mutex::new(BTreeMap::new())),
+            next_subscriber: std::sync::atomic::AtomicU64::new(0),
             stop: CancelToken::new(),
             abort: CancelToken::new(),
             threads: Mutex::new(Vec::new()),
@@ -226,11 +268,21 @@ impl WatchHub {
         self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// A receiver of every event from now on.
-    pub fn subscribe(&self) -> tokio::sync::mpsc::Receiver<Published> {
+    /// A receiver of every event from now on, or None when `max` streams are open.
+    pub fn subscribe(&self, max: usize) -> Option<Subscription> {
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_BUFFER);
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-        rx
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        if subscribers.len() >= max {
+            return None;
+        }
+        let id = self.next_subscriber.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        subscribers.insert(id, tx);
+        Some(Subscription { rx, id, subscribers: self.subscribers.clone() })
+    }
+
+    /// Event streams open.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn publish(&self, source: &str, event: &WatchEvent) -> String {
@@ -257,13 +309,18 @@ impl WatchHub {
                     s.connected = false;
                     s.reconnects += 1;
                 }
-                WatchEvent::Ended { .. } => s.connected = false,
+                WatchEvent::Ended { reason, .. } => {
+                    s.connected = false;
+                    if !["stopped", "end of the source", "max windows"].contains(&reason.as_str()) {
+                        s.failure = Some(reason.clone());
+                    }
+                }
             }
         }
         let json = serde_json::to_string(event).unwrap_or_default();
         let published = Published { source: source.to_string(), kind, json: json.clone() };
         // A subscriber that is gone is removed; one that is full misses this event.
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).retain(|tx| {
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, tx| {
             !matches!(tx.try_send(published.clone()), Err(tokio::sync::mpsc::error::TrySendError::Closed(_)))
         });
         json
@@ -296,20 +353,46 @@ impl WatchHub {
             queue
         });
         let opts = config.options();
-        let result = watch(pipeline, &opts, &self.stop, &self.abort, |event| {
-            let json = self.publish(&config.name, event);
-            if let (Some(q), WatchEvent::Window(_)) = (&webhook, event) {
-                if q.push(json) {
-                    self.stats().entry(config.name.clone()).or_default().webhook_dropped += 1;
+        // A panic in a source's thread must not pass silently: it is the source's failure.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            watch(pipeline, &opts, &self.stop, &self.abort, |event| {
+                let json = self.publish(&config.name, event);
+                if let (Some(q), WatchEvent::Window(_)) = (&webhook, event) {
+                    if q.push(json) {
+                        self.stats().entry(config.name.clone()).or_default().webhook_dropped += 1;
+                    }
                 }
-            }
-        });
-        if let Err(e) = result {
-            tracing::error!(source = %config.name, "watch stopped: {e}");
+            })
+        }));
+        let failure = match result {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(panic) => Some(format!(
+                "the source's thread panicked: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or(panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("?")
+            )),
+        };
+        if let Some(why) = failure.filter(|_| !self.stop.is_cancelled()) {
+            tracing::error!(source = %config.name, "watch stopped: {why}");
+            self.stats().entry(config.name.clone()).or_default().failure = Some(why);
         }
         if let Some(q) = webhook {
             q.close();
         }
+    }
+
+    /// Windows analysed, all sources together.
+    pub fn windows(&self) -> u64 {
+        self.stats().values().map(|s| s.windows).sum()
+    }
+
+    /// The sources that stopped for good, and why.
+    pub fn failures(&self) -> BTreeMap<String, String> {
+        self.stats().iter().filter_map(|(name, s)| Some((name.clone(), s.failure.clone()?))).collect()
     }
 
     /// The per-source series of `/metrics`.
@@ -319,8 +402,11 @@ impl WatchHub {
             return String::new();
         }
         let mut s = String::new();
-        let series: [Series; 9] = [
+        let series: [Series; 10] = [
             ("emollama_watch_connected", "gauge", "1 while the source delivers.", |x| f64::from(u8::from(x.connected))),
+            ("emollama_watch_failed", "gauge", "1 once the source stopped for good (see /readyz).", |x| {
+                f64::from(u8::from(x.failure.is_some()))
+            }),
             ("emollama_watch_windows_total", "counter", "Windows analysed.", |x| x.windows as f64),
             ("emollama_watch_dropped_total", "counter", "Windows skipped while analysis was busy.", |x| {
                 x.dropped as f64
@@ -432,6 +518,19 @@ mod tests {
         );
         assert_eq!(WebhookUrl::parse("http://h").unwrap().path, "/");
         assert!(WebhookUrl::parse("https://h/x").is_err());
+        // IPv6 in brackets; no host that could forge a request line or a log line.
+        assert_eq!(
+            WebhookUrl::parse("http://[::1]:9000/hook").unwrap(),
+            WebhookUrl { host: "::1".into(), port: 9000, path: "/hook".into() }
+        );
+        for bad in ["http://h\r\nX-Evil: 1/hook", "http://h%0d%0a/x", "http://a b/x", "http://[::1/x", "http:///x"] {
+            assert!(WebhookUrl::parse(bad).is_err(), "{bad:?}");
+        }
+        for (key, value) in [("stall_timeout_s", "1e300"), ("stall_timeout_s", "1e-9"), ("webhook_retries", "1000")] {
+            let c: WatchConfig = toml::from_str(&format!("name = \"a\"\nsource = \"x\"\n{key} = {value}\n")).unwrap();
+            let e = c.check().unwrap_err();
+            assert!(e.contains(key.split('_').next().unwrap()), "{key} = {value}: {e}");
+        }
         let c: WatchConfig = toml::from_str("name = \"door\"\nsource = \"rtsp://cam/1\"\n").unwrap();
         assert_eq!((c.window_s, c.hop_s, c.preset), (DEFAULT_WINDOW_S, DEFAULT_HOP_S, Preset::Fast));
         c.check().unwrap();

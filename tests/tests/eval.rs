@@ -516,3 +516,76 @@ fn bad_inputs_are_clear_errors_or_counted_skips() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("no audio_projector engine"), "{err}");
 }
+
+/// The low-severity eval findings: a BOM is handled, a malformed or ambiguous transcript
+/// CSV is refused naming its row, a clip name stays inside --videos, zero scored clips is
+/// an error, a rerun keeps one row per clip, and a features path that is not a file says
+/// what it is.
+#[test]
+fn eval_reads_its_inputs_strictly() {
+    let _serial = common::serial();
+    let d = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let out = |name: &str| dir.path().join(name);
+    let run = |list: &Path, out: &Path, extra: &[&str]| {
+        let mut args = eval_args(&common::bundle_dir(), list, out);
+        args.extend(["--preset".into(), "fast".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        emollama(&args)
+    };
+    // A BOM before the first name: both clips scored.
+    let bom = write("bom.txt", "\u{feff}face_a 50 happy\npattern 50 neutral\n");
+    let r = run(&bom, &out("bom"), &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rows = std::fs::read_to_string(out("bom").join("results.jsonl")).unwrap();
+    assert_eq!(rows.lines().filter(|l| !l.contains("\"error\"")).count(), 2, "{rows}");
+    // Transcript CSVs: a BOM is fine; an unclosed quote and a repeated name are refused.
+    let list = write("two.txt", "face_a 50 happy\npattern 50 neutral\n");
+    let good = write("bom.csv", "\u{feff}name,sentence\nface_a,Hello there\n");
+    let r = run(&list, &out("bom-csv"), &["--transcripts", &text(&good)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for (csv, says) in
+        [("name,sentence\nface_a,\"Hi\npattern,Fine\n", "row"), ("name,sentence\nface_a,Hi\nface_a,Again\n", "row 3")]
+    {
+        let csv = write("bad.csv", csv);
+        let r = run(&list, &out("bad-csv"), &["--transcripts", &text(&csv)]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    // A name that leaves --videos: refused, naming the line.
+    for name in [format!("{}/face_a", d.videos().display()), "../videos/face_a".to_string()] {
+        let list = write("escape.txt", &format!("{name} 50 happy\n"));
+        let r = run(&list, &out("escape"), &[]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{err}");
+        assert!(err.contains("line 1") && err.contains("plain file name"), "{err}");
+    }
+    // Nothing scored: an error (and the report that says why is written).
+    let ghost = write("ghost.txt", "ghost 50 happy\n");
+    let r = run(&ghost, &out("ghost"), &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("no clip was scored"));
+    assert!(out("ghost").join("eval.md").is_file());
+    // A rerun retries the failed clip and keeps one row per clip.
+    let mixed = write("mixed.txt", "ghost 50 happy\nface_a 50 happy\n");
+    for _ in 0..3 {
+        run(&mixed, &out("mixed"), &[]);
+    }
+    let lines = std::fs::read_to_string(out("mixed").join("results.jsonl")).unwrap().lines().count();
+    assert_eq!(lines, 2, "one row per clip after three runs");
+    // A features path that is a folder or a FIFO says what it is (and nothing hangs).
+    let feats = dir.path().join("feats");
+    std::fs::create_dir_all(feats.join("face_a.npy")).unwrap();
+    assert!(Command::new("mkfifo").arg(feats.join("pattern.npy")).status().unwrap().success());
+    let started = Instant::now();
+    let r = run(&list, &out("feats"), &["--local-features", &text(&feats)]);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let md = std::fs::read_to_string(out("feats").join("eval.md")).unwrap_or_default();
+    assert!(md.contains("is a folder") && md.contains("FIFO"), "{md}\n{}", String::from_utf8_lossy(&r.stderr));
+}

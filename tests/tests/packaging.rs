@@ -156,6 +156,86 @@ fn install_bundle_verifies_while_it_copies_and_replaces_only_at_the_end() {
     assert_eq!(left, vec![std::ffi::OsString::from("bundle")], "staging left behind");
 }
 
+/// N7: install-bundle touches only what it owns. A destination that is not a bundle (a
+/// folder of someone's files, a file) is refused unless --force; a bundle whose file is a
+/// symlink, a FIFO, or larger than its manifest says is refused at once, saying so, and
+/// without printing a foreign file's size or hash; every failure leaves the parent folder
+/// as it was.
+#[test]
+fn install_bundle_touches_only_what_it_owns() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = bundle_dir();
+    let install = |from: &Path, to: &Path, force: bool| {
+        let mut args = vec!["install-bundle", from.to_str().unwrap(), "--to", to.to_str().unwrap()];
+        if force {
+            args.push("--force");
+        }
+        emollama(&args)
+    };
+    let listing = |p: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(p).unwrap().flatten().map(|e| e.file_name()).collect();
+        v.sort();
+        v
+    };
+    // Someone's folder: refused, kept; with --force, replaced.
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("keep.txt"), b"mine").unwrap();
+    let before = listing(dir.path());
+    let out = install(&src, &folder, false);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(folder.join("keep.txt")).unwrap(), b"mine");
+    assert_eq!(listing(dir.path()), before, "nothing left beside it");
+    assert!(install(&src, &folder, true).status.success());
+    assert!(emollama(&["info", "--bundle", folder.to_str().unwrap()]).status.success());
+    assert_eq!(listing(dir.path()), before, "no .old or .partial left");
+    // A file: refused; with --force, replaced.
+    let file = dir.path().join("notes");
+    std::fs::write(&file, b"x").unwrap();
+    assert_eq!(install(&src, &file, false).status.code(), Some(1));
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    assert!(install(&src, &file, true).status.success() && file.join("manifest.json").is_file());
+    // An empty folder, and a bundle, are replaced without --force.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(install(&src, &empty, false).status.success());
+    assert!(install(&src, &empty, false).status.success(), "a bundle is replaced by a bundle");
+    // Bundles whose audio engine is not a regular file of its manifest's size.
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
+    let audio = m["files"].as_array().unwrap().iter().find(|f| f["role"] == "audio_engine").unwrap();
+    let audio = audio["path"].as_str().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"only root may read this").unwrap();
+    let secret_sha = emollama_bundle::sha256_file(&secret).unwrap();
+    let bad = |name: &str, make: &dyn Fn(&Path)| {
+        let b = dir.path().join(name);
+        common::copy_dir(&src, &b);
+        let victim = b.join(audio);
+        std::fs::remove_file(&victim).unwrap();
+        make(&victim);
+        b
+    };
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (bad("zero", &|v| std::os::unix::fs::symlink("/dev/zero", v).unwrap()), "symbolic link"),
+        (bad("secret-link", &|v| std::os::unix::fs::symlink(&secret, v).unwrap()), "symbolic link"),
+        (bad("fifo", &|v| assert!(Command::new("mkfifo").arg(v).status().unwrap().success())), "FIFO"),
+        (bad("sparse", &|v| std::fs::File::create(v).unwrap().set_len(10 << 30).unwrap()), "more bytes"),
+    ];
+    let target = dir.path().join("target");
+    for (from, says) in &cases {
+        let before = listing(dir.path());
+        let started = std::time::Instant::now();
+        let out = install(from, &target, false);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{from:?}: {err}");
+        assert!(err.contains(says), "{from:?}: {err}");
+        assert!(!err.contains(&secret_sha) && !err.contains("23 bytes"), "a foreign file's hash or size: {err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{from:?}: {:?}", started.elapsed());
+        assert_eq!(listing(dir.path()), before, "{from:?}: something was left behind");
+    }
+}
+
 #[test]
 fn compile_without_tensorrt_says_so_and_lists_the_engines() {
     let bundle = bundle_dir();

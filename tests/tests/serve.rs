@@ -319,3 +319,99 @@ fn features_by_path_under_the_same_rules_as_media() {
         http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 4, &with(&outside.path().join("audio.npy"))));
     assert_eq!((r.status, error_code(&r)), (403, "path_not_allowed".to_string()), "{}", r.body);
 }
+
+/// N3, N4: a features file is a regular file of at most a `[width]` array's size. A FIFO
+/// (whose open used to block for ever, holding the only slot while `/readyz` said ready),
+/// a folder and a file hundreds of megabytes long are refused at once, and the service
+/// goes on serving. (A device is refused alike: `emollama_bundle::files`' tests.)
+#[test]
+fn features_files_must_be_regular_and_small() {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::bundle_dir().join("manifest.json")).unwrap()).unwrap();
+    let projector = manifest["files"].as_array().unwrap().iter().find(|f| f["role"] == "local_projector").unwrap();
+    let width = projector["inputs"][0]["shape"][1].as_u64().unwrap() as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("mkfifo").arg(dir.path().join("pipe.npy")).status().unwrap();
+    assert!(st.success());
+    std::fs::create_dir(dir.path().join("folder.npy")).unwrap();
+    // A valid header, then 600 MB (sparse: nothing is written).
+    let big = dir.path().join("big.npy");
+    write_npy(&big, &[width]);
+    std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(600 << 20).unwrap();
+    let srv = start(&["--allowed-dir", dir.path().to_str().unwrap(), "--request-timeout-s", "4"], &[]);
+    wait_ready(srv.port);
+    let clip = common::media_dir().join("talking-face.mp4");
+    let before = rss_kb(srv.child.id());
+    for (file, says) in [("pipe.npy", "FIFO"), ("folder.npy", "a folder"), ("big.npy", "over the")] {
+        let extra = format!(", \"preset\": \"fast\", \"local_features\": \"{}\"", dir.path().join(file).display());
+        let started = Instant::now();
+        let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 4, &extra));
+        assert_eq!((r.status, error_code(&r).as_str()), (422, "invalid_features"), "{file}: {}", r.body);
+        assert!(r.body.contains(says), "{file}: {}", r.body);
+        assert!(started.elapsed() < Duration::from_secs(2), "{file}: {:?}", started.elapsed());
+    }
+    let grown = rss_kb(srv.child.id()) as i64 - before as i64;
+    assert!(grown < 20 * 1024, "the 600 MB file was read: RSS +{grown} kB");
+    assert_eq!(http(srv.port, "POST", "/v1/analyze", &[JSON], &quick_request()).status, 200, "the slot is free");
+    assert_eq!(metric(srv.port, "emollama_in_flight"), 0.0);
+    assert_eq!(http(srv.port, "GET", "/readyz", &[], b"").status, 200);
+}
+
+/// Item 6 of the second hardening round: memory stays flat under repeated full-mode
+/// uploads from 8 clients (faces, all four encoders). It used to grow with the requests
+/// (699 → 988 MB over 800): per-thread malloc arenas kept what the face detectors and
+/// encoders freed, and ONNX Runtime kept a memory pattern and arena growth per input
+/// shape. RSS is read once the service has been idle for a few seconds (it hands free
+/// memory back after work); after 30 requests of warm-up, 150 more may add at most 24 MB.
+#[test]
+fn memory_stays_flat_under_repeated_full_mode_uploads() {
+    let _serial = common::serial();
+    let srv = start(&[], &[]);
+    wait_ready(srv.port);
+    let port = srv.port;
+    let clips: Vec<Vec<u8>> = ["talking-face.mp4", "test-pattern.mp4", "no-audio.mp4"]
+        .iter()
+        .map(|c| multipart(&std::fs::read(common::media_dir().join(c)).unwrap(), &[("preset", "fast")]))
+        .collect();
+    let clips = std::sync::Arc::new(clips);
+    let settled_rss = |pid: u32| {
+        std::thread::sleep(Duration::from_secs(5));
+        rss_kb(pid)
+    };
+    let rest = rss_kb(srv.child.id());
+    let run = |n: usize| {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|k| {
+                let (clips, done) = (clips.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut i = k;
+                    while done.load(std::sync::atomic::Ordering::SeqCst) < n {
+                        let r = http(port, "POST", "/v1/analyze", &[("Content-Type", &multipart_ct())], &clips[i % 3]);
+                        match r.status {
+                            200 => {
+                                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                i += 8;
+                            }
+                            503 => std::thread::sleep(Duration::from_millis(100)),
+                            s => panic!("{s}: {}", r.body),
+                        }
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+    };
+    run(30);
+    let warm = settled_rss(srv.child.id());
+    run(150);
+    let after = settled_rss(srv.child.id());
+    println!(
+        "memory: {} MB at rest, {} MB after 30 full-mode uploads, {} MB after 150 more ({:+} MB)",
+        rest / 1024,
+        warm / 1024,
+        after / 1024,
+        (after as i64 - warm as i64) / 1024
+    );
+    assert!(after <= warm + 24 * 1024, "RSS {warm} kB -> {after} kB");
+}

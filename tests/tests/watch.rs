@@ -495,3 +495,30 @@ fn a_service_with_watch_sources_stops_cleanly_20_times() {
     assert!(codes.iter().all(|c| c == "0"), "{codes:?}");
     assert!(slowest < Duration::from_secs(10), "a stop took {slowest:?}");
 }
+
+/// N8: a `[[watch]]` source that cannot be watched stops for good and says so in
+/// `/readyz` (degraded, with the reason) and `/metrics`, instead of disappearing while
+/// everything reads as healthy; the service goes on serving and stops cleanly.
+#[test]
+fn a_watch_source_that_dies_shows_as_failed() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let still = common::media_dir().join("astronaut.png");
+    std::fs::write(&config, format!("[[watch]]\nname = \"door\"\nsource = \"{}\"\n", text(&still))).unwrap();
+    let mut srv = common::server::start(&["--config", &text(&config)], &[]);
+    wait_ready(srv.port);
+    common::server::wait_until(Duration::from_secs(10), "the source reported as failed", || {
+        let r = http(srv.port, "GET", "/readyz", &[], b"");
+        r.status == 200 && r.body.contains("\"degraded\"")
+    });
+    let r = http(srv.port, "GET", "/readyz", &[], b"");
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let why = v["watch_failed"]["door"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("still image"), "{}", r.body);
+    assert_eq!(common::server::metric(srv.port, "emollama_watch_failed{source=\"door\"}"), 1.0);
+    assert_eq!(http(srv.port, "GET", "/healthz", &[], b"").status, 200);
+    signal(srv.child.id(), "TERM");
+    assert!(srv.child.wait().unwrap().success());
+    println!("N8: /readyz {}", r.body);
+}

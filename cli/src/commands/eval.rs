@@ -111,6 +111,15 @@ pub fn run(args: EvalArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
     bar.finish();
     let report = EvalReport::new(&dataset.clips, rows, pipeline.manifest().synthetic)?;
     report.write(&out)?;
+    // Metrics over no clip are not metrics (a weighted F1 of 0.0000 would read as one).
+    if report.clips_scored == 0 && report.clips_pending == 0 {
+        anyhow::bail!(
+            "no clip was scored: {} of {} skipped (see {}); the report holds no metric",
+            report.skipped.len(),
+            report.clips_listed,
+            out.join("eval.md").display()
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -10,14 +10,17 @@ use emollama_bundle::locations::INSTALLED_BUNDLE;
 pub struct InstallBundleArgs {
     /// The bundle folder to install (made by ./scripts/export, or `emollama quantize --bundle`).
     bundle: PathBuf,
-    /// Where to install it.
+    /// Where to install it: absent, an empty folder, or an installed bundle.
     #[arg(long, default_value = INSTALLED_BUNDLE)]
     to: PathBuf,
+    /// Replace whatever --to holds (a file, a folder that is not a bundle).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(args: InstallBundleArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let m = install_bundle(&args.bundle, &args.to)
+    let m = install_bundle(&args.bundle, &args.to, args.force)
         .with_context(|| format!("installing {} as {}", args.bundle.display(), args.to.display()))?;
     let bytes: u64 = m.files.iter().map(|f| f.size).sum();
     println!(

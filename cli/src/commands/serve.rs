@@ -60,6 +60,12 @@ pub struct ServeArgs {
     max_new_tokens_limit: Option<usize>,
     #[arg(long)]
     min_face: Option<f32>,
+    #[arg(long)]
+    max_connections_per_peer: Option<usize>,
+    #[arg(long)]
+    max_event_streams: Option<usize>,
+    #[arg(long)]
+    event_stream_max_s: Option<f64>,
 }
 
 fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<ServeConfig> {
@@ -81,7 +87,10 @@ fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Resul
         request_timeout_s,
         drain_timeout_s,
         max_new_tokens_limit,
-        min_face
+        min_face,
+        max_connections_per_peer,
+        max_event_streams,
+        event_stream_max_s
     );
     macro_rules! over_opt {
         ($($field:ident),*) => { $( if args.$field.is_some() { c.$field = args.$field.clone(); } )* };
@@ -101,15 +110,27 @@ fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Resul
 }
 
 pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
+    emollama_serve::memory::configure_allocator();
     let config = serve_config(&args, ort_library)?;
     let profile = ProfileArgs { profile: config.profile.clone() }.resolve()?;
+    let warnings = config.warnings();
     if args.check_config {
         // A freshly installed package has no bundle yet: that is a state to report, not
-        // an error in the configuration.
+        // an error in the configuration; a bundle the configuration names must be there.
         let bundle = match locate_bundle(config.bundle.as_deref()) {
-            Ok((dir, _)) => dir.display().to_string(),
-            Err(e) => format!("none yet ({e})"),
+            Ok((dir, _)) => {
+                emollama_bundle::Bundle::open(&dir).with_context(|| format!("bundle = {}", dir.display()))?;
+                dir.display().to_string()
+            }
+            Err(e) if config.bundle.is_none() => format!("none yet ({e})"),
+            Err(e) => anyhow::bail!(
+                "invalid configuration: bundle = {}: {e}",
+                config.bundle.as_ref().expect("named").display()
+            ),
         };
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
         println!(
             "configuration OK: listen {}, bundle {bundle}, profile {}, uploads in {}",
             config.listen,
@@ -117,6 +138,9 @@ pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
             config.upload_parent().display()
         );
         return Ok(());
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
     }
     let (bundle, _) = locate_bundle(config.bundle.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -65,6 +65,8 @@ pub const VIDEO_EXTENSIONS: [&str; 6] = ["mp4", "avi", "mkv", "mov", "webm", "fl
 /// is an error naming the line: a wrong list must not become a wrong metric.
 pub fn read_list(path: &Path, labels: &[&str]) -> Result<Vec<Clip>, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+    // A UTF-8 byte-order mark (Windows editors write one) is not part of the first name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut clips: Vec<Clip> = Vec::new();
     let mut seen = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -76,6 +78,13 @@ pub fn read_list(path: &Path, labels: &[&str]) -> Result<Vec<Clip>, EvalError> {
         }
         if !(3..=4).contains(&fields.len()) {
             return Err(bad(format!("{} fields; expected `name num_frames label [valence]`", fields.len())));
+        }
+        // A name is a file name inside --videos and the feature folders, nothing more.
+        let name = fields[0];
+        let plain =
+            matches!(Path::new(name).components().collect::<Vec<_>>().as_slice(), [std::path::Component::Normal(_)]);
+        if !plain || name.contains('\\') {
+            return Err(bad(format!("the name {name:?} is not a plain file name (it would be read outside --videos)")));
         }
         let frames = fields[1].parse().map_err(|_| bad(format!("num_frames {:?} is not a count", fields[1])))?;
         let label = fields[2].to_lowercase();
@@ -101,18 +110,32 @@ pub fn read_list(path: &Path, labels: &[&str]) -> Result<Vec<Clip>, EvalError> {
 /// `sentence`, `sentence_en` (MER2024) or `english`.
 pub fn read_transcripts(path: &Path) -> Result<BTreeMap<String, String>, EvalError> {
     let bad = |reason: String| EvalError::Transcripts { path: path.into(), reason };
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_path(path).map_err(|e| bad(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    // A UTF-8 byte-order mark is not part of the first column's name.
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf".as_slice()).unwrap_or(&bytes);
+    // Not flexible: a row with a field more or less (an unclosed quote swallows the rows
+    // after it into one field) is an error naming the row.
+    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(bytes);
     let headers = reader.headers().map_err(|e| bad(e.to_string()))?.clone();
     let column = |names: &[&str]| headers.iter().position(|h| names.contains(&h.trim().to_lowercase().as_str()));
     let name_col = column(&["name", "names"]).ok_or_else(|| bad("no `name` column in the header".into()))?;
     let text_col = column(&["sentence", "sentence_en", "english"])
         .ok_or_else(|| bad("no `sentence` (or `sentence_en`, `english`) column in the header".into()))?;
     let mut out = BTreeMap::new();
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| bad(format!("row {}: {e}", i + 2)))?;
-        if let (Some(name), Some(text)) = (record.get(name_col), record.get(text_col)) {
-            out.insert(name.trim().to_string(), text.trim().to_string());
+    let mut rows = BTreeMap::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| bad(e.to_string()))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let (name, text) = (record.get(name_col).unwrap_or("").trim(), record.get(text_col).unwrap_or("").trim());
+        // A transcript is one line of speech: a line break inside a field is an
+        // unclosed quote that ran on into the next rows.
+        if text.contains(['\n', '\r']) || name.contains(['\n', '\r']) {
+            return Err(bad(format!("row {line}: a field runs over several lines (an unclosed quote?)")));
         }
+        if let Some(first) = rows.insert(name.to_string(), line) {
+            return Err(bad(format!("row {line}: {name} has a transcript already (row {first})")));
+        }
+        out.insert(name.to_string(), text.to_string());
     }
     Ok(out)
 }
@@ -133,10 +156,14 @@ impl DatasetPaths {
         let file = |dir: &Option<PathBuf>| -> Result<Option<PathBuf>, String> {
             let Some(dir) = dir else { return Ok(None) };
             let p = dir.join(format!("{name}.npy"));
-            if p.is_file() {
-                Ok(Some(p))
-            } else {
-                Err(format!("no features file {}", p.display()))
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() => Ok(Some(p)),
+                Ok(m) => Err(format!(
+                    "features file {} is {}, not a regular file",
+                    p.display(),
+                    emollama_bundle::files::describe_kind(&m)
+                )),
+                Err(_) => Err(format!("no features file {}", p.display())),
             }
         };
         Ok(FeatureFiles {

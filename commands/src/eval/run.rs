@@ -220,6 +220,19 @@ pub fn read_rows(path: &Path, truncate: bool) -> Result<Vec<EvalRow>, EvalError>
     Ok(rows)
 }
 
+/// Replace the results file with `rows` (temporary name, synced, then renamed).
+fn rewrite_rows(path: &Path, rows: &[EvalRow]) -> Result<(), EvalError> {
+    let tmp = path.with_extension("jsonl.partial");
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&serde_json::to_string(r).expect("a row serialises"));
+        text.push('\n');
+    }
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
 /// The last row of each clip (a failed clip retried later has two).
 pub fn latest_rows(rows: Vec<EvalRow>) -> BTreeMap<String, EvalRow> {
     rows.into_iter().map(|r| (r.name.clone(), r)).collect()
@@ -265,7 +278,13 @@ pub fn run_eval(
     if let Some(other) = rows.iter().find(|r| r.run != key) {
         return Err(EvalError::OtherRun { path: results, found: other.run.to_string(), expected: key.to_string() });
     }
+    // One row per clip: the clips that failed before are retried, their old rows go (a
+    // file that kept them would grow by a failure row per clip at every rerun).
     let done: BTreeSet<String> = rows.iter().filter(|r| r.error.is_none()).map(|r| r.name.clone()).collect();
+    if rows.iter().any(|r| r.error.is_some()) || latest_rows(rows.clone()).len() < rows.len() {
+        rows = latest_rows(rows).into_values().filter(|r| r.error.is_none()).collect();
+        rewrite_rows(&results, &rows)?;
+    }
     // Clips whose latest row is an error, kept up to date row by row.
     let mut failed = BTreeSet::new();
     let note_row = |failed: &mut BTreeSet<String>, r: &EvalRow| {

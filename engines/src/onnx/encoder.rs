@@ -190,7 +190,14 @@ impl EncoderEngine {
             let tensor = TensorRef::from_array_view(array).map_err(run_err)?;
             feeds.push(((*name).into(), tensor.into()));
         }
-        let options = Arc::new(RunOptions::new().map_err(run_err)?);
+        let mut options = RunOptions::new().map_err(run_err)?;
+        if has_dynamic_inputs(&self.inputs) {
+            // Inputs of varying shapes (a clip's length, a frame's face count) leave the
+            // arena at the largest a run ever needed: hand back what this run grew.
+            let device = if self.provider == Provider::Cpu { "cpu:0" } else { "cpu:0;gpu:0" };
+            options.set("memory.enable_memory_arena_shrinkage", device).map_err(run_err)?;
+        }
+        let options = Arc::new(options);
         if cancel.is_some_and(|c| !c.register(&options)) {
             return Err(EngineError::Cancelled);
         }
@@ -248,6 +255,11 @@ enum Skip {
     Fatal(EngineError),
 }
 
+/// Whether any input has a named dynamic axis.
+fn has_dynamic_inputs(inputs: &[TensorSpec]) -> bool {
+    inputs.iter().any(|i| i.shape.iter().any(|d| matches!(d, Dim::Dynamic(_))))
+}
+
 fn build_session(
     rt: &OrtRuntime,
     name: &str,
@@ -265,6 +277,11 @@ fn build_session(
         .map_err(|e| create_err(e.into()))?;
     if opts.intra_threads > 0 {
         builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| create_err(e.into()))?;
+    }
+    if has_dynamic_inputs(inputs) {
+        // A memory pattern is planned per input shape and kept for each shape seen: with
+        // shapes that vary per request, an unbounded cache.
+        builder = builder.with_memory_pattern(false).map_err(|e| create_err(e.into()))?;
     }
     match provider {
         Provider::Cpu => {}
