@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use emollama_bundle::{Bundle, Dim, Role, TensorSpec};
 use emollama_devices::{HostInfo, Profile};
+use emollama_engines::onnx::graph::read_model;
 use emollama_engines::onnx::{
-    available_providers, init_runtime, EncoderEngine, EngineOptions, OrtRuntime, Provider, ProviderPolicy,
-    TensorRtOptions,
+    available_providers, check_profiles, init_runtime, EncoderEngine, EngineOptions, GraphVerdict, OrtRuntime,
+    Provider, ProviderPolicy, TensorRtOptions, TensorRtSupport,
 };
 use emollama_media::faces::FaceSearch;
 
@@ -163,6 +164,40 @@ fn holds_engine(dir: &Path) -> bool {
     })
 }
 
+/// The static TensorRT verdict on one engine's graph.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineCheck {
+    pub role: String,
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub verdict: GraphVerdict,
+}
+
+/// Every engine of the plan checked against the TensorRT support list this binary
+/// carries and against the optimisation profiles the plan asks for. Needs no GPU and no
+/// TensorRT: a graph TensorRT would refuse is found here, not after a first build.
+pub fn check(plan: &CompilePlan) -> Vec<EngineCheck> {
+    let support = TensorRtSupport::bundled();
+    plan.engines
+        .iter()
+        .map(|e| {
+            let verdict = match read_model(&e.path) {
+                Ok(model) => {
+                    let mut verdict = support.check_graph(&model);
+                    check_profiles(&model, &e.inputs, &e.tensorrt, &mut verdict);
+                    verdict
+                }
+                Err(err) => GraphVerdict {
+                    tensorrt: support.source.tensorrt.clone(),
+                    refusals: vec![err.to_string()],
+                    ..Default::default()
+                },
+            };
+            EngineCheck { role: e.role.clone(), path: e.path.clone(), verdict }
+        })
+        .collect()
+}
+
 /// Build every pending engine: a TensorRT session (TensorRT required, no fallback) and
 /// one warm-up run, which leaves the engine in the cache.
 pub fn compile(
@@ -172,8 +207,14 @@ pub fn compile(
     if let Some(reason) = &plan.tensorrt_unavailable {
         return Err(CommandError::TensorRtUnavailable { reason: reason.clone() });
     }
-    let started = Instant::now();
     let pending: Vec<&EngineTarget> = plan.pending().collect();
+    // Minutes of building end in a refusal the static check sees at once.
+    if let Some(failed) =
+        check(plan).into_iter().find(|c| !c.verdict.passes() && pending.iter().any(|e| e.role == c.role))
+    {
+        return Err(CommandError::TensorRtRefuses { role: failed.role, reasons: failed.verdict.refusals.join("; ") });
+    }
+    let started = Instant::now();
     let total_bytes: u64 = pending.iter().map(|e| e.bytes).sum();
     let mut done_bytes = 0u64;
     let mut built = Vec::new();

@@ -17,6 +17,8 @@ pub enum CommandError {
     Write(#[from] crate::outputs::WriteError),
     #[error("TensorRT is not available: {reason}; nothing to compile (the encoders run on CUDA or the CPU)")]
     TensorRtUnavailable { reason: String },
+    #[error("engine {role}: TensorRT would refuse its graph: {reasons}")]
+    TensorRtRefuses { role: String, reasons: String },
     #[error("I/O on {path}: {source}")]
     Io {
         path: PathBuf,

@@ -10,6 +10,10 @@ pub enum EngineError {
     OrtLibraryLoad { path: PathBuf, message: String },
     #[error("ONNX Runtime environment: {0}")]
     OrtEnvironment(String),
+    #[error("{path} is not a readable ONNX graph: {reason}")]
+    InvalidGraph { path: PathBuf, reason: String },
+    #[error("the TensorRT support data is invalid: {0}")]
+    SupportData(String),
     #[error("engine {engine}: model file {path} is missing")]
     ModelFileMissing { engine: String, path: PathBuf },
     #[error("engine {engine}: ONNX Runtime cannot load {path}: {message}")]

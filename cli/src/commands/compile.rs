@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use emollama_bundle::locations::locate_bundle;
 use emollama_bundle::Bundle;
-use emollama_commands::compile::{compile, compile_plan, CompileEvent};
+use emollama_commands::compile::{check, compile, compile_plan, CompileEvent, EngineCheck};
+use emollama_engines::onnx::TensorRtSupport;
 use emollama_serve::ServeConfig;
 
 use crate::args::{host, ProfileArgs};
@@ -28,6 +29,11 @@ pub struct CompileArgs {
     /// Only list the engines, their cache folders and whether each is current.
     #[arg(long)]
     list: bool,
+    /// Check every engine's graph against the ONNX operators, opsets and types TensorRT
+    /// supports and against the optimisation profiles the plan asks for, without a GPU;
+    /// exits 1 if TensorRT would refuse one.
+    #[arg(long, conflicts_with = "list")]
+    check: bool,
     #[arg(long)]
     json: bool,
 }
@@ -41,6 +47,42 @@ fn minutes(s: f64) -> String {
     }
 }
 
+fn print_check(bundle: &str, profile: &str, checks: &[EngineCheck], json: bool) -> anyhow::Result<()> {
+    let source = &TensorRtSupport::bundled().source;
+    if json {
+        println!("{}", serde_json::to_string_pretty(checks)?);
+    } else {
+        println!("bundle {bundle} on {profile}, checked against TensorRT {} ({})", source.tensorrt, source.document);
+        for c in checks {
+            let v = &c.verdict;
+            let opset = v.opset.map_or("no opset".into(), |o| format!("opset {o}"));
+            let verdict = if v.passes() { "pass" } else { "REFUSED" };
+            let profiles = match v.profiles {
+                1 => "1 profile".to_string(),
+                n => format!("{n} profiles"),
+            };
+            println!("  {:<18} {verdict:<8} {opset}, {} operators, {profiles}", c.role, v.operators.len());
+            for r in &v.refusals {
+                println!("  {:<18}   refused: {r}", "");
+            }
+            for w in &v.warnings {
+                println!("  {:<18}   warning: {w}", "");
+            }
+        }
+    }
+    let refused: Vec<&str> = checks.iter().filter(|c| !c.verdict.passes()).map(|c| c.role.as_str()).collect();
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "TensorRT {} would refuse {} of {} engines: {}",
+            source.tensorrt,
+            refused.len(),
+            checks.len(),
+            refused.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: CompileArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
     let config = ServeConfig::load(args.config.as_deref())?;
     let ort_library = ort_library.or(config.ort_library.clone());
@@ -48,6 +90,9 @@ pub fn run(args: CompileArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
     let (dir, _) = locate_bundle(args.bundle.as_deref().or(config.bundle.as_deref()))?;
     let bundle = Bundle::open(&dir)?;
     let plan = compile_plan(&bundle, &profile, &host()?, ort_library.as_deref(), &config.face_search())?;
+    if args.check {
+        return print_check(&plan.bundle, &plan.profile, &check(&plan), args.json);
+    }
     if args.list || args.json {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);

@@ -82,6 +82,9 @@ impl ProviderPolicy {
     }
 }
 
+/// One optimisation profile: each input's min, opt and max dims.
+pub type OptimisationProfile = Vec<(String, [Vec<u64>; 3])>;
+
 /// TensorRT settings. Engines are cached per (device, versions, precision, shapes, model)
 /// so that an engine built for another JetPack or TensorRT is rebuilt, never loaded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -126,33 +129,56 @@ impl TensorRtOptions {
         Some(root.join("tensorrt").join(self.cache_key(ort_version, model_sha256, inputs)))
     }
 
+    /// The optimisation profiles for `inputs`, from the manifest's dynamic axes; `None`
+    /// when an axis has no range. An input with exact shapes gives one profile per shape
+    /// (the other inputs repeat their range in each).
+    pub fn profiles(&self, inputs: &[TensorSpec]) -> Option<Vec<OptimisationProfile>> {
+        let count = inputs.iter().filter_map(|i| self.exact_shapes.get(&i.name)).map(Vec::len).max().unwrap_or(1);
+        (0..count)
+            .map(|p| {
+                inputs
+                    .iter()
+                    .map(|spec| {
+                        let bounds = match self.exact_shapes.get(&spec.name) {
+                            Some(shapes) => {
+                                let dims = shapes.get(p).or(shapes.last())?;
+                                [dims.clone(), dims.clone(), dims.clone()]
+                            }
+                            None => {
+                                let bound = |k: usize| {
+                                    spec.shape
+                                        .iter()
+                                        .map(|d| match d {
+                                            Dim::Fixed(n) => Some(*n),
+                                            Dim::Dynamic(axis) => self.dynamic_ranges.get(axis).map(|r| r[k]),
+                                        })
+                                        .collect::<Option<Vec<u64>>>()
+                                };
+                                [bound(0)?, bound(1)?, bound(2)?]
+                            }
+                        };
+                        Some((spec.name.clone(), bounds))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// TensorRT optimization-profile strings (`name:1x3x448x448,...`) for min, opt and
-    /// max, from the manifest's dynamic axes; `None` when an axis has no range. An input
-    /// with exact shapes gives one profile per shape: ONNX Runtime reads an input named
-    /// again as the next profile (the other inputs repeat their range in each).
+    /// max: ONNX Runtime reads an input named again as the next profile.
     pub fn profile_shapes(&self, inputs: &[TensorSpec]) -> Option<[String; 3]> {
-        let profiles = inputs.iter().filter_map(|i| self.exact_shapes.get(&i.name)).map(Vec::len).max().unwrap_or(1);
-        let mut out: [Vec<String>; 3] = Default::default();
-        for p in 0..profiles {
-            for spec in inputs {
-                for (k, slot) in out.iter_mut().enumerate() {
-                    let dims: Vec<u64> = match self.exact_shapes.get(&spec.name) {
-                        Some(shapes) => shapes.get(p).or(shapes.last())?.clone(),
-                        None => spec
-                            .shape
-                            .iter()
-                            .map(|d| match d {
-                                Dim::Fixed(n) => Some(*n),
-                                Dim::Dynamic(axis) => self.dynamic_ranges.get(axis).map(|r| r[k]),
-                            })
-                            .collect::<Option<_>>()?,
-                    };
-                    let dims: Vec<String> = dims.iter().map(u64::to_string).collect();
-                    slot.push(format!("{}:{}", spec.name, dims.join("x")));
-                }
-            }
-        }
-        Some(out.map(|v| v.join(",")))
+        let profiles = self.profiles(inputs)?;
+        Some([0, 1, 2].map(|k| {
+            profiles
+                .iter()
+                .flatten()
+                .map(|(name, bounds)| {
+                    let dims: Vec<String> = bounds[k].iter().map(u64::to_string).collect();
+                    format!("{name}:{}", dims.join("x"))
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        }))
     }
 }
 

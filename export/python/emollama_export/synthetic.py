@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 import transformers
 
-from . import EXPORTER_VERSION, memory
+from . import EXPORTER_VERSION, memory, tensorrt_support
 from .audio import AudioEngine, hubert_config
 from .eva import EvaConfig, GlobalEngine
 from .llama import spliced_reference, tiny_llama, write_gguf
@@ -69,6 +69,9 @@ def export_onnx(module, args, path: Path, inputs: list, outputs: list, dynamic: 
             dynamic_axes=dynamic, opset_version=17, dynamo=False, do_constant_folding=fold,
         )
     module.eval()  # the legacy exporter restores training mode
+    # A graph TensorRT would refuse is no engine for a Jetson: refuse it here, named.
+    for warning in tensorrt_support.require(tmp, shown=path.name):
+        log(f"{path.name}: TensorRT: {warning}")
     tmp.replace(path)
 
 
