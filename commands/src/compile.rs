@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use emollama_bundle::{Bundle, Dim, Role, TensorSpec};
 use emollama_devices::{HostInfo, Profile};
 use emollama_engines::onnx::graph::read_model;
+use emollama_engines::onnx::providers::provider_problem;
 use emollama_engines::onnx::{
     available_providers, check_profiles, init_runtime, EncoderEngine, EngineOptions, GraphVerdict, OrtRuntime,
     Provider, ProviderPolicy, TensorRtOptions, TensorRtSupport,
@@ -19,7 +20,7 @@ use emollama_engines::onnx::{
 use emollama_media::faces::FaceSearch;
 
 use crate::CommandError;
-use emollama_runtime::pipeline::{planned_config, warm_up};
+use emollama_runtime::pipeline::{planned_engine_config, warm_up};
 
 /// How often a long build reports that it is still running.
 const STILL_BUILDING_EVERY: Duration = Duration::from_secs(30);
@@ -98,7 +99,7 @@ fn tensorrt_unavailable(library: &Path) -> Option<String> {
             library.display()
         ));
     }
-    None
+    provider_problem(library, Provider::TensorRt)
 }
 
 /// The engines of `bundle` on `profile` (the four encoders, the projectors, the face
@@ -111,7 +112,7 @@ pub fn compile_plan(
     ort_library: Option<&Path>,
     faces: &FaceSearch,
 ) -> Result<CompilePlan, CommandError> {
-    let (_, config) = planned_config(bundle, profile, Some(host))?;
+    let config = planned_engine_config(bundle, profile, Some(host))?;
     let rt = init_runtime(ort_library)?;
     let base = EngineOptions { intra_threads: config.threads, policy: config.providers.clone(), ..Default::default() };
     let mut engines = Vec::new();

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use emollama_bundle::Bundle;
 use emollama_devices::{detect, plan, HostInfo, Outcome, Plan, Profile};
+use emollama_engines::llm::{devices, gpu_compiled_in, no_gpu_reason, ComputeDevice};
+use emollama_engines::onnx::providers::provider_problem;
 use emollama_engines::onnx::{available_providers, init_runtime};
 use serde::Serialize;
 
@@ -13,7 +15,10 @@ pub struct OrtReport {
     pub version: Option<String>,
     pub library: Option<PathBuf>,
     pub providers_compiled: Vec<String>,
+    /// Providers whose libraries load here (a session may still find no device).
     pub providers_available: Vec<String>,
+    /// Providers the library lists that cannot start here, with the loader's reason.
+    pub providers_unusable: std::collections::BTreeMap<String, String>,
     pub error: Option<String>,
 }
 
@@ -22,7 +27,11 @@ pub struct DoctorReport {
     pub host: HostInfo,
     pub profile: Option<String>,
     pub onnxruntime: OrtReport,
+    /// Where llama.cpp computes: `cuda` when a GPU device answered, else `cpu`.
     pub llama_cpp_backend: String,
+    /// Whether this build has llama.cpp's CUDA backend, device or not.
+    pub llama_cpp_cuda_compiled: bool,
+    pub llama_cpp_devices: Vec<ComputeDevice>,
     pub llama_cpp_system: String,
     pub bundle: Option<PathBuf>,
     pub plan: Option<Plan>,
@@ -42,13 +51,27 @@ pub fn doctor(root: &Path, profiles: &[Profile], ort_library: Option<&Path>, bun
     .map(|p| p.to_string())
     .collect();
     let onnxruntime = match init_runtime(ort_library) {
-        Ok(rt) => OrtReport {
-            version: Some(rt.version.clone()),
-            library: Some(rt.library.clone()),
-            providers_compiled: compiled,
-            providers_available: available_providers().iter().map(ToString::to_string).collect(),
-            error: None,
-        },
+        Ok(rt) => {
+            let mut unusable = std::collections::BTreeMap::new();
+            let mut usable = Vec::new();
+            for p in available_providers() {
+                match provider_problem(&rt.library, p) {
+                    Some(reason) => {
+                        problems.push(format!("ONNX Runtime's {p} provider cannot start: {reason}"));
+                        unusable.insert(p.to_string(), reason);
+                    }
+                    None => usable.push(p.to_string()),
+                }
+            }
+            OrtReport {
+                version: Some(rt.version.clone()),
+                library: Some(rt.library.clone()),
+                providers_compiled: compiled,
+                providers_available: usable,
+                providers_unusable: unusable,
+                error: None,
+            }
+        }
         Err(e) => {
             problems.push(format!("ONNX Runtime: {e}"));
             OrtReport {
@@ -56,6 +79,7 @@ pub fn doctor(root: &Path, profiles: &[Profile], ort_library: Option<&Path>, bun
                 library: None,
                 providers_compiled: compiled,
                 providers_available: Vec::new(),
+                providers_unusable: Default::default(),
                 error: Some(e.to_string()),
             }
         }
@@ -70,8 +94,12 @@ pub fn doctor(root: &Path, profiles: &[Profile], ort_library: Option<&Path>, bun
         }
     }
     let system = emollama_engines::llm::system_info();
-    let backend = if system.contains("CUDA") { "cuda" } else { "cpu" }.to_string();
-    if host.nvidia_gpu && backend == "cpu" {
+    let llama_devices = devices();
+    let backend = if llama_devices.iter().any(ComputeDevice::is_gpu) { "cuda" } else { "cpu" }.to_string();
+    if gpu_compiled_in() && backend == "cpu" {
+        problems
+            .push(format!("llama.cpp was built with CUDA but sees no GPU, it runs on the CPU: {}", no_gpu_reason()));
+    } else if host.nvidia_gpu && backend == "cpu" {
         problems.push(
             "llama.cpp runs on the CPU: build with `--features llama-cuda` (CMAKE_CUDA_ARCHITECTURES=87 on Orin)"
                 .into(),
@@ -98,6 +126,8 @@ pub fn doctor(root: &Path, profiles: &[Profile], ort_library: Option<&Path>, bun
         host,
         onnxruntime,
         llama_cpp_backend: backend,
+        llama_cpp_cuda_compiled: gpu_compiled_in(),
+        llama_cpp_devices: llama_devices,
         llama_cpp_system: system,
         bundle: bundle.map(Path::to_path_buf),
         plan,
@@ -129,7 +159,18 @@ impl DoctorReport {
             o.providers_compiled.join(", "),
             o.providers_available.join(", ")
         );
-        s += &format!("llama.cpp  {} backend; {}\n", self.llama_cpp_backend, self.llama_cpp_system);
+        for (p, reason) in &o.providers_unusable {
+            s += &format!("           {p} cannot start: {reason}\n");
+        }
+        let devices: Vec<String> =
+            self.llama_cpp_devices.iter().map(|d| format!("{} ({})", d.name, d.description)).collect();
+        s += &format!(
+            "llama.cpp  {} backend{}; devices {}; {}\n",
+            self.llama_cpp_backend,
+            if self.llama_cpp_cuda_compiled { " (CUDA compiled in)" } else { "" },
+            devices.join(", "),
+            self.llama_cpp_system
+        );
         s += &format!("CPU        {}\n", h.cpu_features.join(" "));
         if let Some(p) = &self.plan {
             s += &format!("plan       {}\n", p.message);

@@ -74,7 +74,7 @@ impl RuntimeConfig {
             threads: s.threads,
             n_ctx: s.n_ctx,
             n_batch: s.n_batch,
-            n_gpu_layers: if cfg!(feature = "llama-cuda") { profile.defaults.n_gpu_layers } else { 0 },
+            n_gpu_layers: if emollama_engines::llm::gpu_compiled_in() { profile.defaults.n_gpu_layers } else { 0 },
             kv_type: s.kv_type,
             encoders: s.encoders,
             face_detectors: s.face_detectors,

@@ -136,6 +136,11 @@ pub struct Pipeline {
     /// Rows of zero features, [local, temporal, audio] × width.
     pub(crate) zero_rows: Vec<f32>,
     llm: Arc<LlmModel>,
+    /// Where the LLM's layers run: `cuda` or `cpu`.
+    llm_device: &'static str,
+    /// Why a GPU was asked for and not used (an encoder provider that could not start,
+    /// llama.cpp without a GPU device), for `/readyz` and the log.
+    fallbacks: Vec<String>,
     /// LLM contexts of finished requests, cleared, for the next ones (a context's
     /// buffers are allocated once, not per request).
     contexts: Mutex<Vec<LlmContext>>,
@@ -179,11 +184,33 @@ pub fn planned_config(
             message: plan.message.clone(),
         });
     }
-    let mut config = RuntimeConfig::from_plan(profile, &plan, m.preprocess.audio.sample_rate);
-    if let Some(host) = host {
-        config = config.with_host(host);
-    }
+    let config = config_of(bundle, profile, &plan, host);
     Ok((plan, config))
+}
+
+/// The configuration of the encoders, projectors and face nets alone: the LLM's type
+/// does not shape them, so a bundle whose LLM must be requantized for `profile` still
+/// gets it (the requantized bundle's engines are the same files). A bundle that does not
+/// fit at all is refused as by [`planned_config`].
+pub fn planned_engine_config(
+    bundle: &Bundle,
+    profile: &Profile,
+    host: Option<&HostInfo>,
+) -> Result<RuntimeConfig, RuntimeError> {
+    match planned_config(bundle, profile, host) {
+        Err(RuntimeError::NeedsRequantize { .. }) => {
+            Ok(config_of(bundle, profile, &plan(bundle.manifest(), profile), host))
+        }
+        other => other.map(|(_, config)| config),
+    }
+}
+
+fn config_of(bundle: &Bundle, profile: &Profile, plan: &Plan, host: Option<&HostInfo>) -> RuntimeConfig {
+    let config = RuntimeConfig::from_plan(profile, plan, bundle.manifest().preprocess.audio.sample_rate);
+    match host {
+        Some(host) => config.with_host(host),
+        None => config,
+    }
 }
 
 impl Pipeline {
@@ -224,11 +251,13 @@ impl Pipeline {
         let in_turn = config.encoders == Residency::InTurn;
         // Each encoder is loaded and warmed up once (which also checks it); in turn, it
         // is then released until a request needs it.
+        let encoder_fallbacks = std::cell::RefCell::new(Vec::new());
         let load = |role: Role| -> Result<EncoderSlot, RuntimeError> {
             let e = bundle.required(&role)?;
             let opts = EngineOptions { model_sha256: e.sha256.clone(), ..opts.clone() };
             let path = bundle.path_of(e);
             let engine = EncoderEngine::load(rt, role.as_str(), &path, e.inputs.clone(), e.outputs.clone(), &opts)?;
+            encoder_fallbacks.borrow_mut().extend(engine.fallbacks().iter().map(|f| format!("{}: {f}", role.as_str())));
             warm_up(&engine, sample_rate)?;
             Ok(if in_turn {
                 let provider = engine.provider().to_string();
@@ -291,6 +320,15 @@ impl Pipeline {
         // request needs anyway, and a device too small for them fails at load, not at
         // its first request.
         let first_context = LlmContext::new(llm.clone(), config.context_params())?;
+        let gpu = emollama_engines::llm::devices().iter().any(|d| d.is_gpu());
+        let llm_device = if config.n_gpu_layers > 0 && gpu { "cuda" } else { "cpu" };
+        let mut fallbacks = encoder_fallbacks.into_inner();
+        if emollama_engines::llm::gpu_compiled_in() && config.n_gpu_layers > 0 && !gpu {
+            fallbacks.push(format!("llm: no GPU, on the CPU: {}", emollama_engines::llm::no_gpu_reason()));
+        }
+        for f in &fallbacks {
+            tracing::warn!("{f}");
+        }
         Ok(Self {
             bundle,
             config,
@@ -300,6 +338,8 @@ impl Pipeline {
             faces,
             zero_rows,
             llm,
+            llm_device,
+            fallbacks,
             contexts: Mutex::new(vec![first_context]),
         })
     }
@@ -344,9 +384,10 @@ impl Pipeline {
         self.projectors.len() == crate::features::FeatureFiles::BLOCKS.len()
     }
 
-    /// Each encoder's provider; an encoder the bundle lacks is "absent".
+    /// Each encoder's provider (an encoder the bundle lacks is "absent") and the LLM's
+    /// device (`llm`: `cuda` or `cpu`).
     pub fn providers(&self) -> std::collections::BTreeMap<String, String> {
-        [
+        let mut out: std::collections::BTreeMap<String, String> = [
             ("global", Role::GlobalEngine),
             ("local", Role::LocalEngine),
             ("temporal", Role::TemporalEngine),
@@ -354,7 +395,14 @@ impl Pipeline {
         ]
         .iter()
         .map(|(n, role)| (n.to_string(), self.encoders.slot(role).map_or("absent".into(), EncoderSlot::provider)))
-        .collect()
+        .collect();
+        out.insert("llm".into(), self.llm_device.into());
+        out
+    }
+
+    /// Why a GPU provider or device was passed over, one line each (empty: none was).
+    pub fn fallbacks(&self) -> &[String] {
+        &self.fallbacks
     }
 
     /// Whether the encoders are loaded one after another (memory plan).

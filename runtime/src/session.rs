@@ -75,7 +75,8 @@ pub struct AnalyzeResult {
     pub stop: Option<StopReason>,
     /// The answer's token ids (for checks against a reference).
     pub answer_tokens: Vec<i32>,
-    /// What fell back to the official behaviour, and why (no audio, no face, …).
+    /// What fell back to the official behaviour, and why (no audio, no face, …), and
+    /// what runs on a slower device than asked for (a GPU provider that cannot start).
     pub notes: Vec<String>,
     /// What was read of the source.
     pub media: Option<MediaSummary>,
@@ -162,7 +163,8 @@ impl<'p> Session<'p> {
             cancel,
             started: Instant::now(),
             timings: Timings::new(),
-            notes: Vec::new(),
+            // A GPU build on a host without a GPU says so in every result, not in the log only.
+            notes: pipeline.fallbacks().to_vec(),
             observer: None,
             clip: None,
             waveform: None,

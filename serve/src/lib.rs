@@ -38,7 +38,10 @@ pub struct ReadyInfo {
     pub bundle: String,
     pub synthetic: bool,
     pub profile: String,
+    /// Each encoder's execution provider and the LLM's device (`llm`).
     pub providers: std::collections::BTreeMap<String, String>,
+    /// Why a GPU provider or device was passed over (a GPU build on a host without one).
+    pub fallbacks: Vec<String>,
     pub power_mode: Option<String>,
     pub warm_up_ms: f64,
 }
@@ -144,7 +147,8 @@ pub async fn serve(
             if !loader.draining.load(Ordering::SeqCst) {
                 loader.watch.start(runtime);
             }
-            let status = format!("STATUS=ready: bundle {} on {}", info.bundle, info.profile);
+            let on = if info.providers.values().any(|p| p == "cuda" || p == "tensorrt") { "GPU" } else { "CPU" };
+            let status = format!("STATUS=ready: bundle {} on {} ({on})", info.bundle, info.profile);
             let _ = loader.ready.set(info);
             systemd::notify("READY=1");
             systemd::notify(&status);

@@ -310,4 +310,7 @@ fn the_binary_links_no_exporter_and_the_library_crates_no_server_or_cli_parser()
     }
     let media = crate_names(&tree("emollama-media"));
     assert!(!media.iter().any(|c| c == "emollama-runtime" || c == "axum"), "{media:?}");
+    // What travels to a lent GPU machine needs no FFmpeg there.
+    let device_check = crate_names(&tree("emollama-device-check"));
+    assert!(!device_check.iter().any(|c| c.starts_with("ffmpeg") || c == "emollama-media"), "{device_check:?}");
 }

@@ -165,6 +165,7 @@ pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
                 synthetic: m.synthetic,
                 profile: profile.name.clone(),
                 providers: pipeline.providers(),
+                fallbacks: pipeline.fallbacks().to_vec(),
                 power_mode: host.power_mode.clone(),
                 warm_up_ms: started.elapsed().as_secs_f64() * 1e3,
             };

@@ -21,6 +21,73 @@ pub fn system_info() -> String {
     unsafe { CStr::from_ptr(sys::llama_print_system_info()) }.to_string_lossy().trim().to_string()
 }
 
+/// One device llama.cpp can compute on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComputeDevice {
+    /// `CPU`, `CUDA0`, …
+    pub name: String,
+    pub description: String,
+    /// `cpu`, `gpu`, `igpu` (an integrated GPU sharing the host's memory, as on Jetson), `accel`.
+    pub kind: &'static str,
+    pub memory_free: u64,
+    pub memory_total: u64,
+}
+
+impl ComputeDevice {
+    pub fn is_gpu(&self) -> bool {
+        matches!(self.kind, "gpu" | "igpu")
+    }
+}
+
+/// The devices llama.cpp found: the CPU, and a GPU only when a GPU backend is compiled
+/// in and its driver and device answered (a CUDA build on a host without a GPU lists
+/// the CPU alone).
+pub fn devices() -> Vec<ComputeDevice> {
+    init_backend();
+    let text = |p: *const c_char| {
+        // SAFETY: ggml returns NUL-terminated strings owned by the device (static).
+        if p.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    // SAFETY: indices below ggml_backend_dev_count() are valid devices for the process.
+    (0..unsafe { sys::ggml_backend_dev_count() })
+        .map(|i| unsafe {
+            let dev = sys::ggml_backend_dev_get(i);
+            let (mut free, mut total) = (0usize, 0usize);
+            sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+            ComputeDevice {
+                name: text(sys::ggml_backend_dev_name(dev)),
+                description: text(sys::ggml_backend_dev_description(dev)),
+                kind: match sys::ggml_backend_dev_type(dev) {
+                    sys::GGML_BACKEND_DEVICE_TYPE_CPU => "cpu",
+                    sys::GGML_BACKEND_DEVICE_TYPE_GPU => "gpu",
+                    sys::GGML_BACKEND_DEVICE_TYPE_IGPU => "igpu",
+                    _ => "accel",
+                },
+                memory_free: free as u64,
+                memory_total: total as u64,
+            }
+        })
+        .collect()
+}
+
+/// Whether this build has a GPU backend (CUDA) compiled in, device or not.
+pub fn gpu_compiled_in() -> bool {
+    cfg!(feature = "llama-cuda")
+}
+
+/// Why a CUDA build finds no GPU: no driver library, or a driver with no device.
+pub fn no_gpu_reason() -> String {
+    // SAFETY: the NVIDIA driver's library, loaded to see whether it exists; nothing is called.
+    match unsafe { libloading::Library::new("libcuda.so.1") } {
+        Err(e) => format!("the NVIDIA driver is not installed ({e})"),
+        Ok(_) => "the NVIDIA driver is installed but no CUDA device answered (see nvidia-smi)".into(),
+    }
+}
+
 unsafe extern "C" fn log_to_tracing(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
     if text.is_null() {
         return;

@@ -150,6 +150,11 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
+    /// Where the tensor data starts in the file (tensor offsets count from here).
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
     pub fn tensor(&self, name: &str) -> Option<&GgufTensor> {
         self.tensors.iter().find(|t| t.name == name)
     }

@@ -17,7 +17,7 @@ mod raw;
 mod sampling;
 mod text;
 
-pub use backend::{init_backend, system_info};
+pub use backend::{devices, gpu_compiled_in, init_backend, no_gpu_reason, system_info, ComputeDevice};
 pub use context::{ContextParams, FlashAttention, LlmContext, PerfCounters, PrefillReport, PrefixState, Segment};
 pub use generate::{GenerateOptions, Generation, StopReason};
 pub use model::{check_gguf_header, LlmModel, ModelParams};

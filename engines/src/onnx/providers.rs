@@ -213,6 +213,42 @@ pub fn available_providers() -> Vec<Provider> {
     out
 }
 
+/// Why a GPU provider the library lists cannot start here, found without creating a
+/// session: its provider library (`libonnxruntime_providers_<name>.so`, next to
+/// libonnxruntime) fails to load, and the loader names what it lacks (`libnvinfer.so.10`,
+/// `libcublasLt.so.13`, the driver's `libcuda.so.1`). `None`: it loads (a session may
+/// still find no device). The CPU provider is built into the library.
+pub fn provider_problem(library: &std::path::Path, provider: Provider) -> Option<String> {
+    let file = match provider {
+        Provider::Cpu => return None,
+        Provider::Cuda => "libonnxruntime_providers_cuda.so",
+        Provider::TensorRt => "libonnxruntime_providers_tensorrt.so",
+    };
+    let dir = library.parent().unwrap_or(std::path::Path::new("."));
+    let path = dir.join(file);
+    if !path.is_file() {
+        return Some(format!("{} is missing (ONNX Runtime's GPU build ships it next to the library)", path.display()));
+    }
+    // The provider libraries take their host interface from the shared one, loaded first
+    // and globally, as ONNX Runtime itself does.
+    // SAFETY: ONNX Runtime's own libraries, loaded as ONNX Runtime loads them; nothing of
+    // them is called, and they stay loaded (ONNX Runtime reuses the handles).
+    unsafe {
+        use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_LAZY, RTLD_NOW};
+        let shared = dir.join("libonnxruntime_providers_shared.so");
+        if let Err(e) = Library::open(Some(&shared), RTLD_NOW | RTLD_GLOBAL) {
+            return Some(e.to_string());
+        }
+        match Library::open(Some(&path), RTLD_LAZY) {
+            Ok(lib) => {
+                std::mem::forget(lib);
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

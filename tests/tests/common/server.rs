@@ -26,7 +26,12 @@ pub fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
 /// `emollama serve` on a free port of loopback, with the synthetic bundle and the sample
 /// media folder allowed; `stderr` where its log goes.
 pub fn start_with(extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
-    let mut cmd = Command::new(super::emollama_bin());
+    start_binary(&super::emollama_bin(), "x86-cpu", extra, env, stderr)
+}
+
+/// [`start_with`] for another build of emollama (the GPU build) on `profile`.
+pub fn start_binary(bin: &Path, profile: &str, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
+    let mut cmd = Command::new(bin);
     cmd.args([
         "serve",
         "--listen",
@@ -34,7 +39,7 @@ pub fn start_with(extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server
         "--bundle",
         super::bundle_dir().to_str().unwrap(),
         "--profile",
-        "x86-cpu",
+        profile,
     ])
     .args(["--allowed-dir", super::media_dir().to_str().unwrap()])
     .args(extra)
