@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use emollama_engines::llm::gguf::GgufFile;
-use emollama_engines::llm::{devices, ContextParams, LlmContext, LlmModel, ModelParams, Segment};
+use emollama_engines::llm::{argmax, devices, ContextParams, LlmContext, LlmModel, ModelParams, Segment};
 use serde::Serialize;
 use serde_json::json;
 
@@ -82,10 +82,6 @@ fn load(gguf: &Path, n_gpu_layers: i32) -> anyhow::Result<std::sync::Arc<LlmMode
     let model = LlmModel::load(gguf, &ModelParams { n_gpu_layers, use_mmap: true })
         .with_context(|| format!("loading {} with {n_gpu_layers} layers on the GPU", gguf.display()))?;
     Ok(std::sync::Arc::new(model))
-}
-
-fn argmax(logits: &[f32]) -> i32 {
-    logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as i32)
 }
 
 #[derive(Serialize)]

@@ -322,12 +322,12 @@ impl Pipeline {
         let first_context = LlmContext::new(llm.clone(), config.context_params())?;
         let gpu = emollama_engines::llm::devices().iter().any(|d| d.is_gpu());
         let llm_device = if config.n_gpu_layers > 0 && gpu { "cuda" } else { "cpu" };
+        // The encoders' fallbacks were logged by the engines as they loaded.
         let mut fallbacks = encoder_fallbacks.into_inner();
         if emollama_engines::llm::gpu_compiled_in() && config.n_gpu_layers > 0 && !gpu {
-            fallbacks.push(format!("llm: no GPU, on the CPU: {}", emollama_engines::llm::no_gpu_reason()));
-        }
-        for f in &fallbacks {
-            tracing::warn!("{f}");
+            let why = format!("llm: no GPU, on the CPU: {}", emollama_engines::llm::no_gpu_reason());
+            tracing::warn!("{why}");
+            fallbacks.push(why);
         }
         Ok(Self {
             bundle,

@@ -23,5 +23,5 @@ pub use generate::{GenerateOptions, Generation, StopReason};
 pub use model::{check_gguf_header, LlmModel, ModelParams};
 pub use quantize::quantize;
 pub use raw::raw_greedy_decode;
-pub use sampling::{apply_repetition_penalty, Sampler, SamplingParams};
+pub use sampling::{apply_repetition_penalty, argmax, Sampler, SamplingParams};
 pub use text::TextStream;

@@ -57,7 +57,7 @@ pub fn apply_repetition_penalty(logits: &mut [f32], ids: &[i32], penalty: f32) {
 }
 
 /// Arg-max, lowest id on ties (as `torch.argmax`).
-pub(crate) fn argmax(logits: &[f32]) -> i32 {
+pub fn argmax(logits: &[f32]) -> i32 {
     let mut best = 0usize;
     for (i, &l) in logits.iter().enumerate() {
         if l > logits[best] {

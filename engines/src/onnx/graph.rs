@@ -161,10 +161,10 @@ pub struct GraphTensor {
 /// Reads and decodes one ONNX file. Errors name the file.
 pub fn read_model(path: &Path) -> Result<ModelProto, EngineError> {
     let invalid = |reason: String| EngineError::InvalidGraph { path: path.to_path_buf(), reason };
-    let file = std::fs::File::open(path).map_err(|e| invalid(e.to_string()))?;
-    if !file.metadata().map_err(|e| invalid(e.to_string()))?.is_file() {
-        return Err(invalid("not a regular file".into()));
-    }
+    // A regular file only, opened without blocking (a FIFO in its place must not hang the
+    // check); the map costs no memory, so the size is not capped.
+    let (file, _) = emollama_bundle::files::open_regular(path, u64::MAX, emollama_bundle::files::Links::Follow)
+        .map_err(|e| invalid(e.to_string()))?;
     // SAFETY: the map is read-only and dropped before this returns; a file truncated
     // underneath it would fault, which a bundle's files (written once, renamed into
     // place) never are.
@@ -393,5 +393,10 @@ pub(crate) mod tests {
         assert!(err.contains("m.onnx") && err.contains("not an ONNX model"), "{err}");
         let err = read_model(dir.path()).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
+        // A FIFO is refused at once, not waited on.
+        let fifo = dir.path().join("fifo.onnx");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let err = read_model(&fifo).unwrap_err().to_string();
+        assert!(err.contains("FIFO"), "{err}");
     }
 }
