@@ -194,6 +194,7 @@ pub fn watch(
         sample_rate: pipeline.manifest().preprocess.audio.sample_rate,
         realtime: opts.realtime,
         stall_timeout_s: Some(opts.stall_timeout_s),
+        still: false,
     };
     let mut windows = 0u64;
     std::thread::scope(|scope| {

@@ -84,12 +84,15 @@ pub struct SourceOptions {
     /// A watch: a network source silent this long is lost (no bound on the whole read).
     /// A request (None): the limits' `network_timeout_s` bounds the whole read.
     pub stall_timeout_s: Option<f64>,
+    /// A still image is read as a one-frame video (a request that says it sends a still);
+    /// otherwise it is refused as not a video.
+    pub still: bool,
 }
 
 impl SourceOptions {
     /// A request's whole-input read.
     pub fn request(limits: MediaLimits, sample_rate: u32) -> Self {
-        Self { limits, sample_rate, realtime: false, stall_timeout_s: None }
+        Self { limits, sample_rate, realtime: false, stall_timeout_s: None, still: false }
     }
 }
 
@@ -286,7 +289,7 @@ impl Source {
             audio: stream_info(&input, Type::Audio),
         };
         if let Some(v) = &info.video {
-            if is_image_container(&info.container) {
+            if is_image_container(&info.container) && !opts.still {
                 return Err(MediaError::StillImage { source_name: name });
             }
             check_resolution(source, v, limits)?;

@@ -14,6 +14,7 @@ use emollama_engines::llm::{LlmContext, LlmModel, ModelParams};
 use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, OrtRuntime, Outputs, ProviderPolicy};
 use emollama_engines::CancelToken;
 use emollama_media::faces::FaceDetector;
+use emollama_media::{MediaError, Source, SourceKind, SourceOptions};
 use ndarray::ArrayViewD;
 
 use crate::config::RuntimeConfig;
@@ -415,6 +416,43 @@ impl Pipeline {
     pub fn check_request(&self, req: &AnalyzeRequest) -> Result<(), RuntimeError> {
         self.check_features(&req.features)?;
         self.session(req, CancelToken::new())?.check_fits()
+    }
+
+    /// How this pipeline reads a request's sources (its limits, the manifest's audio
+    /// rate; a still image only when the request says it sends one).
+    pub fn source_options(&self, still: bool) -> SourceOptions {
+        SourceOptions {
+            still,
+            ..SourceOptions::request(self.config.limits.clone(), self.manifest().preprocess.audio.sample_rate)
+        }
+    }
+
+    /// Open the request's local sources (the media, a separate audio track) and close
+    /// them, so that what cannot be read (not media, no video, no audio in the audio
+    /// source, a still sent as a video, over the limits) is refused before a slot is
+    /// taken; the service calls it before a run. URLs and live sources are read once,
+    /// by the run itself.
+    pub fn check_media(&self, req: &AnalyzeRequest) -> Result<(), RuntimeError> {
+        let opts = self.source_options(req.still);
+        let cancel = CancelToken::new();
+        let sources = [(Some(req.media.as_str()), req.shown_media(), false)].into_iter().chain([(
+            req.audio.as_deref(),
+            req.shown_audio().unwrap_or_default(),
+            true,
+        )]);
+        for (source, name, audio) in sources {
+            let Some(source) = source.filter(|s| SourceKind::of(s) == SourceKind::File) else { continue };
+            let opened = Source::open(source, &opts, &cancel).map_err(|e| e.about(name))?;
+            let missing = match audio {
+                true if !opened.has_audio() => Some(MediaError::NoAudio { source_name: name.into() }),
+                false if opened.info.video.is_none() => Some(MediaError::NoVideo { source_name: name.into() }),
+                _ => None,
+            };
+            if let Some(e) = missing {
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// Refuse features of a modality this bundle has no projector-only engine for.

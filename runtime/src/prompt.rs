@@ -102,6 +102,62 @@ pub fn build_prompt(layout: Layout, task: &Task, transcript: Option<&str>, place
     PromptText { before_rows: before.to_string(), after_rows: after.to_string() }
 }
 
+/// The line the official examples put before the task: "The person in video says: …".
+pub const TRANSCRIPT_LINE: &str = "The person in video says:";
+
+/// A user's text (a chat message, the official demo's `question`) as the official demo's
+/// examples write it: an optional transcript line, then a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserText {
+    /// The spoken sentence from a leading "The person in video says: …" line.
+    pub transcript: Option<String>,
+    /// None: the text names no task (it was empty or held the transcript line only).
+    pub task: Option<Task>,
+}
+
+/// Read a user's text. The transcript line runs to the first `[tag]` or the end of its
+/// line, whichever comes first. `[emotion]` or `[reason]` alone, or followed by one of the official
+/// instructions, is that task, rebuilt with the official template; any other text,
+/// the demo's other tags (`[visual]`, `[audio]`, `[detection]`) included, is a
+/// question asked as written.
+pub fn read_user_text(text: &str) -> UserText {
+    let text = text.trim();
+    let (transcript, rest) = match text.get(..TRANSCRIPT_LINE.len()) {
+        Some(head) if head.eq_ignore_ascii_case(TRANSCRIPT_LINE) => {
+            let line = &text[TRANSCRIPT_LINE.len()..];
+            let end = first_tag(line).into_iter().chain(line.find('\n')).min().unwrap_or(line.len());
+            let spoken = line[..end].trim();
+            ((!spoken.is_empty()).then(|| spoken.to_string()), line[end..].trim())
+        }
+        _ => (None, text),
+    };
+    let official = |tag: &str, instructions: &[&str]| -> Option<Option<usize>> {
+        let instruction = rest.strip_prefix(tag)?.trim();
+        if instruction.is_empty() {
+            return Some(None);
+        }
+        instructions.iter().position(|i| *i == instruction).map(Some)
+    };
+    let task = if rest.is_empty() {
+        None
+    } else if let Some(i) = official("[emotion]", &[EMOTION_9, EMOTION_6]) {
+        Some(Task::Emotion { six_labels: i == Some(1) })
+    } else if let Some(i) = official("[reason]", &REASON_POOL) {
+        Some(Task::Reason { instruction: i.unwrap_or(0) })
+    } else {
+        Some(Task::Question { text: rest.to_string() })
+    };
+    UserText { transcript, task }
+}
+
+/// Where the first `[tag]` (lowercase letters and `_`) starts.
+fn first_tag(text: &str) -> Option<usize> {
+    text.match_indices('[').map(|(i, _)| i).find(|&i| {
+        let tail = &text[i + 1..];
+        tail.find(']').is_some_and(|end| end > 0 && tail[..end].chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    })
+}
+
 /// The answer's label, two ways.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExtractedLabel {
@@ -152,6 +208,35 @@ mod tests {
         let p = build_prompt(Layout::Demo, &Task::Reason { instruction: 1 }, None, P);
         assert_eq!(p.before_rows, "<s>[INST] <video>");
         assert_eq!(p.after_rows, "</video> <feature><FeatureHere></feature><s>[INST] [reason] What is the emotional state of the person in the video? Please tell me the reason. [/INST]");
+    }
+
+    #[test]
+    fn the_official_demos_texts_are_read_as_their_tasks() {
+        let r = read_user_text("The person in video says: Oh no, my phone and wallet are all in my bag. [emotion] Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise.");
+        assert_eq!(r.transcript.as_deref(), Some("Oh no, my phone and wallet are all in my bag."));
+        assert_eq!(r.task, Some(Task::Emotion { six_labels: true }));
+        let r = read_user_text("The person in video says: Won't you? Impossible! Fan Xiaomei is not such a person.  [reason] What are the facial expressions and vocal tone used in the video? What is the intended meaning behind his words? Which emotion does this reflect?");
+        assert_eq!(r.transcript.as_deref(), Some("Won't you? Impossible! Fan Xiaomei is not such a person."));
+        assert_eq!(r.task, Some(Task::Reason { instruction: 2 }));
+        assert_eq!(read_user_text("[emotion]").task, Some(Task::Emotion { six_labels: false }));
+        assert_eq!(read_user_text(" [reason] ").task, Some(Task::Reason { instruction: 0 }));
+        // Other instructions and the demo's other tags are questions, asked as written.
+        let other = "[emotion] Identify the displayed emotion in the video: is it happy, sad, or surprise?";
+        assert_eq!(read_user_text(other).task, Some(Task::Question { text: other.into() }));
+        let visual = "[visual] What are the emotions of the woman in the video?";
+        assert_eq!(
+            read_user_text(visual),
+            UserText { transcript: None, task: Some(Task::Question { text: visual.into() }) }
+        );
+        // Without a tag the transcript is its line; nothing else: no task named.
+        let r = read_user_text("the person in video says: Hello there.\nWhy is she [so] sad?");
+        assert_eq!(r.transcript.as_deref(), Some("Hello there."));
+        assert_eq!(r.task, Some(Task::Question { text: "Why is she [so] sad?".into() }));
+        assert_eq!(
+            read_user_text("The person in video says: Hi."),
+            UserText { transcript: Some("Hi.".into()), task: None }
+        );
+        assert_eq!(read_user_text("  "), UserText { transcript: None, task: None });
     }
 
     #[test]

@@ -62,6 +62,16 @@ pub struct AnalyzeRequest {
     /// file name as the client sent it, never the service's private path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_name: Option<String>,
+    /// A separate source for the audio track (None: the media's own track), and what
+    /// errors call it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_name: Option<String>,
+    /// The media is a still image (its one frame serves every encoder; no audio unless
+    /// `audio` gives a track). Without it a still image is refused as not a video.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub still: bool,
     pub task: Task,
     pub layout: Layout,
     pub transcript: Option<String>,
@@ -76,6 +86,9 @@ pub struct AnalyzeRequest {
     pub top_k: Option<u32>,
     pub repetition_penalty: Option<f32>,
     pub seed: u64,
+    /// Stop strings besides the preset's (the answer ends before the first one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
     /// Pre-extracted features used instead of running the local, temporal or audio encoder.
     #[serde(default)]
     pub features: FeatureFiles,
@@ -87,11 +100,19 @@ impl AnalyzeRequest {
         self.media_name.as_deref().unwrap_or(&self.media)
     }
 
+    /// What errors call the separate audio source.
+    pub fn shown_audio(&self) -> Option<&str> {
+        self.audio_name.as_deref().or(self.audio.as_deref())
+    }
+
     /// The defaults: emotion (nine labels), eval layout and preset, full mode, scores on.
     pub fn new(media: impl Into<String>) -> Self {
         Self {
             media: media.into(),
             media_name: None,
+            audio: None,
+            audio_name: None,
+            still: false,
             task: Task::Emotion { six_labels: false },
             layout: Layout::Eval,
             transcript: None,
@@ -104,6 +125,7 @@ impl AnalyzeRequest {
             top_k: None,
             repetition_penalty: None,
             seed: 0,
+            stop: Vec::new(),
             features: FeatureFiles::default(),
         }
     }
@@ -144,6 +166,9 @@ pub struct AnalyzeOptions {
     pub top_k: Option<u32>,
     pub repetition_penalty: Option<f32>,
     pub seed: Option<u64>,
+    /// Stop strings besides the preset's: one string or a list of up to four (as the
+    /// OpenAI API takes them).
+    pub stop: Option<StopStrings>,
     pub scores: Option<bool>,
     /// Server-Sent Events instead of one JSON answer (HTTP API).
     pub stream: Option<bool>,
@@ -154,10 +179,32 @@ pub struct AnalyzeOptions {
     pub audio_features: Option<String>,
 }
 
+/// At most this many stop strings (the OpenAI API's limit), each at most this long.
+const MAX_STOP_STRINGS: usize = 4;
+const MAX_STOP_BYTES: usize = 64;
+
+/// `stop` as the OpenAI API takes it: one string or a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StopStrings {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopStrings {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StopStrings::One(s) => vec![s],
+            StopStrings::Many(v) => v,
+        }
+    }
+}
+
 /// Fields whose values are text; every other form field is read as a JSON scalar, so
 /// `max_new_tokens=-1`, `seed=1e30` or `scores=1` are refused exactly as in JSON.
-const TEXT_FIELDS: [&str; 11] = [
+const TEXT_FIELDS: [&str; 12] = [
     "path",
+    "stop",
     "url",
     "task",
     "question",
@@ -171,6 +218,17 @@ const TEXT_FIELDS: [&str; 11] = [
 ];
 
 impl AnalyzeOptions {
+    /// Ask for `task` (its kind and its own field).
+    pub fn ask(&mut self, task: Task) {
+        match task {
+            Task::Emotion { six_labels } => (self.task, self.six_labels) = (Some(TaskKind::Emotion), Some(six_labels)),
+            Task::Reason { instruction } => {
+                (self.task, self.reason_index) = (Some(TaskKind::Reason), Some(instruction as u32));
+            }
+            Task::Question { text } => (self.task, self.question) = (Some(TaskKind::Question), Some(text)),
+        }
+    }
+
     /// Whether `name` is one of the options (the one list is the struct's own fields:
     /// every field is optional, so a null of a known name parses and an unknown one does not).
     pub fn knows_field(name: &str) -> bool {
@@ -245,8 +303,16 @@ impl AnalyzeOptions {
                 return Err(invalid("repetition_penalty", format!("{r} must be in (0, 10]")));
             }
         }
+        let stop = self.stop.map(StopStrings::into_vec).unwrap_or_default();
+        if stop.len() > MAX_STOP_STRINGS || stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+            return Err(invalid(
+                "stop",
+                format!("at most {MAX_STOP_STRINGS} stop strings, each 1-{MAX_STOP_BYTES} bytes"),
+            ));
+        }
         Ok(AnalyzeRequest {
             task,
+            stop,
             layout: self.layout.unwrap_or(Layout::Eval),
             transcript: self.transcript,
             mode: self.mode.unwrap_or(Mode::Full),
@@ -317,6 +383,8 @@ mod tests {
             ("mode", "official_demo", "\"official_demo\"", false),
             ("layout", "demo", "\"demo\"", true),
             ("task", "sing", "\"sing\"", false),
+            ("stop", "###", "\"###\"", true),
+            ("stop", "", "\"\"", false),
             ("nonsense", "1", "1", false),
         ];
         for (field, text, literal, accepted) in cases {
@@ -349,5 +417,7 @@ mod tests {
         }
         assert!(form(&[("seed", "1"), ("seed", "2")]).unwrap_err().contains("twice"));
         assert_eq!(form(&[("transcript", "123")]).unwrap().transcript.as_deref(), Some("123"));
+        assert_eq!(json(r#"{"stop": ["a", "b"]}"#).unwrap().stop, ["a", "b"]);
+        assert!(json(r#"{"stop": ["a", "b", "c", "d", "e"]}"#).unwrap_err().contains("at most 4"));
     }
 }

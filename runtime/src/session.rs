@@ -22,7 +22,7 @@ use emollama_engines::{CancelToken, EngineError};
 use emollama_media::faces::{FaceDetector, FaceReport};
 use emollama_media::{
     face_tensor, fetch_url, global_tensor, read_clip, temporal_tensor, Clip, ClipRequest, FrameSelection, MediaError,
-    RgbImage, SourceKind, SourceOptions,
+    RgbImage, SourceKind,
 };
 use ndarray::ArrayD;
 use serde::Serialize;
@@ -128,8 +128,8 @@ pub struct Session<'p> {
     ctx: Option<LlmContext>,
     label_scores: Option<BTreeMap<String, f64>>,
     answer: Option<Answer>,
-    /// The local copy of a URL source, removed with the session.
-    fetched: Option<ScratchFile>,
+    /// The local copies of URL sources, removed with the session.
+    fetched: Vec<ScratchFile>,
 }
 
 /// A file of the scratch folder, removed when dropped.
@@ -177,7 +177,7 @@ impl<'p> Session<'p> {
             ctx: None,
             label_scores: None,
             answer: None,
-            fetched: None,
+            fetched: Vec::new(),
         };
         // The merged sampling parameters are checked before any work.
         SamplingParams::validate(&session.sampling())?;
@@ -299,27 +299,50 @@ impl<'p> Session<'p> {
     }
 
     /// Read the request's source once: the frames every encoder needs and the audio at
-    /// the manifest's rate (unless pre-extracted features replace HuBERT). An HTTP(S) URL
-    /// is fetched once into the scratch folder first, and the local copy read.
+    /// the manifest's rate (unless pre-extracted features replace HuBERT), from the
+    /// request's separate audio source when it has one. An HTTP(S) URL is fetched once
+    /// into the scratch folder first, and the local copy read.
     pub fn decode_media(&mut self) -> Result<(), RuntimeError> {
         self.read_features()?;
         let mut frames = vec![self.global_selection()];
         frames.extend(self.face_selections().into_iter().flatten());
-        let request = ClipRequest { frames, audio: !self.features.contains_key(&RowBlock::Audio) };
-        let limits = self.pipeline.config().limits.clone();
-        let opts = SourceOptions::request(limits.clone(), self.pipeline.manifest().preprocess.audio.sample_rate);
-        let mut media = self.req.media.clone();
-        if SourceKind::of(&media) == SourceKind::Url {
-            let local = ScratchFile(self.pipeline.config().scratch_dir.join(scratch_name()));
-            self.timed(Stage::Fetch, |s| Ok(fetch_url(&media, &local.0, &limits, &s.cancel)?))?;
-            media = local.0.to_string_lossy().into_owned();
-            self.fetched = Some(local);
-        }
-        // Errors name the request's source, not the local copy of a URL.
-        let source = self.req.shown_media().to_string();
-        let named = |e: MediaError| if media == source { e } else { e.about(&source) };
-        let clip = self.timed(Stage::Decode, |s| Ok(read_clip(&media, &opts, &request, &s.cancel).map_err(named)?))?;
+        let audio_wanted = !self.features.contains_key(&RowBlock::Audio);
+        let audio_source = self.req.audio.clone().filter(|_| audio_wanted);
+        let request = ClipRequest { frames, audio: audio_wanted && audio_source.is_none() };
+        let opts = self.pipeline.source_options(self.req.still);
+        let media = self.local_copy(&self.req.media.clone())?;
+        let audio_media = audio_source.as_deref().map(|a| self.local_copy(a)).transpose()?;
+        // Errors name the request's sources, not the local copies of URLs.
+        let (source, audio_name) = (self.req.shown_media().to_string(), self.req.shown_audio().map(str::to_string));
+        let clip = self.timed(Stage::Decode, |s| {
+            let mut clip = read_clip(&media, &opts, &request, &s.cancel).map_err(|e| e.about(&source))?;
+            if let (Some(path), Some(name)) = (&audio_media, &audio_name) {
+                let audio = ClipRequest { frames: Vec::new(), audio: true };
+                let track = read_clip(path, &opts, &audio, &s.cancel).map_err(|e| e.about(name))?;
+                if track.audio.is_none() {
+                    return Err(MediaError::NoAudio { source_name: name.clone() }.into());
+                }
+                clip.audio = track.audio;
+            }
+            Ok(clip)
+        })?;
         self.take_clip(clip)
+    }
+
+    /// The file to read for `source`: itself, or for an HTTP(S) URL its local copy in
+    /// the scratch folder (kept for the session; fetch times add up).
+    fn local_copy(&mut self, source: &str) -> Result<String, RuntimeError> {
+        if SourceKind::of(source) != SourceKind::Url {
+            return Ok(source.to_string());
+        }
+        let local = ScratchFile(self.pipeline.config().scratch_dir.join(scratch_name()));
+        let limits = self.pipeline.config().limits.clone();
+        let started = Instant::now();
+        fetch_url(source, &local.0, &limits, &self.cancel)?;
+        *self.timings.entry(Stage::Fetch).or_default() += started.elapsed().as_secs_f64() * 1e3;
+        let path = local.0.to_string_lossy().into_owned();
+        self.fetched.push(local);
+        Ok(path)
     }
 
     /// Keep the clip for the encoder stages; say what its audio lacks.
@@ -653,7 +676,7 @@ impl<'p> Session<'p> {
         let cap = preset.max_positions.map_or(usize::MAX, |m| (m as usize).saturating_sub(self.prompt_len()).max(1));
         let opts = GenerateOptions {
             max_new_tokens: (self.max_new_tokens() as usize).min(cap),
-            stop_strings: preset.stop_strings.clone(),
+            stop_strings: preset.stop_strings.iter().chain(&self.req.stop).cloned().collect(),
         };
         let mut sampler = Sampler::new(self.sampling())?;
         let before_generation = self.started.elapsed().as_secs_f64() * 1e3;

@@ -56,6 +56,12 @@ impl BodyLimits {
         Self::with_max(c, c.max_upload_bytes.saturating_add(c.max_json_bytes))
     }
 
+    /// A JSON body that may carry the media file as base64 (4 characters per 3 bytes),
+    /// plus room for the text.
+    pub fn json_with_media(c: &ServeConfig) -> Self {
+        Self::with_max(c, c.max_upload_bytes.div_ceil(3).saturating_mul(4).saturating_add(c.max_json_bytes))
+    }
+
     fn with_max(c: &ServeConfig, max_bytes: u64) -> Self {
         Self { max_bytes, timeout: ServeConfig::duration(c.body_timeout_s), min_rate: c.body_min_rate }
     }
@@ -138,15 +144,35 @@ fn body_error(verdict: &Verdict, limits: &BodyLimits, detail: impl std::fmt::Dis
     }
 }
 
-/// A JSON body, whole.
-pub async fn read_json(
+/// A JSON body, whole, as `T`.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request,
     limits: BodyLimits,
     stopping: watch::Receiver<bool>,
-) -> Result<AnalyzeOptions, ApiError> {
+) -> Result<T, ApiError> {
     let (body, verdict) = limited(req.into_body(), limits, stopping);
     let bytes: Bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| body_error(&verdict, &limits, e))?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("malformed_json", e.to_string()))
+}
+
+/// A body written to a private file as it arrives (a chat request's JSON may carry a
+/// clip as base64: up to the upload limit, not held in memory).
+pub async fn read_to_file(
+    req: Request,
+    limits: BodyLimits,
+    uploads: &UploadDir,
+    stopping: watch::Receiver<bool>,
+) -> Result<Upload, ApiError> {
+    let (body, verdict) = limited(req.into_body(), limits, stopping);
+    let (upload, file) = uploads.new_file().map_err(|e| ApiError::internal("upload_failed", e))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| body_error(&verdict, &limits, e))?;
+        file.write_all(&chunk).await.map_err(|e| ApiError::internal("upload_failed", e))?;
+    }
+    file.flush().await.map_err(|e| ApiError::internal("upload_failed", e))?;
+    Ok(upload)
 }
 
 /// A multipart body: the `media` file to a private file (counting bytes as they come),

@@ -1,6 +1,8 @@
-//! The one error shape of every answer: JSON `{"error": {"code", "message"}}` with a
-//! stable code, `Retry-After` on 503s that a client should retry, and the outcome under
-//! which `/metrics` counts it.
+//! The one error shape of every answer, OpenAI's (`{"error": {"message", "type",
+//! "param", "code"}}`, so the `openai` SDK reads it) with a stable `code`; `Retry-After`
+//! on 503s that a client should retry, `x-should-retry: false` where a retry cannot
+//! help (the SDK would otherwise run a failed inference three times); and the outcome
+//! under which `/metrics` counts it.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,12 +12,15 @@ use emollama_engines::EngineError;
 use emollama_media::MediaError;
 use emollama_runtime::RuntimeError;
 
-/// An error answered as JSON `{"error": {"code", "message"}}` with a stable code.
+/// An error answered as JSON `{"error": {"message", "type", "param", "code"}}` with a
+/// stable code.
 #[derive(Debug)]
 pub struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// The request field at fault, when there is one.
+    param: Option<String>,
     retry_after: Option<u64>,
 }
 
@@ -24,7 +29,12 @@ pub const CLIENT_CLOSED: u16 = 499;
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self { status, code, message: message.into(), param: None, retry_after: None }
+    }
+
+    pub(crate) fn param(mut self, field: impl Into<String>) -> Self {
+        self.param = Some(field.into());
+        self
     }
 
     pub(crate) fn retry(mut self, seconds: u64) -> Self {
@@ -60,14 +70,43 @@ impl ApiError {
             _ => "server_error",
         }
     }
+
+    /// OpenAI's error `type` for the status.
+    fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable_error",
+            s if s.as_u16() == CLIENT_CLOSED => "cancelled",
+            s if s.is_client_error() => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    /// The body, also sent as the last event of a stream that fails.
+    pub(crate) fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {
+            "message": self.message, "type": self.kind(), "param": self.param, "code": self.code,
+        }})
+    }
+
+    /// Whether a client's retry may succeed: the service was busy, loading or stopping
+    /// (it says when, with `Retry-After`) or the body came too slowly. Bad media, a
+    /// prompt that does not fit, a wrong field or a failed run fail again.
+    fn retryable(&self) -> bool {
+        self.retry_after.is_some() || self.status == StatusCode::REQUEST_TIMEOUT
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut resp = (self.status, Json(body)).into_response();
+        let mut resp = (self.status, Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if !self.retryable() {
+            resp.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -107,7 +146,7 @@ pub(crate) fn runtime_error(e: RuntimeError) -> ApiError {
         RuntimeError::Engine(EngineError::Sampling(msg)) => {
             ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_parameter", msg)
         }
-        RuntimeError::Request(r) => ApiError::new(S::BAD_REQUEST, "invalid_field", r.to_string()),
+        RuntimeError::Request(r) => ApiError::new(S::BAD_REQUEST, "invalid_field", r.to_string()).param(r.field),
         RuntimeError::Features(f) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_features", f.to_string()),
         RuntimeError::NoProjector { .. } => {
             ApiError::new(S::UNPROCESSABLE_ENTITY, "features_not_supported", e.to_string())

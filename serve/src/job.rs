@@ -88,9 +88,10 @@ pub struct Job {
     log: RequestLog,
     timeout_s: f64,
     timer: DeadlineTimer,
+    deadline: tokio::time::Instant,
     _active: Active,
-    /// Released when the run ends: the queue place, the slot, the uploaded file.
-    _held: (Admitted, OwnedSemaphorePermit, Option<Upload>),
+    /// Released when the run ends: the queue place, the slot, the uploaded files.
+    _held: (Admitted, OwnedSemaphorePermit, Vec<Upload>),
 }
 
 impl Job {
@@ -101,13 +102,14 @@ impl Job {
         request: AnalyzeRequest,
         log: RequestLog,
         deadline: tokio::time::Instant,
-        held: (Admitted, OwnedSemaphorePermit, Option<Upload>),
+        held: (Admitted, OwnedSemaphorePermit, Vec<Upload>),
     ) -> Self {
         let cancel = CancelToken::new();
         let key = state.next_job.fetch_add(1, Ordering::Relaxed);
         state.active().insert(key, cancel.clone());
         Self {
             timer: DeadlineTimer::start(deadline, cancel.clone()),
+            deadline,
             _active: Active(state.clone(), key),
             timeout_s: state.config.request_timeout_s,
             state,
@@ -121,6 +123,10 @@ impl Job {
 
     pub fn cancel_token(&self) -> CancelToken {
         self.cancel.clone()
+    }
+
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
     }
 
     /// Run to the end (blocking). A run cut short answers `timeout` (the deadline) or

@@ -12,6 +12,7 @@ mod job;
 mod listener;
 pub mod memory;
 mod metrics;
+mod openai;
 mod request_log;
 mod routes;
 pub mod shutdown;

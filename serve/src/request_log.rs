@@ -17,6 +17,8 @@ use crate::AppState;
 pub struct RequestLog {
     state: Arc<AppState>,
     pub id: String,
+    /// Which API: `analyze`, `chat` (OpenAI's), `official` (the official demo's).
+    route: &'static str,
     started: Instant,
     status: u16,
     outcome: Option<&'static str>,
@@ -38,8 +40,8 @@ pub fn request_id(headers: &HeaderMap) -> String {
 }
 
 impl RequestLog {
-    pub fn new(state: Arc<AppState>, id: String) -> Self {
-        Self { state, id, started: Instant::now(), status: 0, outcome: None, tokens: 0 }
+    pub fn new(state: Arc<AppState>, id: String, route: &'static str) -> Self {
+        Self { state, id, route, started: Instant::now(), status: 0, outcome: None, tokens: 0 }
     }
 
     pub fn header_value(&self) -> Option<HeaderValue> {
@@ -76,6 +78,7 @@ impl Drop for RequestLog {
         tracing::info!(
             target: "emollama::request",
             id = %self.id,
+            route = self.route,
             status,
             outcome,
             ms = format_args!("{ms:.0}"),

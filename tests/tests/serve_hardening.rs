@@ -150,30 +150,10 @@ fn d2_slowloris_idle_connections_slow_bodies_and_the_connection_cap() {
     assert!(closed_within(&mut s, Duration::from_secs(5)), "an idle keep-alive connection stayed open");
     let idle = idle.elapsed();
     // A body slower than 1 s + 1 s per 1000 bytes: 408 with the JSON error shape.
-    let mut s = connect(srv.port);
-    s.write_all(
-        b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{",
-    )
-    .unwrap();
-    let body_started = Instant::now();
-    let drip = std::thread::spawn({
-        let mut s = s.try_clone().unwrap();
-        move || {
-            for _ in 0..40 {
-                if s.write_all(b" ").is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
-    });
-    let r = read_response(&mut s);
-    let slow_body = body_started.elapsed();
+    let (r, slow_body) = drip_json_body(srv.port, "/v1/analyze");
     assert_eq!(r.status, 408, "{}", r.body);
     assert_eq!(error_code(&r), "body_timeout");
     assert!(slow_body < Duration::from_secs(5), "{slow_body:?}");
-    drop(s);
-    drip.join().unwrap();
     // Six idle connections open (the cap): a seventh is served, and the oldest idle one
     // gives its place (N9: sockets that send nothing cannot lock the others out).
     let mut held: Vec<TcpStream> = (0..6).map(|_| connect(srv.port)).collect();

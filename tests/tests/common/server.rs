@@ -233,3 +233,29 @@ pub fn rss_kb(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap()
 }
+
+/// A JSON body to `path` that declares 5000 bytes and sends one every 250 ms (for 10 s at
+/// most): the answer, and how long it took from the first body byte.
+pub fn drip_json_body(port: u16, path: &str) -> (Resp, Duration) {
+    let mut s = connect(port);
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{{");
+    s.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let drip = std::thread::spawn({
+        let mut s = s.try_clone().unwrap();
+        move || {
+            for _ in 0..40 {
+                if s.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    });
+    let r = read_response(&mut s);
+    let took = started.elapsed();
+    drop(s);
+    drip.join().unwrap();
+    (r, took)
+}
