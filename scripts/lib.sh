@@ -33,6 +33,12 @@ FACENET_WHEEL=facenet_pytorch-2.6.0-py3-none-any.whl
 FACENET_WHEEL_SHA256=ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca
 FACENET_DIR="$EMOLLAMA_CACHE/facenet-pytorch-2.6.0"
 
+# Whisper's multilingual tokenizer ranks (tiktoken) and its language list, from the
+# openai-whisper source distribution (MIT): the ASR test model's real tokenizer.
+WHISPER_SDIST=openai_whisper-20250625.tar.gz
+WHISPER_SDIST_SHA256=37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96
+WHISPER_ASSETS="$EMOLLAMA_CACHE/openai-whisper-20250625"
+
 # llama.cpp's own HF -> GGUF converter (same sdist): the official export uses it for the LLM.
 CONVERTER_DIR="$EMOLLAMA_CACHE/llama.cpp-convert"
 

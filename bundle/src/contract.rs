@@ -24,6 +24,19 @@ pub const IMAGE: &str = "image";
 pub const REG: &str = "reg";
 pub const PROB: &str = "prob";
 pub const LANDMARKS: &str = "landmarks";
+/// Whisper: the log-mel window, the encoder's states, the cross-attention keys and
+/// values, the decoder's new token ids (f32, exact below 2^24), its cache in and out, and
+/// the last position's logits.
+pub const INPUT_FEATURES: &str = "input_features";
+pub const ENCODER_HIDDEN: &str = "encoder_hidden";
+pub const CROSS_K: &str = "cross_k";
+pub const CROSS_V: &str = "cross_v";
+pub const INPUT_IDS: &str = "input_ids";
+pub const PAST_K: &str = "past_k";
+pub const PAST_V: &str = "past_v";
+pub const LOGITS: &str = "logits";
+pub const PRESENT_K: &str = "present_k";
+pub const PRESENT_V: &str = "present_v";
 
 /// The names one role must declare.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +64,12 @@ pub fn engine_io(role: &Role) -> Option<EngineIo> {
         Role::FacePnet | Role::FaceRnet => EngineIo { inputs: &[IMAGE], outputs: &[(REG, None), (PROB, None)] },
         Role::FaceOnet => EngineIo { inputs: &[IMAGE], outputs: &[(REG, None), (LANDMARKS, None), (PROB, None)] },
         Role::ZeroRows => EngineIo { inputs: &[], outputs: &[(ZERO_ROWS, None)] },
-        Role::Llm | Role::Other(_) => return None,
+        Role::AsrEncoder => EngineIo { inputs: &[INPUT_FEATURES], outputs: &[(ENCODER_HIDDEN, None)] },
+        Role::AsrCrossKv => EngineIo { inputs: &[ENCODER_HIDDEN], outputs: &[(CROSS_K, None), (CROSS_V, None)] },
+        Role::AsrDecoder => EngineIo {
+            inputs: &[INPUT_IDS, PAST_K, PAST_V, CROSS_K, CROSS_V],
+            outputs: &[(LOGITS, None), (PRESENT_K, None), (PRESENT_V, None)],
+        },
+        Role::Llm | Role::AsrTokenizer | Role::Other(_) => return None,
     })
 }

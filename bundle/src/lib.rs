@@ -21,8 +21,9 @@ mod writer;
 
 pub use error::BundleError;
 pub use manifest::{
-    AudioPreprocess, Dim, FaceConfig, FileEntry, Generation, GenerationPreset, GlobalPreprocess, LlmInfo, Manifest,
-    Parity, Preprocess, PromptSpec, Provenance, Role, Rows, TemporalPreprocess, TensorSpec, FORMAT, FORMAT_VERSION,
+    AsrInfo, AudioPreprocess, Dim, FaceConfig, FileEntry, Generation, GenerationPreset, GlobalPreprocess, LlmInfo,
+    Manifest, Parity, Preprocess, PromptSpec, Provenance, Role, Rows, TemporalPreprocess, TensorSpec, FORMAT,
+    FORMAT_VERSION,
 };
 pub use types::{DType, EnginePrecision, FileFormat, FrameChoice, GgufType, KvType, Precision, Resize, RowBlock};
 pub use verify::{sha256_file, Bundle, MANIFEST_FILE};

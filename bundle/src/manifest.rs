@@ -1,6 +1,8 @@
 //! The manifest schema. The Python writer is `export/python/emollama_export/manifest.py`
 //! and `synthetic.py`; bump [`FORMAT_VERSION`] on both sides for incompatible changes.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::types::{DType, FileFormat, FrameChoice, Precision, Resize, RowBlock};
@@ -27,6 +29,46 @@ pub struct Manifest {
     pub preprocess: Preprocess,
     pub generation: Generation,
     pub files: Vec<FileEntry>,
+    /// Whisper speech recognition, when the bundle has its engines (`asr_*` roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asr: Option<AsrInfo>,
+}
+
+/// What the runtime's Whisper front end and greedy decoder need (the exporter copies the
+/// checkpoint's config and generation config here).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AsrInfo {
+    /// The checkpoint's folder name (`whisper-small`, …).
+    pub checkpoint: String,
+    /// The log-mel front end (`WhisperFeatureExtractor`): rate, FFT size, hop, bins, and
+    /// the one window the encoder takes (30 s).
+    pub sample_rate: u32,
+    pub n_fft: u32,
+    pub hop_length: u32,
+    pub n_mels: u32,
+    pub chunk_samples: u32,
+    /// The decoder's cache shape: layers, heads, head width, encoder positions.
+    pub decoder_layers: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub audio_positions: u32,
+    /// The longest decoder sequence, forced tokens included (448).
+    pub max_length: u32,
+    pub vocab_size: u32,
+    /// Forced and special token ids.
+    pub start: u32,
+    pub end: u32,
+    pub translate: u32,
+    pub transcribe: u32,
+    pub no_timestamps: u32,
+    /// The first timestamp token (`<|0.00|>`): ids from here on are not text.
+    pub timestamp_begin: u32,
+    /// Language code (`en`, `zh`, …) to its token id.
+    pub languages: BTreeMap<String, u32>,
+    /// Never sampled; and not as the first token.
+    pub suppress: Vec<u32>,
+    pub begin_suppress: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +236,12 @@ pub enum Role {
     /// The rows of an all-zero utterance feature (local, temporal, audio): the
     /// projector biases, used for the official demo mode and for missing input.
     ZeroRows,
+    /// Whisper (optional, as a whole): the encoder, the cross-attention keys and values,
+    /// the decoder step with its cache, the tokenizer.
+    AsrEncoder,
+    AsrCrossKv,
+    AsrDecoder,
+    AsrTokenizer,
     #[serde(untagged)]
     Other(String),
 }
@@ -213,6 +261,10 @@ impl Role {
             Role::TemporalProjector => "temporal_projector",
             Role::AudioProjector => "audio_projector",
             Role::ZeroRows => "zero_rows",
+            Role::AsrEncoder => "asr_encoder",
+            Role::AsrCrossKv => "asr_cross_kv",
+            Role::AsrDecoder => "asr_decoder",
+            Role::AsrTokenizer => "asr_tokenizer",
             Role::Other(s) => s,
         }
     }
@@ -220,6 +272,7 @@ impl Role {
     pub const ENGINES: [Role; 4] = [Role::GlobalEngine, Role::LocalEngine, Role::TemporalEngine, Role::AudioEngine];
     pub const FACE_NETS: [Role; 3] = [Role::FacePnet, Role::FaceRnet, Role::FaceOnet];
     pub const PROJECTORS: [Role; 3] = [Role::LocalProjector, Role::TemporalProjector, Role::AudioProjector];
+    pub const ASR: [Role; 4] = [Role::AsrEncoder, Role::AsrCrossKv, Role::AsrDecoder, Role::AsrTokenizer];
     /// Every engine that makes prompt rows: the encoders, then the projector-only engines.
     pub const ROW_ENGINES: [Role; 7] = [
         Role::GlobalEngine,
@@ -246,6 +299,10 @@ impl Role {
                 | Role::LocalProjector
                 | Role::TemporalProjector
                 | Role::AudioProjector
+                | Role::AsrEncoder
+                | Role::AsrCrossKv
+                | Role::AsrDecoder
+                | Role::AsrTokenizer
         )
     }
 }
@@ -296,6 +353,14 @@ impl Dim {
     pub fn accepts(&self, n: u64) -> bool {
         self.fixed().is_none_or(|f| f == n)
     }
+
+    /// Whether a run may give this axis no element: only a decoder's cache before its
+    /// first token (the dynamic axis named [`Dim::PAST`]); every other axis holds data.
+    pub fn may_be_empty(&self) -> bool {
+        matches!(self, Dim::Dynamic(name) if name == Self::PAST)
+    }
+
+    pub const PAST: &'static str = "past";
 }
 
 impl std::fmt::Display for Dim {

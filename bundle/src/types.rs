@@ -193,9 +193,15 @@ pub enum FileFormat {
     Gguf,
     /// Little-endian f32 values, row-major.
     RawF32,
+    /// A Hugging Face `tokenizers` file (`tokenizer.json`).
+    TokenizerJson,
 }
 
-named_enum!(FileFormat, "file format", [(Onnx, "onnx"), (Gguf, "gguf"), (RawF32, "raw-f32")]);
+named_enum!(
+    FileFormat,
+    "file format",
+    [(Onnx, "onnx"), (Gguf, "gguf"), (RawF32, "raw-f32"), (TokenizerJson, "tokenizer-json")]
+);
 
 /// The element type of an engine's input or output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

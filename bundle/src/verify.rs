@@ -122,13 +122,22 @@ impl Bundle {
         }
         let count = |role: &Role| counts.get(role).copied().unwrap_or(0);
         let required = Role::ENGINES.iter().chain([&Role::Llm, &Role::ZeroRows]);
-        for role in required.chain(Role::FACE_NETS.iter()).chain(Role::PROJECTORS.iter()) {
+        for role in required.chain(Role::FACE_NETS.iter()).chain(Role::PROJECTORS.iter()).chain(Role::ASR.iter()) {
             match count(role) {
                 0 if role.is_optional() => {}
                 0 => return Err(BundleError::MissingRole(role.clone())),
                 1 => {}
                 count => return Err(BundleError::DuplicateRole { role: role.clone(), count }),
             }
+        }
+        // Speech recognition is optional, but only as a whole, with its manifest section.
+        let asr = Role::ASR.iter().filter(|r| count(r) == 1).count();
+        if (asr != 0 || m.asr.is_some()) && (asr != Role::ASR.len() || m.asr.is_none()) {
+            return Err(BundleError::Inconsistent(format!(
+                "speech recognition needs all of asr_encoder, asr_cross_kv, asr_decoder, asr_tokenizer and the \
+                 manifest's `asr` section; the bundle has {asr} of the files{}",
+                if m.asr.is_some() { " and the section" } else { " and no section" }
+            )));
         }
         // The face detector is optional, but only as a whole.
         let nets = Role::FACE_NETS.iter().filter(|r| count(r) == 1).count();
@@ -187,6 +196,7 @@ impl Bundle {
         let expected_format = match entry.role {
             Role::Llm => Some(FileFormat::Gguf),
             Role::ZeroRows => Some(FileFormat::RawF32),
+            Role::AsrTokenizer => Some(FileFormat::TokenizerJson),
             Role::Other(_) => None,
             _ => Some(FileFormat::Onnx),
         };
@@ -201,7 +211,7 @@ impl Bundle {
         let precision_ok = match (&entry.role, entry.precision) {
             (Role::Llm, Precision::Gguf(_)) => true,
             (Role::Llm, _) => false,
-            (Role::Other(_), _) => true,
+            (Role::Other(_) | Role::AsrTokenizer, _) => true,
             (_, Precision::Engine(_)) => true,
             (_, Precision::Gguf(_)) => false,
         };

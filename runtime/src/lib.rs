@@ -5,6 +5,7 @@
 //! compile, info, doctor, watch) are `emollama-commands`; the HTTP server is
 //! `emollama-serve`; the CLI parser is the binary's.
 
+pub mod asr;
 pub mod config;
 pub mod error;
 pub mod features;
@@ -21,5 +22,5 @@ pub use error::RuntimeError;
 pub use features::{FeatureFiles, FeaturesError};
 pub use pipeline::{planned_config, LoadOptions, Pipeline};
 pub use request::{AnalyzeOptions, AnalyzeRequest, Layout, Mode, Preset, RequestError, TaskKind};
-pub use session::{AnalyzeResult, Session};
+pub use session::{AnalyzeResult, Session, TranscriptReport};
 pub use stage::{Stage, Timings};

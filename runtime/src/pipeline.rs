@@ -17,6 +17,7 @@ use emollama_media::faces::FaceDetector;
 use emollama_media::{MediaError, Source, SourceKind, SourceOptions};
 use ndarray::ArrayViewD;
 
+use crate::asr::Transcriber;
 use crate::config::RuntimeConfig;
 use crate::request::AnalyzeRequest;
 use crate::session::Session;
@@ -136,6 +137,8 @@ pub struct Pipeline {
     pub(crate) faces: Vec<FaceDetector>,
     /// Rows of zero features, [local, temporal, audio] × width.
     pub(crate) zero_rows: Vec<f32>,
+    /// Speech recognition, when the bundle has its engines.
+    asr: Option<Transcriber>,
     llm: Arc<LlmModel>,
     /// Where the LLM's layers run: `cuda` or `cpu`.
     llm_device: &'static str,
@@ -308,6 +311,7 @@ impl Pipeline {
             }
         }
         let zero_rows = read_zero_rows(&bundle)?;
+        let asr = Transcriber::load(&bundle, rt, &opts)?;
         let llm_entry = bundle.required(&Role::Llm)?;
         let llm = Arc::new(LlmModel::load(
             &bundle.path_of(llm_entry),
@@ -338,6 +342,7 @@ impl Pipeline {
             projectors,
             faces,
             zero_rows,
+            asr,
             llm,
             llm_device,
             fallbacks,
@@ -398,7 +403,15 @@ impl Pipeline {
         .map(|(n, role)| (n.to_string(), self.encoders.slot(role).map_or("absent".into(), EncoderSlot::provider)))
         .collect();
         out.insert("llm".into(), self.llm_device.into());
+        if let Some(asr) = &self.asr {
+            out.insert("asr".into(), asr.provider());
+        }
         out
+    }
+
+    /// Speech recognition, when the bundle has its engines.
+    pub fn asr(&self) -> Option<&Transcriber> {
+        self.asr.as_ref()
     }
 
     /// Why a GPU provider or device was passed over, one line each (empty: none was).

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::asr::AsrTask;
 use crate::features::FeatureFiles;
 use crate::prompt::{Task, REASON_POOL};
 
@@ -75,6 +76,10 @@ pub struct AnalyzeRequest {
     pub task: Task,
     pub layout: Layout,
     pub transcript: Option<String>,
+    /// Speech recognition fills the transcript line when none is given (and the bundle
+    /// has the engines).
+    #[serde(default)]
+    pub asr: AsrRequest,
     pub mode: Mode,
     pub preset: Preset,
     /// Label probabilities for the emotion task.
@@ -116,6 +121,7 @@ impl AnalyzeRequest {
             task: Task::Emotion { six_labels: false },
             layout: Layout::Eval,
             transcript: None,
+            asr: AsrRequest::default(),
             mode: Mode::Full,
             preset: Preset::Eval,
             scores: true,
@@ -130,6 +136,25 @@ impl AnalyzeRequest {
         }
     }
 }
+
+/// Whether and how speech recognition fills a missing transcript.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsrRequest {
+    /// False when the request says `transcript: none`.
+    pub enabled: bool,
+    pub task: AsrTask,
+    /// The spoken language's code (None: detected).
+    pub language: Option<String>,
+}
+
+impl Default for AsrRequest {
+    fn default() -> Self {
+        Self { enabled: true, task: AsrTask::Translate, language: None }
+    }
+}
+
+/// The transcript a request gives to turn speech recognition off.
+pub const NO_TRANSCRIPT: &str = "none";
 
 /// A value a request may not have, naming the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -154,7 +179,12 @@ pub struct AnalyzeOptions {
     pub url: Option<String>,
     pub task: Option<TaskKind>,
     pub question: Option<String>,
+    /// What the person says; `none`: no transcript line, and no speech recognition.
     pub transcript: Option<String>,
+    /// Speech recognition when no transcript is given: `translate` (to English, the
+    /// default) or `transcribe`, and the spoken language (default: detected).
+    pub asr_task: Option<AsrTask>,
+    pub asr_language: Option<String>,
     pub mode: Option<Mode>,
     pub preset: Option<Preset>,
     pub layout: Option<Layout>,
@@ -202,8 +232,10 @@ impl StopStrings {
 
 /// Fields whose values are text; every other form field is read as a JSON scalar, so
 /// `max_new_tokens=-1`, `seed=1e30` or `scores=1` are refused exactly as in JSON.
-const TEXT_FIELDS: [&str; 12] = [
+const TEXT_FIELDS: [&str; 14] = [
     "path",
+    "asr_task",
+    "asr_language",
     "stop",
     "url",
     "task",
@@ -310,11 +342,18 @@ impl AnalyzeOptions {
                 format!("at most {MAX_STOP_STRINGS} stop strings, each 1-{MAX_STOP_BYTES} bytes"),
             ));
         }
+        let off = self.transcript.as_deref().is_some_and(|t| t.trim().eq_ignore_ascii_case(NO_TRANSCRIPT));
+        let asr = AsrRequest {
+            enabled: !off,
+            task: self.asr_task.unwrap_or_default(),
+            language: self.asr_language.map(|l| l.trim().to_ascii_lowercase()),
+        };
         Ok(AnalyzeRequest {
             task,
             stop,
+            asr,
             layout: self.layout.unwrap_or(Layout::Eval),
-            transcript: self.transcript,
+            transcript: self.transcript.filter(|_| !off),
             mode: self.mode.unwrap_or(Mode::Full),
             preset: self.preset.unwrap_or(Preset::Eval),
             scores: self.scores.unwrap_or(true),

@@ -27,6 +27,7 @@ use emollama_media::{
 use ndarray::ArrayD;
 use serde::Serialize;
 
+use crate::asr::{AsrTask, Transcript};
 use crate::features::{read_features, FeatureFiles, FeaturesError};
 use crate::observer::Observer;
 use crate::pipeline::Pipeline;
@@ -40,6 +41,16 @@ pub struct TokenCounts {
     pub prompt: usize,
     pub generated: usize,
     pub decode_per_s: f64,
+}
+
+/// Where a result's transcript line came from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum TranscriptReport {
+    /// Given with the request (or a subtitle file beside the media).
+    Request,
+    /// Heard by speech recognition.
+    Asr { text: String, language: String, task: AsrTask },
 }
 
 /// What was read of the source.
@@ -72,6 +83,9 @@ pub struct AnalyzeResult {
     pub mode: Mode,
     pub preset: Preset,
     pub transcript_used: bool,
+    /// Where the transcript line came from: the request, or speech recognition (with its
+    /// text, language and task; its time is the `asr` stage).
+    pub transcript: Option<TranscriptReport>,
     pub stop: Option<StopReason>,
     /// The answer's token ids (for checks against a reference).
     pub answer_tokens: Vec<i32>,
@@ -128,6 +142,8 @@ pub struct Session<'p> {
     ctx: Option<LlmContext>,
     label_scores: Option<BTreeMap<String, f64>>,
     answer: Option<Answer>,
+    /// What speech recognition heard, when it filled the transcript line.
+    heard: Option<Transcript>,
     /// The local copies of URL sources, removed with the session.
     fetched: Vec<ScratchFile>,
 }
@@ -177,6 +193,7 @@ impl<'p> Session<'p> {
             ctx: None,
             label_scores: None,
             answer: None,
+            heard: None,
             fetched: Vec::new(),
         };
         // The merged sampling parameters are checked before any work.
@@ -243,6 +260,7 @@ impl<'p> Session<'p> {
 
     /// The encoder stages on the clip's frames and audio.
     fn encode_clip(&mut self) -> Result<(), RuntimeError> {
+        self.transcribe()?;
         self.encode_global()?;
         self.detect_faces()?;
         self.encode_local()?;
@@ -409,6 +427,47 @@ impl<'p> Session<'p> {
         self.clip.as_ref().ok_or(RuntimeError::StageOrder { stage: "decode_media" })
     }
 
+    /// The transcript line from speech recognition, when the request gives none and
+    /// does not turn it off: the first 30 s of the clip's audio (translated to English
+    /// unless asked otherwise). Without the engines or without audio, a note says why
+    /// the line is missing.
+    pub fn transcribe(&mut self) -> Result<(), RuntimeError> {
+        if self.given_transcript().is_some() || !self.req.asr.enabled {
+            return Ok(());
+        }
+        let Some(asr) = self.pipeline.asr() else {
+            self.notes.push(
+                "no transcript: none was given and the bundle has no speech recognition engines (emollama_export.whisper \
+                 adds them)"
+                    .into(),
+            );
+            return Ok(());
+        };
+        let Some(waveform) = self.waveform.clone() else {
+            self.notes.push("no transcript: none was given and there is no audio to recognise".into());
+            return Ok(());
+        };
+        let rate = self.pipeline.manifest().preprocess.audio.sample_rate;
+        if waveform.len() > asr.info().chunk_samples as usize {
+            let heard = f64::from(asr.info().chunk_samples) / f64::from(rate);
+            self.notes.push(format!("speech recognition heard the first {heard:.0} s of the audio only"));
+        }
+        let (task, language) = (self.req.asr.task, self.req.asr.language.clone());
+        let heard = self.timed(Stage::Asr, |s| asr.transcribe(&waveform, task, language.as_deref(), &s.cancel))?;
+        self.heard = Some(heard);
+        Ok(())
+    }
+
+    /// The request's own transcript (non-empty).
+    fn given_transcript(&self) -> Option<&str> {
+        self.req.transcript.as_deref().filter(|t| !t.trim().is_empty())
+    }
+
+    /// The transcript line's text: the request's, else what speech recognition heard.
+    fn transcript(&self) -> Option<&str> {
+        self.given_transcript().or(self.heard.as_ref().map(|h| h.text.as_str()).filter(|t| !t.trim().is_empty()))
+    }
+
     /// The global frame, resized and normalised, through the global engine: the patch
     /// rows and the CLS row.
     pub fn encode_global(&mut self) -> Result<(), RuntimeError> {
@@ -558,7 +617,7 @@ impl<'p> Session<'p> {
     pub fn tokenize_prompt(&mut self) -> Result<(), RuntimeError> {
         let prompt = self.timed(Stage::Prompt, |s| {
             let m = s.pipeline.manifest();
-            let text = build_prompt(s.req.layout, &s.req.task, s.req.transcript.as_deref(), &m.prompt.placeholder);
+            let text = build_prompt(s.req.layout, &s.req.task, s.transcript(), &m.prompt.placeholder);
             let llm = s.pipeline.llm();
             let labels: Vec<&'static str> = s.req.task.labels().to_vec();
             Ok(PromptTokens {
@@ -698,6 +757,14 @@ impl<'p> Session<'p> {
         Ok(())
     }
 
+    fn transcript_report(&self) -> Option<TranscriptReport> {
+        if self.given_transcript().is_some() {
+            return Some(TranscriptReport::Request);
+        }
+        let h = self.heard.as_ref().filter(|h| !h.text.trim().is_empty())?;
+        Some(TranscriptReport::Asr { text: h.text.clone(), language: h.language.clone(), task: h.task })
+    }
+
     /// The result: label (from the scores with the fast preset, else from the answer),
     /// timings, counts.
     pub fn finish(mut self) -> AnalyzeResult {
@@ -724,7 +791,8 @@ impl<'p> Session<'p> {
             task: self.req.task.name().into(),
             mode: self.req.mode,
             preset: self.req.preset,
-            transcript_used: self.req.transcript.as_deref().is_some_and(|t| !t.trim().is_empty()),
+            transcript_used: self.transcript().is_some(),
+            transcript: self.transcript_report(),
             stop: answer.stop,
             notes: std::mem::take(&mut self.notes),
             media: self.media.take(),

@@ -14,6 +14,8 @@ pub enum Stage {
     /// The source demuxed once: its audio decoded and resampled, its selected frames
     /// decoded to RGB.
     Decode,
+    /// Speech recognition (Whisper) filling the transcript line.
+    Asr,
     GlobalEncoder,
     Faces,
     LocalEncoder,
@@ -30,9 +32,10 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 13] = [
+    pub const ALL: [Stage; 14] = [
         Stage::Fetch,
         Stage::Decode,
+        Stage::Asr,
         Stage::GlobalEncoder,
         Stage::Faces,
         Stage::LocalEncoder,
@@ -50,6 +53,7 @@ impl Stage {
         match self {
             Stage::Fetch => "fetch",
             Stage::Decode => "decode",
+            Stage::Asr => "asr",
             Stage::GlobalEncoder => "global_encoder",
             Stage::Faces => "faces",
             Stage::LocalEncoder => "local_encoder",

@@ -4,9 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use emollama_runtime::asr::AsrTask;
 use emollama_runtime::observer::InputDump;
 use emollama_runtime::transcript::{sidecar_subtitles, subtitles_text};
-use emollama_runtime::{AnalyzeOptions, Layout, Mode, Preset, Stage, TaskKind};
+use emollama_runtime::{AnalyzeOptions, Layout, Mode, Preset, Stage, TaskKind, TranscriptReport};
 
 use crate::args::PipelineArgs;
 
@@ -27,9 +28,16 @@ pub struct AnalyzeArgs {
     /// Which instruction of the reasoning pool (0-4), with --task reason.
     #[arg(long, default_value_t = 0)]
     reason_index: u32,
-    /// What the person says (English), for the prompt's transcript line.
+    /// What the person says (English), for the prompt's transcript line; `none`: no
+    /// line and no speech recognition (default: the bundle's speech recognition hears it).
     #[arg(long, conflicts_with = "transcript_file")]
     transcript: Option<String>,
+    /// Speech recognition: translate to English (the default) or transcribe as spoken.
+    #[arg(long, value_enum)]
+    asr_task: Option<AsrTask>,
+    /// The spoken language for speech recognition (`en`, `zh`, …; default: detected).
+    #[arg(long)]
+    asr_language: Option<String>,
     /// A text, .srt or .vtt file with the transcript (default: MEDIA's .srt/.vtt, if any).
     #[arg(long)]
     transcript_file: Option<PathBuf>,
@@ -92,6 +100,8 @@ pub fn run(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
         task: Some(args.task),
         question: args.question.clone(),
         transcript: transcript.clone(),
+        asr_task: args.asr_task,
+        asr_language: args.asr_language.clone(),
         mode: Some(args.mode),
         preset: Some(args.preset),
         layout: Some(args.layout),
@@ -113,9 +123,6 @@ pub fn run(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
     let pipeline = args.pipeline.load(ort_library)?;
     pipeline.check_features(&req.features)?;
     let json = args.json;
-    if !json && transcript.is_none() {
-        eprintln!("note: no transcript (--transcript, --transcript-file or a .srt/.vtt beside the video): the prompt's transcript line is left out");
-    }
     let mut session = pipeline.session(&req, Default::default())?;
     if let Some(dir) = &args.dump_inputs {
         session = session.observe(InputDump::new(dir)?);
@@ -135,6 +142,10 @@ pub fn run(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
     }
     for n in &result.notes {
         eprintln!("note: {n}");
+    }
+    if let Some(TranscriptReport::Asr { text, language, task }) = &result.transcript {
+        let ms = result.timings_ms.get(&Stage::Asr).copied().unwrap_or(0.0);
+        println!("transcript (speech recognition, {language}, {task:?}, {ms:.0} ms): {text}");
     }
     if let Some(label) = &result.label {
         let p = result

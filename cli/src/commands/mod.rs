@@ -12,6 +12,7 @@ mod plan;
 mod profiles;
 mod quantize;
 mod serve;
+mod transcribe;
 mod watch;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Follow a camera, stream or file window by window: one JSON line per window (label
     /// probabilities, latency, windows dropped), reconnecting a lost stream.
     Watch(watch::WatchArgs),
+    /// What is said in a clip (its first 30 s), heard by the bundle's Whisper engines:
+    /// the text alone (translated to English unless --task transcribe).
+    Transcribe(transcribe::TranscribeArgs),
     /// Quantize a GGUF with llama.cpp; with --bundle, write a new bundle (OUTPUT folder)
     /// whose LLM has that type and whose manifest is updated.
     Quantize(quantize::QuantizeArgs),
@@ -71,6 +75,7 @@ impl Command {
             Command::Serve(a) => serve::run(a, ort_library),
             Command::Quantize(a) => quantize::run(a),
             Command::Watch(a) => watch::run(a, ort_library),
+            Command::Transcribe(a) => transcribe::run(a, ort_library),
         }
     }
 }

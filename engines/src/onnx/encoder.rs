@@ -157,7 +157,7 @@ impl EncoderEngine {
         for (spec, (_, array)) in self.inputs.iter().zip(inputs) {
             let shape = array.shape();
             let ok = shape.len() == spec.shape.len()
-                && spec.shape.iter().zip(shape).all(|(d, &n)| d.accepts(n as u64) && n > 0);
+                && spec.shape.iter().zip(shape).all(|(d, &n)| d.accepts(n as u64) && (n > 0 || d.may_be_empty()));
             if !ok {
                 return Err(EngineError::InputShape {
                     engine: self.name.clone(),

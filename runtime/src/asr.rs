@@ -1,0 +1,207 @@
+//! Speech recognition with the bundle's Whisper engines (`asr_*` roles): the log-mel
+//! front end ([`LogMel`]), the encoder and the cross-attention keys and values once per
+//! clip, then greedy decoding as transformers' `WhisperForConditionalGeneration.generate`
+//! does it for audio under 30 s: the forced prefix (start, language, task,
+//! no-timestamps), the language detected from the start token when none is given,
+//! `suppress` on every step and `begin_suppress` on the first, until the end token or
+//! `max_length` ids in all. Only the first 30 s window is heard.
+
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::{ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+
+use emollama_bundle::contract::{
+    CROSS_K, CROSS_V, ENCODER_HIDDEN, INPUT_FEATURES, INPUT_IDS, LOGITS, PAST_K, PAST_V, PRESENT_K, PRESENT_V,
+};
+use emollama_bundle::{AsrInfo, Bundle, BundleError, Role};
+use emollama_engines::llm::argmax;
+use emollama_engines::onnx::{EncoderEngine, EngineOptions, OrtRuntime};
+use emollama_engines::{CancelToken, EngineError};
+use emollama_media::LogMel;
+
+use crate::RuntimeError;
+
+/// What Whisper writes: the words in the language spoken, or translated to English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum AsrTask {
+    /// To English (LLaMA-2 and Emotion-LLaMA's training text are English).
+    #[default]
+    Translate,
+    Transcribe,
+}
+
+/// One recognised window.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    /// The language code forced or detected (`en`, `zh`, …).
+    pub language: String,
+    pub task: AsrTask,
+    /// The decoder's ids, forced prefix and end token included (as `generate` returns
+    /// them with `return_dict_in_generate`).
+    pub ids: Vec<u32>,
+    pub ms: f64,
+}
+
+/// The Whisper engines of a bundle, loaded.
+pub struct Transcriber {
+    info: AsrInfo,
+    mel: LogMel,
+    encoder: EncoderEngine,
+    cross_kv: EncoderEngine,
+    decoder: EncoderEngine,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+fn asr_error(message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Engine(EngineError::Run { engine: "asr".into(), message: message.into() })
+}
+
+impl Transcriber {
+    /// The bundle's transcriber, or None when it has no speech recognition.
+    pub fn load(bundle: &Bundle, rt: &'static OrtRuntime, opts: &EngineOptions) -> Result<Option<Self>, RuntimeError> {
+        let Some(info) = bundle.manifest().asr.clone() else { return Ok(None) };
+        let engine = |role: Role| -> Result<EncoderEngine, RuntimeError> {
+            let e = bundle.required(&role)?;
+            let opts = EngineOptions { model_sha256: e.sha256.clone(), ..opts.clone() };
+            Ok(EncoderEngine::load(rt, role.as_str(), &bundle.path_of(e), e.inputs.clone(), e.outputs.clone(), &opts)?)
+        };
+        let tokenizer_path = bundle.path_of(bundle.required(&Role::AsrTokenizer)?);
+        let tokenizer = read_tokenizer(&tokenizer_path)?;
+        let mel = LogMel::new(
+            info.sample_rate,
+            info.n_fft as usize,
+            info.hop_length as usize,
+            info.n_mels as usize,
+            info.chunk_samples as usize,
+        );
+        Ok(Some(Self {
+            encoder: engine(Role::AsrEncoder)?,
+            cross_kv: engine(Role::AsrCrossKv)?,
+            decoder: engine(Role::AsrDecoder)?,
+            tokenizer,
+            mel,
+            info,
+        }))
+    }
+
+    pub fn info(&self) -> &AsrInfo {
+        &self.info
+    }
+
+    /// Where the engines run (the decoder's provider: it does most of the work).
+    pub fn provider(&self) -> String {
+        self.decoder.provider().to_string()
+    }
+
+    /// The log-mel features of the first window, `[n_mels, frames]`.
+    pub fn features(&self, samples: &[f32]) -> Vec<f32> {
+        self.mel.compute(samples)
+    }
+
+    /// Recognise the first window of `samples` (16 kHz mono).
+    pub fn transcribe(
+        &self,
+        samples: &[f32],
+        task: AsrTask,
+        language: Option<&str>,
+        cancel: &CancelToken,
+    ) -> Result<Transcript, RuntimeError> {
+        let started = Instant::now();
+        let features = self.features(samples);
+        let (ids, language) = self.decode(&features, task, language, cancel)?;
+        let text_ids: Vec<u32> =
+            ids[4..].iter().copied().filter(|&t| t != self.info.end && t < self.info.timestamp_begin).collect();
+        let text = self.tokenizer.decode(&text_ids, true).map_err(|e| asr_error(format!("decoding text: {e}")))?;
+        Ok(Transcript { text: text.trim().to_string(), language, task, ids, ms: started.elapsed().as_secs_f64() * 1e3 })
+    }
+
+    /// Greedy decoding of one window's features: the ids (prefix and end included) and
+    /// the language.
+    pub fn decode(
+        &self,
+        features: &[f32],
+        task: AsrTask,
+        language: Option<&str>,
+        cancel: &CancelToken,
+    ) -> Result<(Vec<u32>, String), RuntimeError> {
+        let i = &self.info;
+        let input = ArrayD::from_shape_vec(IxDyn(&[1, i.n_mels as usize, self.mel.frames()]), features.to_vec())
+            .map_err(|e| asr_error(e.to_string()))?;
+        let mut hidden = self.encoder.run_cancellable(&[(INPUT_FEATURES, input.view())], Some(cancel))?;
+        let hidden = hidden.take(ENCODER_HIDDEN)?;
+        let mut cross = self.cross_kv.run_cancellable(&[(ENCODER_HIDDEN, hidden.view())], Some(cancel))?;
+        let (cross_k, cross_v) = (cross.take(CROSS_K)?, cross.take(CROSS_V)?);
+        let empty =
+            ArrayD::<f32>::zeros(IxDyn(&[i.decoder_layers as usize, 1, i.heads as usize, 0, i.head_dim as usize]));
+        let step = |ids: &[u32], past_k: &ArrayD<f32>, past_v: &ArrayD<f32>| {
+            let ids = ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.iter().map(|&t| t as f32).collect())
+                .expect("1 x n ids");
+            let feeds = [
+                (INPUT_IDS, ids.view()),
+                (PAST_K, past_k.view()),
+                (PAST_V, past_v.view()),
+                (CROSS_K, cross_k.view()),
+                (CROSS_V, cross_v.view()),
+            ];
+            let mut out = self.decoder.run_cancellable(&feeds, Some(cancel))?;
+            Ok::<_, RuntimeError>((
+                out.take(LOGITS)?.into_raw_vec_and_offset().0,
+                out.take(PRESENT_K)?,
+                out.take(PRESENT_V)?,
+            ))
+        };
+        let language = match language {
+            Some(code) => code.to_string(),
+            None => {
+                // transformers' `detect_language`: the start token alone, every id but the
+                // languages masked.
+                let (logits, _, _) = step(&[i.start], &empty, &empty)?;
+                let (code, _) = i
+                    .languages
+                    .iter()
+                    .max_by(|a, b| logits[*a.1 as usize].total_cmp(&logits[*b.1 as usize]).then(b.1.cmp(a.1)))
+                    .ok_or_else(|| asr_error("the manifest lists no language"))?;
+                code.clone()
+            }
+        };
+        let language_id = *i.languages.get(&language).ok_or_else(|| crate::RequestError {
+            field: "asr_language",
+            reason: format!("{language:?} is not a language of this model"),
+        })?;
+        let task_id = match task {
+            AsrTask::Translate => i.translate,
+            AsrTask::Transcribe => i.transcribe,
+        };
+        let mut ids = vec![i.start, language_id, task_id, i.no_timestamps];
+        let (mut past_k, mut past_v) = (empty.clone(), empty);
+        let mut feed = ids.clone();
+        let mut first = true;
+        while ids.len() < i.max_length as usize {
+            let (mut logits, k, v) = step(&feed, &past_k, &past_v)?;
+            let begin: &[u32] = if first { &i.begin_suppress } else { &[] };
+            first = false;
+            for &t in i.suppress.iter().chain(begin) {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            let next = argmax(&logits) as u32;
+            ids.push(next);
+            if next == i.end {
+                break;
+            }
+            (past_k, past_v, feed) = (k, v, vec![next]);
+        }
+        Ok((ids, language))
+    }
+}
+
+fn read_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, RuntimeError> {
+    tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| BundleError::Inconsistent(format!("{}: not a tokenizer.json: {e}", path.display())).into())
+}

@@ -1,0 +1,198 @@
+//! Speech recognition: the Rust log-mel front end against transformers'
+//! `WhisperFeatureExtractor`, and greedy decoding on the bundle's Whisper engines against
+//! transformers' `generate`, with the tiny exact-architecture test model
+//! (`emollama_export.whisper synthetic`: seeded random weights, the real multilingual
+//! tokenizer).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::analyze;
+use emollama_bundle::Bundle;
+use emollama_engines::onnx::{init_runtime, EngineOptions, ProviderPolicy};
+use emollama_engines::CancelToken;
+use emollama_runtime::asr::{AsrTask, Transcriber};
+use emollama_runtime::request::AsrRequest;
+use emollama_runtime::{AnalyzeOptions, AnalyzeRequest, Pipeline, RuntimeConfig, Stage, TranscriptReport};
+use serde_json::Value;
+
+fn asr_goldens() -> PathBuf {
+    common::test_data().join("asr-goldens")
+}
+
+fn index() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(asr_goldens().join("index.json")).unwrap()).unwrap()
+}
+
+fn transcriber() -> Transcriber {
+    let bundle = Bundle::open(&common::test_data().join("bundle-asr")).unwrap();
+    bundle.verify_files().unwrap();
+    let rt = init_runtime(None).unwrap();
+    let opts = EngineOptions { intra_threads: 1, policy: ProviderPolicy::cpu_only(), model_sha256: String::new() };
+    Transcriber::load(&bundle, rt, &opts).unwrap().expect("the bundle has speech recognition")
+}
+
+/// Within this of `WhisperFeatureExtractor`'s numpy path: the FFT libraries differ in
+/// the last bits of an f64, which rounding to f32 (as numpy's complex64) almost always
+/// hides; log10 and the scaling are the same operations.
+const LOG_MEL_TOLERANCE: f32 = 1e-5;
+
+#[test]
+fn log_mel_equals_whispers_feature_extractor() {
+    let t = transcriber();
+    let mut worst = 0f32;
+    for case in index()["cases"].as_array().unwrap() {
+        let wave = common::tensor_in(&asr_goldens(), &case["waveform"]);
+        let want = common::tensor_in(&asr_goldens(), &case["log_mel"]);
+        let got = t.features(wave.as_slice().unwrap());
+        assert_eq!(got.len(), want.len(), "{}", case["name"]);
+        let diff = common::max_abs_diff(&got, want.as_slice().unwrap());
+        println!("{}: {} samples, max |rust - transformers| = {diff:.3e}", case["name"], wave.len());
+        worst = worst.max(diff);
+    }
+    assert!(worst <= LOG_MEL_TOLERANCE, "log-mel differs by {worst}");
+}
+
+#[test]
+fn greedy_decoding_equals_transformers_generate() {
+    let t = transcriber();
+    let cancel = CancelToken::new();
+    for case in index()["cases"].as_array().unwrap() {
+        let mel = common::tensor_in(&asr_goldens(), &case["log_mel"]);
+        for (key, task, language) in [
+            ("translate-en", AsrTask::Translate, Some("en")),
+            ("transcribe-en", AsrTask::Transcribe, Some("en")),
+            ("transcribe-detect", AsrTask::Transcribe, None),
+        ] {
+            let want: Vec<u32> = serde_json::from_value(case["generate"][key].clone()).unwrap();
+            let (ids, detected) = t.decode(mel.as_slice().unwrap(), task, language, &cancel).unwrap();
+            assert_eq!(ids, want, "{} {key}", case["name"]);
+            assert_eq!(t.info().languages[&detected], want[1], "{} {key}: the language token", case["name"]);
+        }
+    }
+    // The text: the ids after the prefix, without the end and timestamp tokens, decoded.
+    let wave = common::tensor_in(&asr_goldens(), &index()["cases"][0]["waveform"]);
+    let r = t.transcribe(wave.as_slice().unwrap(), AsrTask::Translate, Some("en"), &cancel).unwrap();
+    assert_eq!((r.language.as_str(), r.task, r.ids.len()), ("en", AsrTask::Translate, 448));
+    assert!(!r.text.is_empty() && !r.text.contains("<|"), "{:?}", r.text);
+    println!("tones-3s: {} ids, {:.0} ms, text {:?}…", r.ids.len(), r.ms, r.text.chars().take(60).collect::<String>());
+}
+
+fn pipeline(bundle: &str) -> Pipeline {
+    let config = RuntimeConfig { threads: 2, ..RuntimeConfig::default() };
+    Pipeline::load(Bundle::open(&common::test_data().join(bundle)).unwrap(), config).unwrap()
+}
+
+fn asr_pipeline() -> &'static Pipeline {
+    static P: OnceLock<Pipeline> = OnceLock::new();
+    P.get_or_init(|| pipeline("bundle-asr"))
+}
+
+fn request(media: &Path) -> AnalyzeRequest {
+    AnalyzeRequest {
+        max_new_tokens: Some(4),
+        asr: AsrRequest { language: Some("en".into()), ..AsrRequest::default() },
+        ..AnalyzeRequest::new(media.to_str().unwrap())
+    }
+}
+
+/// A clip of `seconds` with a tone, made with the ffmpeg CLI.
+fn tone_clip(dir: &Path, seconds: f64) -> PathBuf {
+    let path = dir.join(format!("tone-{seconds}s.mp4"));
+    let t = seconds.to_string();
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=96x96:rate=10"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000", "-t", &t, "-pix_fmt", "yuv420p"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    path
+}
+
+/// No transcript given: speech recognition fills the line, the result says so; the line
+/// it builds is the line of the same text given (the same prompt tokens, the same answer:
+/// the given line's layout is the spec's, checked by the prompt goldens); `none` turns it off.
+#[test]
+fn a_missing_transcript_is_heard_and_built_as_a_given_one() {
+    let p = asr_pipeline();
+    let clip = common::media_dir().join("talking-face.mp4");
+    let heard = analyze(p, &request(&clip)).unwrap();
+    let Some(TranscriptReport::Asr { text, language, task }) = &heard.transcript else {
+        panic!("{:?}", heard.transcript)
+    };
+    assert_eq!((language.as_str(), *task), ("en", AsrTask::Translate));
+    assert!(heard.transcript_used && heard.timings_ms[&Stage::Asr] > 0.0);
+    assert_eq!(heard.providers["asr"], "cpu");
+    let given = analyze(p, &AnalyzeRequest { transcript: Some(text.clone()), ..request(&clip) }).unwrap();
+    assert_eq!(given.transcript, Some(TranscriptReport::Request));
+    assert!(!given.timings_ms.contains_key(&Stage::Asr));
+    assert_eq!((given.tokens.prompt, &given.answer_tokens), (heard.tokens.prompt, &heard.answer_tokens));
+    // `transcript: none`: no line, no recognition, no note.
+    let opts = AnalyzeOptions { transcript: Some("none".into()), max_new_tokens: Some(4), ..AnalyzeOptions::default() };
+    let off = analyze(p, &opts.into_request(clip.to_str().unwrap().into(), 500).unwrap()).unwrap();
+    assert!(off.transcript.is_none() && !off.transcript_used && !off.timings_ms.contains_key(&Stage::Asr));
+    assert!(off.tokens.prompt < heard.tokens.prompt);
+    // Transcribe instead of translate: the task token differs, the result says which.
+    let asr = AsrRequest { task: AsrTask::Transcribe, language: Some("en".into()), enabled: true };
+    let r = analyze(p, &AnalyzeRequest { asr, ..request(&clip) }).unwrap();
+    assert!(
+        matches!(r.transcript, Some(TranscriptReport::Asr { task: AsrTask::Transcribe, .. })),
+        "{:?}",
+        r.transcript
+    );
+}
+
+/// No audio track, 0.2 s of audio, 40 s of audio (only the first 30 s window is heard,
+/// said in a note), a bundle without the engines (a note, no error).
+#[test]
+fn odd_audio_and_bundles_without_asr_are_notes_not_errors() {
+    let p = asr_pipeline();
+    let r = analyze(p, &request(&common::media_dir().join("no-audio.mp4"))).unwrap();
+    assert!(r.transcript.is_none() && r.notes.iter().any(|n| n.contains("no audio to recognise")), "{:?}", r.notes);
+    let dir = tempfile::tempdir().unwrap();
+    let short = analyze(p, &request(&tone_clip(dir.path(), 0.2))).unwrap();
+    assert!(short.timings_ms.contains_key(&Stage::Asr), "{:?}", short.notes);
+    let long = analyze(p, &request(&tone_clip(dir.path(), 40.0))).unwrap();
+    assert!(long.notes.iter().any(|n| n.contains("first 30 s")), "{:?}", long.notes);
+    let plain = pipeline("bundle");
+    let clip = common::media_dir().join("talking-face.mp4");
+    let r = analyze(&plain, &request(&clip)).unwrap();
+    assert!(r.transcript.is_none() && r.notes.iter().any(|n| n.contains("no speech recognition")), "{:?}", r.notes);
+    assert!(!r.providers.contains_key("asr"));
+}
+
+/// `emollama transcribe`: the text alone or JSON; no audio and a bundle without the
+/// engines are one-line errors.
+#[test]
+fn the_transcribe_command_prints_what_is_said() {
+    let run = |media: &Path, bundle: &str, extra: &[&str]| {
+        Command::new(common::emollama_bin())
+            .arg("transcribe")
+            .arg(media)
+            .arg("--bundle")
+            .arg(common::test_data().join(bundle))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let speech = common::media_dir().join("speech.wav");
+    let out = run(&speech, "bundle-asr", &["--json", "--language", "en", "--task", "transcribe"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["language"].as_str(), v["task"].as_str()), (Some("en"), Some("transcribe")), "{v}");
+    assert!(v["ids"].as_array().unwrap().len() > 4 && !v["text"].as_str().unwrap().is_empty(), "{v}");
+    let out = run(&speech, "bundle-asr", &["--language", "en"]);
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    for (media, bundle, says) in [
+        (common::media_dir().join("no-audio.mp4"), "bundle-asr", "has no audio stream"),
+        (speech, "bundle", "has no speech recognition engines"),
+    ] {
+        let out = run(&media, bundle, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says) && err.lines().count() == 1, "{err}");
+    }
+}
