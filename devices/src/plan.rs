@@ -64,6 +64,10 @@ pub struct PlanParts {
     pub encoder_load_peak: u64,
     /// Every face-detector session (three nets per detector).
     pub face_detectors: u64,
+    /// Speech recognition, resident whenever the bundle has it: its three engines (as the
+    /// encoders are counted) and its decoding state (every layer's cross-attention keys
+    /// and values and the self-attention cache at the longest sequence, in and out).
+    pub asr: u64,
     pub runtime_contexts: u64,
     pub os_reserve: u64,
 }
@@ -120,23 +124,36 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
     let nb = f64::from(s.n_batch.min(s.n_ctx));
     let compute_buffers =
         (64.0 * MIB + llm.vocab_size as f64 * nb * 4.0 + 6.0 * llm.embedding_width as f64 * nb * 4.0) as u64;
+    let engine_bytes = |f: &emollama_bundle::FileEntry| {
+        let stored = engine_file_precision(f.precision);
+        let params = f.size as f64 / stored.bytes_per_param();
+        if p.has_gpu() {
+            let bytes = (params * s.encoder_precision.bytes_per_param() * 1.15) as u64;
+            (bytes, bytes)
+        } else {
+            let fp32 = params * EnginePrecision::Fp32.bytes_per_param();
+            let loading = if stored == EnginePrecision::Fp16 { CPU_ENGINE_LOADING_FP16 } else { CPU_ENGINE_RESIDENT };
+            ((fp32 * CPU_ENGINE_RESIDENT) as u64, (fp32 * loading) as u64)
+        }
+    };
     let engines: Vec<(String, u64, u64)> = Role::ROW_ENGINES
         .iter()
         .filter_map(|r| m.files.iter().find(|f| &f.role == r))
         .map(|f| {
-            let stored = engine_file_precision(f.precision);
-            let params = f.size as f64 / stored.bytes_per_param();
-            if p.has_gpu() {
-                let bytes = (params * s.encoder_precision.bytes_per_param() * 1.15) as u64;
-                (f.role.to_string(), bytes, bytes)
-            } else {
-                let fp32 = params * EnginePrecision::Fp32.bytes_per_param();
-                let loading =
-                    if stored == EnginePrecision::Fp16 { CPU_ENGINE_LOADING_FP16 } else { CPU_ENGINE_RESIDENT };
-                (f.role.to_string(), (fp32 * CPU_ENGINE_RESIDENT) as u64, (fp32 * loading) as u64)
-            }
+            let (resident, loading) = engine_bytes(f);
+            (f.role.to_string(), resident, loading)
         })
         .collect();
+    let asr = m.asr.as_ref().map_or(0, |a| {
+        let engines: u64 = Role::ASR
+            .iter()
+            .filter_map(|r| m.files.iter().find(|f| &f.role == r && f.format == emollama_bundle::FileFormat::Onnx))
+            .map(|f| engine_bytes(f).0)
+            .sum();
+        let per_position = 2.0 * f64::from(a.decoder_layers) * f64::from(a.heads) * f64::from(a.head_dim) * 4.0;
+        let state = 2.0 * per_position * f64::from(a.audio_positions + a.max_length);
+        engines + state as u64
+    });
     let encoder_load_peak = engines.iter().map(|e| e.2).max().unwrap_or(0);
     let encoders = engines.into_iter().map(|(role, resident, _)| (role, resident)).collect();
     let face_nets: f64 =
@@ -151,14 +168,19 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
         encoders,
         encoder_load_peak,
         face_detectors,
+        asr,
         runtime_contexts,
         os_reserve,
     }
 }
 
 fn totals(parts: &PlanParts) -> (u64, u64) {
-    let base =
-        parts.llm_weights + parts.kv_cache + parts.compute_buffers + parts.runtime_contexts + parts.face_detectors;
+    let base = parts.llm_weights
+        + parts.kv_cache
+        + parts.compute_buffers
+        + parts.runtime_contexts
+        + parts.face_detectors
+        + parts.asr;
     let all: u64 = parts.encoders.iter().map(|e| e.1).sum();
     // Loading an encoder can briefly need more than it keeps (an fp16 file on a CPU); in
     // turn, that happens at every use.
@@ -339,6 +361,7 @@ fn message(
                 ("compute buffers".into(), parts.compute_buffers),
                 ("runtime contexts".into(), parts.runtime_contexts),
                 ("face detectors".into(), parts.face_detectors),
+                ("speech recognition".into(), parts.asr),
             ];
             biggest.extend(parts.encoders.iter().map(|(r, b)| (r.clone(), *b)));
             biggest.sort_by_key(|b| std::cmp::Reverse(b.1));

@@ -44,7 +44,22 @@ pub struct Transcript {
     /// The decoder's ids, forced prefix and end token included (as `generate` returns
     /// them with `return_dict_in_generate`).
     pub ids: Vec<u32>,
+    /// The whole recognition, and its parts: the front end, the encoder with the
+    /// cross-attention keys and values, the decoder steps (language detection included).
     pub ms: f64,
+    pub log_mel_ms: f64,
+    pub encode_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// Greedy decoding's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The forced prefix, the generated ids, the end token when reached.
+    pub ids: Vec<u32>,
+    pub language: String,
+    pub encode_ms: f64,
+    pub decode_ms: f64,
 }
 
 /// The Whisper engines of a bundle, loaded.
@@ -113,29 +128,59 @@ impl Transcriber {
     ) -> Result<Transcript, RuntimeError> {
         let started = Instant::now();
         let features = self.features(samples);
-        let (ids, language) = self.decode(&features, task, language, cancel)?;
+        let log_mel_ms = started.elapsed().as_secs_f64() * 1e3;
+        let d = self.decode(&features, task, language, cancel)?;
         let text_ids: Vec<u32> =
-            ids[4..].iter().copied().filter(|&t| t != self.info.end && t < self.info.timestamp_begin).collect();
+            d.ids[4..].iter().copied().filter(|&t| t != self.info.end && t < self.info.timestamp_begin).collect();
         let text = self.tokenizer.decode(&text_ids, true).map_err(|e| asr_error(format!("decoding text: {e}")))?;
-        Ok(Transcript { text: text.trim().to_string(), language, task, ids, ms: started.elapsed().as_secs_f64() * 1e3 })
+        Ok(Transcript {
+            text: text.trim().to_string(),
+            language: d.language,
+            task,
+            ids: d.ids,
+            ms: started.elapsed().as_secs_f64() * 1e3,
+            log_mel_ms,
+            encode_ms: d.encode_ms,
+            decode_ms: d.decode_ms,
+        })
     }
 
-    /// Greedy decoding of one window's features: the ids (prefix and end included) and
-    /// the language.
+    /// One window of silence through every engine and one decoder step, so that the
+    /// first request does not pay for lazy initialisation (and TensorRT engine building).
+    pub fn warm_up(&self) -> Result<(), RuntimeError> {
+        let language = self.info.languages.keys().next().map(String::as_str);
+        self.decode_up_to(&self.features(&[]), AsrTask::Transcribe, language, &CancelToken::new(), 5).map(|_| ())
+    }
+
+    /// Greedy decoding of one window's features.
     pub fn decode(
         &self,
         features: &[f32],
         task: AsrTask,
         language: Option<&str>,
         cancel: &CancelToken,
-    ) -> Result<(Vec<u32>, String), RuntimeError> {
+    ) -> Result<Decoded, RuntimeError> {
+        self.decode_up_to(features, task, language, cancel, self.info.max_length as usize)
+    }
+
+    /// [`Transcriber::decode`] stopped at `max_ids` ids in all.
+    fn decode_up_to(
+        &self,
+        features: &[f32],
+        task: AsrTask,
+        language: Option<&str>,
+        cancel: &CancelToken,
+        max_ids: usize,
+    ) -> Result<Decoded, RuntimeError> {
         let i = &self.info;
+        let started = Instant::now();
         let input = ArrayD::from_shape_vec(IxDyn(&[1, i.n_mels as usize, self.mel.frames()]), features.to_vec())
             .map_err(|e| asr_error(e.to_string()))?;
         let mut hidden = self.encoder.run_cancellable(&[(INPUT_FEATURES, input.view())], Some(cancel))?;
         let hidden = hidden.take(ENCODER_HIDDEN)?;
         let mut cross = self.cross_kv.run_cancellable(&[(ENCODER_HIDDEN, hidden.view())], Some(cancel))?;
         let (cross_k, cross_v) = (cross.take(CROSS_K)?, cross.take(CROSS_V)?);
+        let encode_ms = started.elapsed().as_secs_f64() * 1e3;
         let empty =
             ArrayD::<f32>::zeros(IxDyn(&[i.decoder_layers as usize, 1, i.heads as usize, 0, i.head_dim as usize]));
         let step = |ids: &[u32], past_k: &ArrayD<f32>, past_v: &ArrayD<f32>| {
@@ -181,7 +226,7 @@ impl Transcriber {
         let (mut past_k, mut past_v) = (empty.clone(), empty);
         let mut feed = ids.clone();
         let mut first = true;
-        while ids.len() < i.max_length as usize {
+        while ids.len() < max_ids {
             let (mut logits, k, v) = step(&feed, &past_k, &past_v)?;
             let begin: &[u32] = if first { &i.begin_suppress } else { &[] };
             first = false;
@@ -197,7 +242,8 @@ impl Transcriber {
             }
             (past_k, past_v, feed) = (k, v, vec![next]);
         }
-        Ok((ids, language))
+        let decode_ms = started.elapsed().as_secs_f64() * 1e3 - encode_ms;
+        Ok(Decoded { ids, language, encode_ms, decode_ms })
     }
 }
 

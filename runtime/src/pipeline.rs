@@ -312,6 +312,9 @@ impl Pipeline {
         }
         let zero_rows = read_zero_rows(&bundle)?;
         let asr = Transcriber::load(&bundle, rt, &opts)?;
+        if let Some(asr) = &asr {
+            asr.warm_up()?;
+        }
         let llm_entry = bundle.required(&Role::Llm)?;
         let llm = Arc::new(LlmModel::load(
             &bundle.path_of(llm_entry),

@@ -615,6 +615,16 @@ impl<'p> Session<'p> {
 
     /// The prompt text around the rows, tokenized; the label candidates.
     pub fn tokenize_prompt(&mut self) -> Result<(), RuntimeError> {
+        self.tokenize_prompt_text()?;
+        self.fit_heard_transcript()?;
+        let max_new = self.max_new_tokens();
+        if let (Some(o), Some(prompt)) = (self.observer.as_mut(), self.prompt.as_ref()) {
+            o.prompt(prompt, max_new)?;
+        }
+        Ok(())
+    }
+
+    fn tokenize_prompt_text(&mut self) -> Result<(), RuntimeError> {
         let prompt = self.timed(Stage::Prompt, |s| {
             let m = s.pipeline.manifest();
             let text = build_prompt(s.req.layout, &s.req.task, s.transcript(), &m.prompt.placeholder);
@@ -627,11 +637,33 @@ impl<'p> Session<'p> {
                 labels,
             })
         })?;
-        let max_new = self.max_new_tokens();
-        if let Some(o) = self.observer.as_mut() {
-            o.prompt(&prompt, max_new)?;
-        }
         self.prompt = Some(prompt);
+        Ok(())
+    }
+
+    /// A recognised transcript is cut, words from its end, until the prompt leaves room
+    /// for the answer (its length, at most a quarter of the context): speech recognition
+    /// on noise can write 400 words. A given transcript is the client's and is refused
+    /// instead (`check_fits`).
+    fn fit_heard_transcript(&mut self) -> Result<(), RuntimeError> {
+        let n_ctx = self.pipeline.config().n_ctx as usize;
+        let limit = n_ctx - (self.max_new_tokens() as usize).min(n_ctx / 4);
+        let Some(full) = self.heard.as_ref().map(|h| h.text.clone()) else { return Ok(()) };
+        if self.given_transcript().is_some() || self.prompt_len() <= limit {
+            return Ok(());
+        }
+        let words: Vec<&str> = full.split_whitespace().collect();
+        let mut keep = words.len();
+        while self.prompt_len() > limit && keep > 0 {
+            let over = self.prompt_len() - limit;
+            keep = keep.saturating_sub(over.div_ceil(2).max(1));
+            if let Some(h) = self.heard.as_mut() {
+                h.text = words[..keep].join(" ");
+            }
+            self.tokenize_prompt_text()?;
+        }
+        self.notes
+            .push(format!("the recognised transcript was cut to {keep} of {} words to fit the context", words.len()));
         Ok(())
     }
 

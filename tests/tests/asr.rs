@@ -68,9 +68,9 @@ fn greedy_decoding_equals_transformers_generate() {
             ("transcribe-detect", AsrTask::Transcribe, None),
         ] {
             let want: Vec<u32> = serde_json::from_value(case["generate"][key].clone()).unwrap();
-            let (ids, detected) = t.decode(mel.as_slice().unwrap(), task, language, &cancel).unwrap();
-            assert_eq!(ids, want, "{} {key}", case["name"]);
-            assert_eq!(t.info().languages[&detected], want[1], "{} {key}: the language token", case["name"]);
+            let d = t.decode(mel.as_slice().unwrap(), task, language, &cancel).unwrap();
+            assert_eq!(d.ids, want, "{} {key}", case["name"]);
+            assert_eq!(t.info().languages[&d.language], want[1], "{} {key}: the language token", case["name"]);
         }
     }
     // The text: the ids after the prefix, without the end and timestamp tokens, decoded.
@@ -158,8 +158,15 @@ fn odd_audio_and_bundles_without_asr_are_notes_not_errors() {
     assert!(short.timings_ms.contains_key(&Stage::Asr), "{:?}", short.notes);
     let long = analyze(p, &request(&tone_clip(dir.path(), 40.0))).unwrap();
     assert!(long.notes.iter().any(|n| n.contains("first 30 s")), "{:?}", long.notes);
-    let plain = pipeline("bundle");
+    // A recognised transcript longer than the context leaves room for is cut, said so.
+    let config = RuntimeConfig { threads: 2, n_ctx: 768, ..RuntimeConfig::default() };
+    let small = Pipeline::load(Bundle::open(&common::test_data().join("bundle-asr")).unwrap(), config).unwrap();
     let clip = common::media_dir().join("talking-face.mp4");
+    let cut = analyze(&small, &request(&clip)).unwrap();
+    assert!(cut.notes.iter().any(|n| n.contains("recognised transcript was cut")), "{:?}", cut.notes);
+    assert!(cut.tokens.prompt + 4 <= 768 && cut.transcript_used, "{:?}", cut.tokens);
+    drop(small);
+    let plain = pipeline("bundle");
     let r = analyze(&plain, &request(&clip)).unwrap();
     assert!(r.transcript.is_none() && r.notes.iter().any(|n| n.contains("no speech recognition")), "{:?}", r.notes);
     assert!(!r.providers.contains_key("asr"));
@@ -194,5 +201,22 @@ fn the_transcribe_command_prints_what_is_said() {
         let out = run(&media, bundle, &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says) && err.lines().count() == 1, "{err}");
+    }
+}
+
+/// The planner counts speech recognition (resident: its engines and decoding state).
+#[test]
+fn the_plan_counts_speech_recognition() {
+    let profiles = emollama_devices::load_profiles(&emollama_devices::profile_dirs()).unwrap();
+    let with = Bundle::open(&common::test_data().join("bundle-asr")).unwrap();
+    let without = Bundle::open(&common::bundle_dir()).unwrap();
+    let onnx: u64 = with.manifest().files.iter().filter(|f| f.role.as_str().starts_with("asr_")).map(|f| f.size).sum();
+    // fp32 files: on a CPU 1.55 × their weights; on a Jetson at fp16 (half) plus workspace.
+    for (name, at_least) in [("x86-cpu", onnx), ("orin-nano-8gb", onnx / 2)] {
+        let profile = emollama_devices::find_profile(&profiles, name).unwrap();
+        let (a, b) =
+            (emollama_devices::plan(with.manifest(), profile), emollama_devices::plan(without.manifest(), profile));
+        assert!(a.parts.asr > at_least && b.parts.asr == 0, "{name}: {} vs {onnx}", a.parts.asr);
+        assert_eq!(a.resident_total - b.resident_total, a.parts.asr, "{name}");
     }
 }

@@ -589,3 +589,39 @@ fn eval_reads_its_inputs_strictly() {
     let md = std::fs::read_to_string(out("feats").join("eval.md")).unwrap_or_default();
     assert!(md.contains("is a folder") && md.contains("FIFO"), "{md}\n{}", String::from_utf8_lossy(&r.stderr));
 }
+
+/// `--asr`: the transcript line from the bundle's speech recognition instead of the CSV,
+/// on every clip; compared with the CSV run on the same clips; refused with a bundle
+/// without the engines.
+#[test]
+fn asr_transcripts_are_compared_with_the_csvs() {
+    let _serial = common::serial();
+    let work = tempfile::tempdir().unwrap();
+    let (csv, asr) = (work.path().join("csv"), work.path().join("asr"));
+    let d = dataset();
+    let bundle = common::test_data().join("bundle-asr");
+    let run = |out: &Path, extra: &[String]| {
+        let mut args = eval_args(&bundle, &d.list(), out);
+        args.extend(extra.iter().cloned());
+        let o = emollama(&args);
+        assert!(o.status.success(), "eval {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&csv, &["--transcripts".into(), text(&d.transcripts())]);
+    run(&asr, &["--asr".into()]);
+    assert_eq!(report(&csv)["transcripts_used"].as_u64(), Some(2));
+    // Every clip with audio is heard (the dataset has one without).
+    for row in rows(&asr) {
+        assert_eq!(row["run"]["asr"], true, "{row}");
+        let heard = row["transcript"] == true;
+        assert!(heard || row["notes"].to_string().contains("no audio"), "{row}");
+    }
+    assert_eq!(report(&asr)["transcripts_used"].as_u64(), Some(5));
+    let c = compare(&asr, &csv);
+    assert_eq!(c["clips"], 6, "{c}");
+    // Without the engines: one clear error before any clip runs.
+    let mut args = eval_args(&common::bundle_dir(), &d.list(), &work.path().join("none"));
+    args.push("--asr".into());
+    let o = emollama(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no speech recognition engines"), "{err}");
+}

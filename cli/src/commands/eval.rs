@@ -36,6 +36,10 @@ pub struct EvalArgs {
     /// transcription_en_all.csv, for the prompt's transcript line.
     #[arg(long, value_name = "CSV")]
     transcripts: Option<PathBuf>,
+    /// The transcript line from the bundle's speech recognition instead of a CSV (compare
+    /// with a --transcripts run: `eval --compare` says what recognition costs).
+    #[arg(long, conflicts_with = "transcripts")]
+    asr: bool,
     /// The instruction's labels (the official MER2023 eval asks with nine).
     #[arg(long, value_enum, default_value = "nine")]
     instruction: LabelSet,
@@ -92,8 +96,13 @@ pub fn run(args: EvalArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
     {
         anyhow::ensure!(dir.is_dir(), "{} is not a folder", dir.display());
     }
-    let settings =
-        EvalSettings { preset: args.preset, mode: args.mode, instruction: args.instruction, scoring: args.scoring };
+    let settings = EvalSettings {
+        preset: args.preset,
+        mode: args.mode,
+        instruction: args.instruction,
+        scoring: args.scoring,
+        asr: args.asr,
+    };
     settings.check()?;
     // The list is checked before the model loads: a wrong line fails at once.
     let dataset = Dataset::open(paths, settings.scoring.labels(), args.limit)?;
@@ -106,6 +115,7 @@ pub fn run(args: EvalArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     let pipeline = args.pipeline.load(ort_library)?;
+    settings.check_pipeline(&pipeline)?;
     let bar = Bar::new();
     let rows = run_eval(&pipeline, &dataset, settings, &out, &Default::default(), |p| bar.update(p))?;
     bar.finish();

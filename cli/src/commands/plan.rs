@@ -35,6 +35,9 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
             "{:<20} runs with: LLM {}, n_ctx {}, n_batch {}, KV {}, encoders {} {:?}, {} threads, {} face detectors",
             "", s.llm_type, s.n_ctx, s.n_batch, s.kv_type, s.encoder_precision, s.encoders, s.threads, s.face_detectors
         );
+        if p.parts.asr > 0 {
+            println!("{:<20} speech recognition resident: {:.2} GB", "", p.parts.asr as f64 / 1e9);
+        }
         if let Some(t) = p.requantize(b.manifest()) {
             println!("{:<20} first: emollama quantize --bundle IN OUT {t}", "");
         }

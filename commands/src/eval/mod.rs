@@ -65,6 +65,8 @@ pub enum EvalError {
     OtherRun { path: PathBuf, found: String, expected: String },
     #[error("--instruction {0:?}: the official prompts ask with the six or the nine labels (DFEW is a scoring set)")]
     Instruction(LabelSet),
+    #[error("--asr: bundle {bundle} has no speech recognition engines (emollama_export.whisper adds them)")]
+    NoAsr { bundle: String },
     #[error("{path}: no result rows")]
     NoRows { path: PathBuf },
     #[error(transparent)]

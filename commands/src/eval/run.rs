@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::dataset::{Clip, Dataset, DatasetPaths};
 use super::{io, EvalError, LabelSet};
 use emollama_runtime::prompt::{extract_label, Task};
-use emollama_runtime::request::{AnalyzeRequest, Mode, Preset};
+use emollama_runtime::request::{AnalyzeRequest, AsrRequest, Mode, Preset};
 use emollama_runtime::session::AnalyzeResult;
 use emollama_runtime::stage::Timings;
 use emollama_runtime::Pipeline;
@@ -32,6 +32,10 @@ pub struct EvalSettings {
     /// The labels scored, and allowed in the list (MER2023/2024: six; anything else in
     /// an answer scores as neutral).
     pub scoring: LabelSet,
+    /// The transcript line from the bundle's speech recognition instead of the dataset's
+    /// CSV (off: the official protocol, the CSV's line or none, never recognised).
+    #[serde(default)]
+    pub asr: bool,
 }
 
 impl EvalSettings {
@@ -41,6 +45,14 @@ impl EvalSettings {
             LabelSet::Six | LabelSet::Nine => Ok(()),
             other => Err(EvalError::Instruction(other)),
         }
+    }
+
+    /// Settings this pipeline can run: speech recognition needs the bundle's engines.
+    pub fn check_pipeline(&self, pipeline: &Pipeline) -> Result<(), EvalError> {
+        if self.asr && pipeline.asr().is_none() {
+            return Err(EvalError::NoAsr { bundle: pipeline.manifest().id.clone() });
+        }
+        Ok(())
     }
 }
 
@@ -70,7 +82,11 @@ impl std::fmt::Display for RunKey {
             wire(&s.mode),
             wire(&s.instruction),
             wire(&s.scoring),
-            if self.transcripts { "yes" } else { "no" }
+            match (s.asr, self.transcripts) {
+                (true, _) => "from speech recognition",
+                (false, true) => "from the CSV",
+                (false, false) => "none",
+            }
         )
     }
 }
@@ -347,7 +363,8 @@ fn run_clip(
         task: Task::Emotion { six_labels: s.instruction == LabelSet::Six },
         preset: s.preset,
         mode: s.mode,
-        transcript: transcripts.get(&clip.name).cloned(),
+        transcript: transcripts.get(&clip.name).cloned().filter(|_| !s.asr),
+        asr: AsrRequest { enabled: s.asr, ..AsrRequest::default() },
         features,
         scores: true,
         ..AnalyzeRequest::new(video.to_string_lossy().into_owned())
