@@ -65,8 +65,9 @@ pub struct PlanParts {
     /// Every face-detector session (three nets per detector).
     pub face_detectors: u64,
     /// Speech recognition, resident whenever the bundle has it: its three engines (as the
-    /// encoders are counted) and its decoding state (every layer's cross-attention keys
-    /// and values and the self-attention cache at the longest sequence, in and out).
+    /// encoders are counted, plus the largest one's loading peak) and its decoding state
+    /// (every layer's cross-attention keys and values and the self-attention cache at the
+    /// longest sequence, in and out).
     pub asr: u64,
     pub runtime_contexts: u64,
     pub os_reserve: u64,
@@ -145,11 +146,14 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
         })
         .collect();
     let asr = m.asr.as_ref().map_or(0, |a| {
-        let engines: u64 = Role::ASR
+        let sizes: Vec<(u64, u64)> = Role::ASR
             .iter()
             .filter_map(|r| m.files.iter().find(|f| &f.role == r && f.format == emollama_bundle::FileFormat::Onnx))
-            .map(|f| engine_bytes(f).0)
-            .sum();
+            .map(engine_bytes)
+            .collect();
+        // Resident together; the one loading last may briefly need more (an fp16-stored
+        // graph on a CPU: whisper-large-v3 peaked 2 GB over its resident figure).
+        let engines = sizes.iter().map(|s| s.0).sum::<u64>() + sizes.iter().map(|s| s.1 - s.0).max().unwrap_or(0);
         let per_position = 2.0 * f64::from(a.decoder_layers) * f64::from(a.heads) * f64::from(a.head_dim) * 4.0;
         let state = 2.0 * per_position * f64::from(a.audio_positions + a.max_length);
         engines + state as u64

@@ -35,11 +35,12 @@ class _AsFloat(nn.Module):
         return w.float()
 
 
-def store_fp16(module: nn.Module) -> None:
+def store_fp16(module: nn.Module, what: str = "EVA", fix: str = "export it with --eva-weights fp32") -> None:
     """Keep the Linear/Conv weights and biases in fp16 (what convert_weights_to_fp16 makes
     of them) and compute in fp32: the ONNX file holds them as fp16 initializers + Cast, so
-    EVA-g (1.0 B parameters) fits one protobuf (< 2 GiB). The values came from an fp16
-    file, so nothing is rounded: the numbers equal the fp32 module's."""
+    EVA-g (1.0 B parameters) or Whisper large (0.6-0.8 B per graph) fits one protobuf
+    (< 2 GiB). The values came from an fp16 file, so nothing is rounded: the numbers
+    equal the fp32 module's (a value that is not fp16-exact is refused, naming `what`)."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             for name in ("weight", "bias"):
@@ -48,7 +49,7 @@ def store_fp16(module: nn.Module) -> None:
                     continue
                 half = p.detach().half()
                 if not torch.equal(half.float(), p.detach()):
-                    raise ExportError(f"EVA {name} of {m} is not fp16-exact; export it with --eva-weights fp32")
+                    raise ExportError(f"{what} {name} of {m} is not fp16-exact; {fix}")
                 parametrize.register_parametrization(m, name, _AsFloat(), unsafe=True)
                 m.parametrizations[name].original = nn.Parameter(half, requires_grad=False)
 

@@ -38,6 +38,7 @@ from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtract
 from transformers.models.whisper.tokenization_whisper import bytes_to_unicode
 
 from .manifest import file_entry, tensor_spec
+from .official_encoders import PROTOBUF_LIMIT, store_fp16
 from .synthetic import PARITY_TOLERANCE, export_onnx, log, max_diff, parity_session
 from .tensors import TensorStore, write_json_atomic
 
@@ -144,6 +145,12 @@ def random_checkpoint(out: Path, assets: Path, dims: str = "tiny-test") -> Path:
         max_source_positions=1500, max_target_positions=448, pad_token_id=eot, bos_token_id=eot,
         eos_token_id=eot, decoder_start_token_id=sot, suppress_tokens=None, begin_suppress_tokens=None)
     model = WhisperForConditionalGeneration(config).eval()
+    if dims != "tiny-test":
+        # The hub's checkpoints are fp16 files: random weights of a real size are made
+        # fp16-exact the same way (what lets Whisper large keep them fp16 under 2 GiB).
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
     model.generation_config = GenerationConfig(
         decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, max_length=448,
         is_multilingual=True, lang_to_id={f"<|{k}|>": ids(f"<|{k}|>") for k in languages},
@@ -197,6 +204,9 @@ class DecoderStep(nn.Module):
         self.decoder = model.model.decoder
         self.proj_out = model.proj_out
         self.heads = model.config.decoder_attention_heads
+        # Whisper ties the output projection to the token embedding (decided here, before
+        # any fp16 storage re-parametrizes the projection's weight).
+        self.tied = model.proj_out.weight is self.decoder.embed_tokens.weight and model.proj_out.bias is None
 
     def split(self, x):
         return x.view(1, -1, self.heads, x.shape[-1] // self.heads).transpose(1, 2)
@@ -225,12 +235,11 @@ class DecoderStep(nn.Module):
                                .reshape(1, -1, width))
             x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
         x = d.layer_norm(x)[:, -1]
-        # Whisper ties the output projection to the token embedding: a Gemm (with a zero
-        # bias, which the exporter needs to emit one) reads the same initializer, where a
-        # MatMul would fold in a transposed copy (150-260 MB more file at real sizes).
-        tied = self.proj_out.weight is d.embed_tokens.weight and self.proj_out.bias is None
+        # Tied: a Gemm (with a zero bias, which the exporter needs to emit one) reads the
+        # embedding's own initializer, where a MatMul would fold in a transposed copy
+        # (150-260 MB more file at real sizes).
         w = d.embed_tokens.weight
-        logits = torch.nn.functional.linear(x, w, torch.zeros(w.shape[0])) if tied else self.proj_out(x)
+        logits = torch.nn.functional.linear(x, w, torch.zeros(w.shape[0])) if self.tied else self.proj_out(x)
         return logits, torch.stack(present_k), torch.stack(present_v)
 
 
@@ -267,11 +276,27 @@ def export_asr(checkpoint: Path, bundle: Path) -> dict:
     features = rng.standard_normal((1, n_mels, frames)).astype(np.float32)
     enc, ckv, dec = Encoder(model), CrossKv(model), DecoderStep(model)
     kv_spec = lambda n, length: tensor_spec(n, [layers, 1, heads, length, dh])  # noqa: E731
+    # Graphs over one protobuf's 2 GiB in fp32 (Whisper large: 0.6-0.8 B parameters each)
+    # keep the checkpoint's fp16 values as fp16 initializers, computing in fp32.
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in (("encoder", enc), ("decoder", dec))}
+    fp16 = {name: n * 4 > PROTOBUF_LIMIT * 0.9 for name, n in params.items()}
+    for name, n in params.items():
+        if n * 2 > PROTOBUF_LIMIT * 0.9:
+            raise SystemExit(f"asr {name}: {n / 1e9:.2f} B parameters do not fit one ONNX file even stored fp16 "
+                             "(external data is not supported by the bundle yet)")
+    with torch.no_grad():
+        hidden_fp32 = enc(torch.from_numpy(features))
+    for name, module in (("encoder", enc), ("decoder", dec)):
+        if fp16[name]:
+            store_fp16(module, f"the Whisper {name}", "this checkpoint's graph needs fp16-exact weights to fit 2 GiB")
+            log(f"asr {name}: over 2 GiB in fp32: weights stored fp16, computed in fp32")
+    precision = {k: "fp16" if v else "fp32" for k, v in fp16.items()}
     export_onnx(enc, (torch.from_numpy(features),), bundle / "asr-encoder.onnx", ["input_features"],
-                ["encoder_hidden"], {})
+                ["encoder_hidden"], {}, fold=not fp16["encoder"])
     with torch.no_grad():
         hidden = enc(torch.from_numpy(features))
         cross_k, cross_v = ckv(hidden)
+    assert torch.equal(hidden, hidden_fp32), "fp16 storage changed the encoder's numbers"
     export_onnx(ckv, (hidden,), bundle / "asr-cross-kv.onnx", ["encoder_hidden"], ["cross_k", "cross_v"], {})
     prefix = torch.tensor([[gen.decoder_start_token_id, 50259, gen.task_to_id["translate"],
                             gen.no_timestamps_token_id]], dtype=torch.float32)
@@ -279,15 +304,15 @@ def export_asr(checkpoint: Path, bundle: Path) -> dict:
     export_onnx(dec, (prefix, empty, empty, cross_k, cross_v), bundle / "asr-decoder.onnx",
                 ["input_ids", "past_k", "past_v", "cross_k", "cross_v"], ["logits", "present_k", "present_v"],
                 {"input_ids": {1: "new_tokens"}, "past_k": {3: "past"}, "past_v": {3: "past"},
-                 "present_k": {3: "present"}, "present_v": {3: "present"}})
+                 "present_k": {3: "present"}, "present_v": {3: "present"}}, fold=not fp16["decoder"])
     # Parity: each engine against PyTorch; the decoder at the prefix (no past) and one
     # cached step after it.
     worst = {}
-    worst["encoder"] = max_diff(parity_session(bundle / "asr-encoder.onnx"), {"input_features": features},
-                                {"encoder_hidden": hidden.numpy()})
+    worst["encoder"] = max_diff(parity_session(bundle / "asr-encoder.onnx", not fp16["encoder"]),
+                                {"input_features": features}, {"encoder_hidden": hidden.numpy()})
     worst["cross_kv"] = max_diff(parity_session(bundle / "asr-cross-kv.onnx"), {"encoder_hidden": hidden.numpy()},
                                  {"cross_k": cross_k.numpy(), "cross_v": cross_v.numpy()})
-    sess = parity_session(bundle / "asr-decoder.onnx")
+    sess = parity_session(bundle / "asr-decoder.onnx", not fp16["decoder"])
     with torch.no_grad():
         logits, pk, pv = dec(prefix, empty, empty, cross_k, cross_v)
         ref = model(encoder_outputs=(hidden,), decoder_input_ids=prefix.long()).logits[0, -1]
@@ -307,13 +332,14 @@ def export_asr(checkpoint: Path, bundle: Path) -> dict:
                           "runtime": f"onnxruntime {ort.__version__} cpu", "max_abs_diff": worst[key],
                           "tolerance": PARITY_TOLERANCE, "cases": 1}
     files = [
-        file_entry(bundle, "asr-encoder.onnx", "asr_encoder", "onnx", "fp32", parity=parity("encoder"),
+        file_entry(bundle, "asr-encoder.onnx", "asr_encoder", "onnx", precision["encoder"], parity=parity("encoder"),
                    inputs=[tensor_spec("input_features", [1, n_mels, frames])],
                    outputs=[tensor_spec("encoder_hidden", [1, c.max_source_positions, c.d_model])]),
         file_entry(bundle, "asr-cross-kv.onnx", "asr_cross_kv", "onnx", "fp32", parity=parity("cross_kv"),
                    inputs=[tensor_spec("encoder_hidden", [1, c.max_source_positions, c.d_model])],
                    outputs=[kv_spec("cross_k", c.max_source_positions), kv_spec("cross_v", c.max_source_positions)]),
-        file_entry(bundle, "asr-decoder.onnx", "asr_decoder", "onnx", "fp32", parity=parity("decoder_step"),
+        file_entry(bundle, "asr-decoder.onnx", "asr_decoder", "onnx", precision["decoder"],
+                   parity=parity("decoder_step"),
                    inputs=[tensor_spec("input_ids", [1, "new_tokens"]), kv_spec("past_k", "past"),
                            kv_spec("past_v", "past"), kv_spec("cross_k", c.max_source_positions),
                            kv_spec("cross_v", c.max_source_positions)],
@@ -388,7 +414,8 @@ def main(argv=None) -> None:
                    help="tiny-test (the tests' model, with goldens) or a real size for full-size runs "
                         "(bundle-asr-SIZE, no goldens)")
     a = p.parse_args(argv)
-    torch.set_num_threads(1)  # tiny models: threads only oversubscribe this machine
+    if a.mode == "synthetic" and a.dims == "tiny-test":
+        torch.set_num_threads(1)  # a tiny model: threads only oversubscribe the machine
     if a.mode == "export":
         export_asr(a.checkpoint, a.bundle)
         return
