@@ -45,7 +45,8 @@ pub enum Command {
     /// Write the man pages (for packaging).
     #[command(hide = true)]
     Manpages(manpages::ManpagesArgs),
-    /// The HTTP service (for systemd): POST /v1/analyze, /healthz, /readyz, /metrics.
+    /// The HTTP service (for systemd): POST /v1/analyze, the OpenAI-compatible
+    /// /v1/chat/completions and /v1/models, /healthz, /readyz, /metrics.
     Serve(serve::ServeArgs),
     /// Follow a camera, stream or file window by window: one JSON line per window (label
     /// probabilities, latency, windows dropped), reconnecting a lost stream.
