@@ -28,7 +28,11 @@ fn index() -> Value {
 }
 
 fn transcriber() -> Transcriber {
-    let bundle = Bundle::open(&common::test_data().join("bundle-asr")).unwrap();
+    transcriber_of("bundle-asr")
+}
+
+fn transcriber_of(bundle: &str) -> Transcriber {
+    let bundle = Bundle::open(&common::test_data().join(bundle)).unwrap();
     bundle.verify_files().unwrap();
     let rt = init_runtime(None).unwrap();
     let opts = EngineOptions { intra_threads: 1, policy: ProviderPolicy::cpu_only(), model_sha256: String::new() };
@@ -73,6 +77,19 @@ fn greedy_decoding_equals_transformers_generate() {
             assert_eq!(t.info().languages[&d.language], want[1], "{} {key}: the language token", case["name"]);
         }
     }
+    // A model that says the end token (its row pointed at the decoder's state): decoding
+    // stops there, as `generate` does, and the text leaves it out.
+    let ending = transcriber_of("bundle-asr-ending");
+    for case in index()["cases"].as_array().unwrap() {
+        let mel = common::tensor_in(&asr_goldens(), &case["log_mel"]);
+        let want: Vec<u32> = serde_json::from_value(case["generate"]["translate-en-ending"].clone()).unwrap();
+        let d = ending.decode(mel.as_slice().unwrap(), AsrTask::Translate, Some("en"), &cancel).unwrap();
+        assert_eq!(d.ids, want, "{} ending", case["name"]);
+        assert_eq!(d.ids.last(), Some(&ending.info().end), "{}", case["name"]);
+    }
+    let wave = common::tensor_in(&asr_goldens(), &index()["cases"][0]["waveform"]);
+    let r = ending.transcribe(wave.as_slice().unwrap(), AsrTask::Translate, Some("en"), &cancel).unwrap();
+    assert!(r.ids.len() < 10 && !r.text.is_empty() && !r.text.contains("<|"), "{r:?}");
     // The text: the ids after the prefix, without the end and timestamp tokens, decoded.
     let wave = common::tensor_in(&asr_goldens(), &index()["cases"][0]["waveform"]);
     let r = t.transcribe(wave.as_slice().unwrap(), AsrTask::Translate, Some("en"), &cancel).unwrap();

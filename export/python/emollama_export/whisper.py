@@ -372,13 +372,44 @@ def waveforms() -> dict:
     }
 
 
-def goldens(checkpoint: Path, out: Path) -> None:
+def ending_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """The test checkpoint changed so that it says the end token after a few words (a
+    random model never does): the end token's row (tied: its embedding, never fed back)
+    points along the decoder's final state after the prefix and one token of the first
+    test clip, so that its logit wins there and on states like it."""
+    warnings.filterwarnings("ignore")
+    model = WhisperForConditionalGeneration.from_pretrained(str(checkpoint)).eval()
+    fe = WhisperFeatureExtractor.from_pretrained(str(checkpoint))
+    gen = model.generation_config
+    wave = next(iter(waveforms().values())).astype(np.float32)
+    padded = np.zeros(CHUNK_SAMPLES, np.float32)
+    padded[:len(wave)] = wave
+    features = torch.from_numpy(fe._np_extract_fbank_features(padded[None], "cpu")[0][None])
+    prefix = [gen.decoder_start_token_id, gen.lang_to_id["<|en|>"], gen.task_to_id["translate"],
+              gen.no_timestamps_token_id]
+    with torch.no_grad():
+        first = model.generate(features, generation_config=copy.deepcopy(gen), language="en", task="translate",
+                               max_new_tokens=1)[0].tolist()
+        hidden = model.model.decoder(input_ids=torch.tensor([prefix + first[-1:]]),
+                                     encoder_hidden_states=model.model.encoder(features).last_hidden_state)
+        h = hidden.last_hidden_state[0, -1]
+        model.proj_out.weight[gen.eos_token_id] = 50.0 * h / h.norm() ** 2
+    model.save_pretrained(str(out))
+    for f in checkpoint.iterdir():
+        if not (out / f.name).exists():
+            shutil.copyfile(f, out / f.name)
+    return out
+
+
+def goldens(checkpoint: Path, out: Path, ending: Path) -> None:
     """Log-mel features from transformers' feature extractor (its numpy path: the audio
-    padded or cut to 30 s first, as `__call__` does) and greedy `generate` ids."""
+    padded or cut to 30 s first, as `__call__` does) and greedy `generate` ids, of the
+    test checkpoint and (`translate-en-ending`) of the one that says the end token."""
     warnings.filterwarnings("ignore")
     store = TensorStore(out / "goldens")
     fe = WhisperFeatureExtractor.from_pretrained(str(checkpoint))
     model = WhisperForConditionalGeneration.from_pretrained(str(checkpoint)).eval()
+    ending_model = WhisperForConditionalGeneration.from_pretrained(str(ending)).eval()
     index = {"cases": []}
     for name, wave in waveforms().items():
         wave = wave.astype(np.float32)
@@ -395,6 +426,10 @@ def goldens(checkpoint: Path, out: Path) -> None:
                 seq = model.generate(features, generation_config=copy.deepcopy(model.generation_config),
                                      return_dict_in_generate=True, **kw).sequences[0].tolist()
             case["generate"][key] = seq
+        with torch.no_grad():
+            case["generate"]["translate-en-ending"] = ending_model.generate(
+                features, generation_config=copy.deepcopy(ending_model.generation_config), language="en",
+                task="translate", return_dict_in_generate=True).sequences[0].tolist()
         index["cases"].append(case)
         log(f"asr goldens: {name}: {', '.join(f'{k} {len(v)} ids' for k, v in case['generate'].items())}")
     write_json_atomic(out / "index.json", index)
@@ -426,7 +461,12 @@ def main(argv=None) -> None:
     shutil.copytree(a.out / "bundle", bundle)
     export_asr(checkpoint, bundle)
     if a.dims == "tiny-test":
-        goldens(checkpoint, a.out / "asr-goldens")
+        ending = ending_checkpoint(checkpoint, a.out / "whisper-tiny-ending")
+        ending_bundle = a.out / "bundle-asr-ending"
+        shutil.rmtree(ending_bundle, ignore_errors=True)
+        shutil.copytree(a.out / "bundle", ending_bundle)
+        export_asr(ending, ending_bundle)
+        goldens(checkpoint, a.out / "asr-goldens", ending)
 
 
 if __name__ == "__main__":
