@@ -443,12 +443,15 @@ impl<'p> Session<'p> {
             );
             return Ok(());
         };
-        let Some(waveform) = self.waveform.clone() else {
+        let Some(all) = self.waveform.as_deref() else {
             self.notes.push("no transcript: none was given and there is no audio to recognise".into());
             return Ok(());
         };
+        // Only the first window is heard: copy that much, not the whole track.
+        let window = asr.info().chunk_samples as usize;
+        let (waveform, longer) = (all[..all.len().min(window)].to_vec(), all.len() > window);
         let rate = self.pipeline.manifest().preprocess.audio.sample_rate;
-        if waveform.len() > asr.info().chunk_samples as usize {
+        if longer {
             let heard = f64::from(asr.info().chunk_samples) / f64::from(rate);
             self.notes.push(format!("speech recognition heard the first {heard:.0} s of the audio only"));
         }

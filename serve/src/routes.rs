@@ -333,11 +333,15 @@ struct Admission {
     deadline: tokio::time::Instant,
 }
 
-/// Everything refused from the headers alone (token, draining, readiness, the declared
-/// length: 413 before `100 Continue`), then admission (503 at capacity, before a body
-/// byte is read); the deadline starts here.
-fn admit(state: &Arc<AppState>, headers: &HeaderMap, limits: &BodyLimits) -> Result<Admission, ApiError> {
-    let runtime = ready_runtime(state, headers)?;
+/// After the token, draining and readiness (`ready_runtime`, which gave `runtime`) and
+/// the route's own header checks: the declared length (413 before `100 Continue`), then
+/// admission (503 at capacity, before a body byte is read); the deadline starts here.
+fn admit(
+    state: &Arc<AppState>,
+    runtime: Arc<Pipeline>,
+    headers: &HeaderMap,
+    limits: &BodyLimits,
+) -> Result<Admission, ApiError> {
     check_declared_length(headers, limits)?;
     let admitted = Admitted::try_new(state)?;
     let deadline = tokio::time::Instant::now() + ServeConfig::duration(state.config.request_timeout_s);
@@ -474,14 +478,14 @@ async fn analyze_inner(
     req: Request,
     log: &mut Option<RequestLog>,
 ) -> Result<Response, ApiError> {
-    ready_runtime(&state, headers)?;
+    let runtime = ready_runtime(&state, headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad("invalid_query", e.body_text()))?;
     let kind = body_kind(headers)?;
     let limits = match kind {
         BodyKind::Json => BodyLimits::json(&state.config),
         BodyKind::Multipart => BodyLimits::multipart(&state.config),
     };
-    let admission = admit(&state, headers, &limits)?;
+    let admission = admit(&state, runtime, headers, &limits)?;
     let (opts, upload): (AnalyzeOptions, _) = match kind {
         BodyKind::Json => (read_json(req, limits, state.stopping.subscribe()).await?, None),
         BodyKind::Multipart => {
@@ -507,10 +511,10 @@ async fn chat_inner(
     req: Request,
     log: &mut Option<RequestLog>,
 ) -> Result<Response, ApiError> {
-    ready_runtime(&state, headers)?;
+    let runtime = ready_runtime(&state, headers)?;
     require_json(headers)?;
     let limits = BodyLimits::json_with_media(&state.config);
-    let admission = admit(&state, headers, &limits)?;
+    let admission = admit(&state, runtime, headers, &limits)?;
     let body = read_to_file(req, limits, &state.uploads, state.stopping.subscribe()).await?;
     let reader = state.clone();
     let input = tokio::task::spawn_blocking(move || -> Result<ChatInput, ApiError> {
@@ -563,10 +567,10 @@ async fn official_inner(
     struct GradioPredict {
         data: (String, String),
     }
-    ready_runtime(&state, headers)?;
+    let runtime = ready_runtime(&state, headers)?;
     require_json(headers)?;
     let limits = BodyLimits::json(&state.config);
-    let admission = admit(&state, headers, &limits)?;
+    let admission = admit(&state, runtime, headers, &limits)?;
     let started = std::time::Instant::now();
     let stopping = state.stopping.subscribe();
     let (path, question) = match shape {

@@ -143,7 +143,8 @@ fn a_missing_transcript_is_heard_and_built_as_a_given_one() {
     };
     assert_eq!((language.as_str(), *task), ("en", AsrTask::Translate));
     assert!(heard.transcript_used && heard.timings_ms[&Stage::Asr] > 0.0);
-    assert_eq!(heard.providers["asr"], "cpu");
+    // Where it ran: a provider's name (which one is the build's and the host's choice).
+    assert!(["cpu", "cuda", "tensorrt"].contains(&heard.providers["asr"].as_str()), "{:?}", heard.providers);
     let given = analyze(p, &AnalyzeRequest { transcript: Some(text.clone()), ..request(&clip) }).unwrap();
     assert_eq!(given.transcript, Some(TranscriptReport::Request));
     assert!(!given.timings_ms.contains_key(&Stage::Asr));
