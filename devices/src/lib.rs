@@ -11,4 +11,6 @@ mod profile;
 pub use detect::{detect, jetpack_for_l4t, HostInfo};
 pub use error::DeviceError;
 pub use plan::{plan, Outcome, Plan, PlanParts, PlanSettings, MAX_FACE_DETECTORS};
-pub use profile::{find as find_profile, load_profiles, profile_dirs, Profile, ProfileDefaults, Residency};
+pub use profile::{
+    find as find_profile, load_profiles, profile_dirs, AsrPlacement, Profile, ProfileDefaults, Residency,
+};

@@ -12,12 +12,13 @@
 //! the engine precision + 15 % workspace; on a CPU, as measured on the full-size export
 //! with ONNX Runtime 1.31 (see [`CPU_ENGINE_RESIDENT`]); a face-detector session = its
 //! file + 15 % + 4 MiB of arena, once per detector; CUDA/TensorRT contexts 0.5 GB on GPU
-//! profiles.
+//! profiles. Speech recognition's engines are counted the same way where they run
+//! (resident, in turn, or on the CPU: [`AsrPlacement`]), plus their decoding state.
 
 use emollama_bundle::{EnginePrecision, GgufType, KvType, Manifest, Precision, Role};
 use serde::Serialize;
 
-use crate::profile::{Profile, Residency};
+use crate::profile::{AsrPlacement, Profile, Residency};
 
 const GB: f64 = 1e9;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -48,6 +49,8 @@ pub struct PlanSettings {
     pub encoder_precision: EnginePrecision,
     /// Whether the encoders stay loaded or are loaded for each use, one at a time.
     pub encoders: Residency,
+    /// Where speech recognition runs (None: the bundle has none).
+    pub asr: Option<AsrPlacement>,
     pub threads: usize,
     pub face_detectors: usize,
 }
@@ -64,11 +67,15 @@ pub struct PlanParts {
     pub encoder_load_peak: u64,
     /// Every face-detector session (three nets per detector).
     pub face_detectors: u64,
-    /// Speech recognition, resident whenever the bundle has it: its three engines (as the
-    /// encoders are counted, plus the largest one's loading peak) and its decoding state
-    /// (every layer's cross-attention keys and values and the self-attention cache at the
-    /// longest sequence, in and out).
+    /// Speech recognition in the planned memory, at its placement: its three engines (as
+    /// the encoders are counted, plus the largest one's loading peak) and its decoding
+    /// state (every layer's cross-attention keys and values and the self-attention cache
+    /// at the longest sequence, in and out). 0 when it has none or it is on the CPU
+    /// beside a discrete GPU (then [`PlanParts::asr_host`]).
     pub asr: u64,
+    /// Speech recognition in host memory, outside the planned GPU memory (on the CPU
+    /// beside a discrete GPU).
+    pub asr_host: u64,
     pub runtime_contexts: u64,
     pub os_reserve: u64,
 }
@@ -125,10 +132,10 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
     let nb = f64::from(s.n_batch.min(s.n_ctx));
     let compute_buffers =
         (64.0 * MIB + llm.vocab_size as f64 * nb * 4.0 + 6.0 * llm.embedding_width as f64 * nb * 4.0) as u64;
-    let engine_bytes = |f: &emollama_bundle::FileEntry| {
+    let engine_bytes = |f: &emollama_bundle::FileEntry, on_gpu: bool| {
         let stored = engine_file_precision(f.precision);
         let params = f.size as f64 / stored.bytes_per_param();
-        if p.has_gpu() {
+        if on_gpu {
             let bytes = (params * s.encoder_precision.bytes_per_param() * 1.15) as u64;
             (bytes, bytes)
         } else {
@@ -141,15 +148,16 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
         .iter()
         .filter_map(|r| m.files.iter().find(|f| &f.role == r))
         .map(|f| {
-            let (resident, loading) = engine_bytes(f);
+            let (resident, loading) = engine_bytes(f, p.has_gpu());
             (f.role.to_string(), resident, loading)
         })
         .collect();
+    let asr_on_cpu = s.asr == Some(AsrPlacement::Cpu);
     let asr = m.asr.as_ref().map_or(0, |a| {
         let sizes: Vec<(u64, u64)> = Role::ASR
             .iter()
             .filter_map(|r| m.files.iter().find(|f| &f.role == r && f.format == emollama_bundle::FileFormat::Onnx))
-            .map(engine_bytes)
+            .map(|f| engine_bytes(f, p.has_gpu() && !asr_on_cpu))
             .collect();
         // Resident together; the one loading last may briefly need more (an fp16-stored
         // graph on a CPU: whisper-large-v3 peaked 2 GB over its resident figure).
@@ -158,6 +166,8 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
         let state = 2.0 * per_position * f64::from(a.audio_positions + a.max_length);
         engines + state as u64
     });
+    // Beside a discrete GPU, the CPU's share is host memory: not in the planned budget.
+    let (asr, asr_host) = if asr_on_cpu && p.has_gpu() && !p.unified_memory { (0, asr) } else { (asr, 0) };
     let encoder_load_peak = engines.iter().map(|e| e.2).max().unwrap_or(0);
     let encoders = engines.into_iter().map(|(role, resident, _)| (role, resident)).collect();
     let face_nets: f64 =
@@ -173,23 +183,27 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
         encoder_load_peak,
         face_detectors,
         asr,
+        asr_host,
         runtime_contexts,
         os_reserve,
     }
 }
 
-fn totals(parts: &PlanParts) -> (u64, u64) {
-    let base = parts.llm_weights
-        + parts.kv_cache
-        + parts.compute_buffers
-        + parts.runtime_contexts
-        + parts.face_detectors
-        + parts.asr;
+/// The memory needed with every encoder resident, and with the encoders loaded in turn.
+fn totals(parts: &PlanParts, asr: Option<AsrPlacement>) -> (u64, u64) {
+    let base =
+        parts.llm_weights + parts.kv_cache + parts.compute_buffers + parts.runtime_contexts + parts.face_detectors;
     let all: u64 = parts.encoders.iter().map(|e| e.1).sum();
     // Loading an encoder can briefly need more than it keeps (an fp16 file on a CPU); in
     // turn, that happens at every use.
     let max = parts.encoders.iter().map(|e| e.1).max().unwrap_or(0).max(parts.encoder_load_peak);
-    (base + all.max(parts.encoder_load_peak), base + max)
+    let resident = base + all.max(parts.encoder_load_peak) + parts.asr;
+    // Recognition in turn is released before the encoders load: one more in the rotation.
+    let in_turn = match asr {
+        Some(AsrPlacement::InTurn) => base + max.max(parts.asr),
+        _ => base + max + parts.asr,
+    };
+    (resident, in_turn)
 }
 
 /// Plan `manifest` on `profile` (its defaults), searching for the fewest changes that
@@ -200,7 +214,7 @@ pub fn plan(m: &Manifest, p: &Profile) -> Plan {
     let in_turn_allowed = p.defaults.encoder_residency == Residency::InTurn;
     let evaluate = |s: &PlanSettings| {
         let parts = parts(m, p, s);
-        let (resident, in_turn) = totals(&parts);
+        let (resident, in_turn) = totals(&parts, s.asr);
         let outcome = if resident <= usable {
             Outcome::FitsResident
         } else if in_turn <= usable {
@@ -272,6 +286,7 @@ fn default_settings(m: &Manifest, p: &Profile) -> (PlanSettings, Vec<String>) {
         kv_type: kv_default,
         encoder_precision: if p.has_gpu() { p.defaults.encoder_precision } else { file_precision },
         encoders: Residency::Resident,
+        asr: m.asr.as_ref().map(|_| p.defaults.asr),
         threads,
         face_detectors: threads.clamp(1, MAX_FACE_DETECTORS),
     };
@@ -291,21 +306,40 @@ fn candidates(defaults: &PlanSettings, p: &Profile, head_dim: u32) -> Vec<(PlanS
         &[defaults.encoder_precision]
     };
     let quant_opts = [defaults.llm_type, p.defaults.llm_quant, GgufType::Q4KM, GgufType::Iq4Xs, GgufType::Q3KM];
+    // Recognition moves before quality does: in turn (it costs its loading per request),
+    // or to the CPU where that takes it out of a discrete GPU's memory (on unified memory
+    // the CPU's fp32 copy costs more than the GPU's).
+    let asr_opts: Vec<Option<AsrPlacement>> = match defaults.asr {
+        None => vec![None],
+        Some(a) => {
+            let mut opts = vec![Some(a)];
+            let cpu_saves = p.has_gpu() && !p.unified_memory;
+            for other in [AsrPlacement::InTurn, AsrPlacement::Cpu] {
+                if other != a && (other != AsrPlacement::Cpu || cpu_saves) {
+                    opts.push(Some(other));
+                }
+            }
+            opts
+        }
+    };
     let mut candidates: Vec<(PlanSettings, Vec<String>)> = vec![(defaults.clone(), Vec::new())];
     for q in quant_opts {
         for e in enc_opts {
             for c in ctx_opts {
-                for &k in &kv_opts {
-                    let s = PlanSettings {
-                        llm_type: q,
-                        n_ctx: c.min(defaults.n_ctx),
-                        kv_type: k,
-                        encoder_precision: (*e).min(defaults.encoder_precision),
-                        ..defaults.clone()
-                    };
-                    if !candidates.iter().any(|(c, _)| c == &s) {
-                        let changes = changes_from(defaults, &s);
-                        candidates.push((s, changes));
+                for &a in &asr_opts {
+                    for &k in &kv_opts {
+                        let s = PlanSettings {
+                            llm_type: q,
+                            n_ctx: c.min(defaults.n_ctx),
+                            kv_type: k,
+                            encoder_precision: (*e).min(defaults.encoder_precision),
+                            asr: a,
+                            ..defaults.clone()
+                        };
+                        if !candidates.iter().any(|(c, _)| c == &s) {
+                            let changes = changes_from(defaults, &s);
+                            candidates.push((s, changes));
+                        }
                     }
                 }
             }
@@ -320,6 +354,11 @@ fn changes_from(defaults: &PlanSettings, s: &PlanSettings) -> Vec<String> {
     let mut changes = Vec::new();
     if s.kv_type != defaults.kv_type {
         changes.push(format!("KV cache {} instead of {}", s.kv_type, defaults.kv_type));
+    }
+    if let (Some(to), Some(from)) = (s.asr, defaults.asr) {
+        if to != from {
+            changes.push(format!("speech recognition {to} instead of {from}"));
+        }
     }
     if s.n_ctx != defaults.n_ctx {
         changes.push(format!("n_ctx {} instead of {}", s.n_ctx, defaults.n_ctx));
@@ -371,11 +410,12 @@ fn message(
             biggest.sort_by_key(|b| std::cmp::Reverse(b.1));
             let top: Vec<String> = biggest.iter().take(3).map(|(n, b)| format!("{n} {:.2} GB", gb(*b))).collect();
             format!(
-                "does not fit: needs {:.2} GB even with encoders in turn, {:.2} GB usable on {}; biggest parts: {}; fix: a smaller LLM quantization (q3_k_m), KV cache q8_0, n_ctx 512, int8 encoders, or a larger device",
+                "does not fit: needs {:.2} GB even with encoders in turn, {:.2} GB usable on {}; biggest parts: {}; fix: a smaller LLM quantization (q3_k_m), KV cache q8_0, n_ctx 512, int8 encoders, {}or a larger device",
                 gb(in_turn),
                 gb(usable),
                 p.display,
-                top.join(", ")
+                top.join(", "),
+                if settings.asr.is_some() { "a smaller Whisper (or none), " } else { "" }
             )
         }
     }

@@ -17,6 +17,34 @@ pub enum Residency {
     InTurn,
 }
 
+/// Where speech recognition's engines (a bundle's `asr_*` roles) live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AsrPlacement {
+    /// Loaded at start on the encoders' provider and kept loaded.
+    #[default]
+    Resident,
+    /// Loaded for each recognition and released before the encoders run (recognition is
+    /// the first stage), so with the encoders in turn the peak is the larger of the two,
+    /// not their sum; each request pays the loading.
+    InTurn,
+    /// On ONNX Runtime's CPU provider, kept loaded: in host memory, outside a discrete
+    /// GPU's, at the CPU's cost (fp32 weights). On a Jetson's unified memory it saves
+    /// nothing (it costs more than fp16 on the GPU); a profile may still choose it, to
+    /// keep the GPU for the encoders and the LLM.
+    Cpu,
+}
+
+impl std::fmt::Display for AsrPlacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AsrPlacement::Resident => "resident",
+            AsrPlacement::InTurn => "loaded in turn",
+            AsrPlacement::Cpu => "on the CPU",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileDefaults {
@@ -33,6 +61,10 @@ pub struct ProfileDefaults {
     /// TensorRT precision of the encoders (GPU profiles; a CPU runs the file's own).
     pub encoder_precision: EnginePrecision,
     pub encoder_residency: Residency,
+    /// Speech recognition's placement to start from (the planner moves it when the
+    /// bundle does not fit otherwise).
+    #[serde(default)]
+    pub asr: AsrPlacement,
     /// 0: all cores.
     pub threads: usize,
 }

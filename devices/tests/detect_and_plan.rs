@@ -1,10 +1,11 @@
 //! Detection on files recorded from real boards (written from the formats'
-//! documentation), and the memory planner on the real 7B bundle's manifest.
+//! documentation), and the memory planner on the real 7B bundle's manifest (with each
+//! Whisper size's engines beside it).
 
 use std::path::Path;
 
 use emollama_bundle::Bundle;
-use emollama_devices::{detect, find_profile, load_profiles, plan, Outcome};
+use emollama_devices::{detect, find_profile, load_profiles, plan, AsrPlacement, Outcome, Profile};
 
 fn boards() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/boards"))
@@ -131,4 +132,99 @@ fn on_a_cpu_the_encoders_cost_what_the_full_size_export_measured() {
     let eva = p.parts.encoders.iter().find(|(r, _)| r == "global_engine").unwrap().1 as f64;
     assert!((eva / 6.1e9 - 1.0).abs() < 0.15, "EVA resident {eva}");
     assert!((p.parts.encoder_load_peak as f64 / 10.7e9 - 1.0).abs() < 0.15, "{}", p.parts.encoder_load_peak);
+}
+
+/// The real 7B bundle with one Whisper size's engines and `asr` section beside it, as the
+/// exporter wrote them for random weights of that size's real dimensions
+/// (`devices/manifests/whisper/`).
+fn with_whisper(size: &str) -> (tempfile::TempDir, Bundle) {
+    let manifests = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests"));
+    let read = |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let mut m = read(&manifests.join("emotion-llama-7b/manifest.json"));
+    let asr = read(&manifests.join(format!("whisper/{size}.json")));
+    m["asr"] = asr["asr"].clone();
+    m["files"].as_array_mut().unwrap().extend(asr["files"].as_array().unwrap().iter().cloned());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let bundle = Bundle::open(dir.path()).unwrap();
+    (dir, bundle)
+}
+
+const WHISPER_SIZES: [&str; 6] = ["tiny", "base", "small", "medium", "large-v3-turbo", "large-v3"];
+
+/// Where speech recognition goes on each device, for every Whisper size: resident where
+/// it fits, loaded in turn where only that fits, on the CPU only beside a discrete GPU
+/// (on a Jetson's unified memory the CPU's fp32 copy would cost more, not less).
+#[test]
+fn every_whisper_size_is_placed_where_it_fits() {
+    let profiles = load_profiles(&[]).unwrap();
+    let by_name = |n: &str| find_profile(&profiles, n).unwrap().clone();
+    let placed = |size: &str, p: &Profile| {
+        let (_dir, b) = with_whisper(size);
+        plan(b.manifest(), p)
+    };
+    for size in WHISPER_SIZES {
+        for p in &profiles {
+            let plan = placed(size, p);
+            let asr = plan.settings.asr.expect("a bundle with speech recognition");
+            println!(
+                "{size:<15} {:<20} {:<13} asr {asr} {:.2} GB; {}",
+                p.name,
+                format!("{:?}", plan.outcome),
+                (plan.parts.asr + plan.parts.asr_host) as f64 / 1e9,
+                plan.message
+            );
+            if p.unified_memory || !p.has_gpu() {
+                assert_ne!(asr, AsrPlacement::Cpu, "{size} on {}: the CPU saves nothing there", p.name);
+            }
+        }
+    }
+    // The 16 GB boards keep every size resident beside the 7B model.
+    for size in WHISPER_SIZES {
+        let nx = placed(size, &by_name("orin-nx-16gb"));
+        assert_eq!((nx.outcome, nx.settings.asr), (Outcome::FitsResident, Some(AsrPlacement::Resident)), "{size}");
+    }
+    // Where the encoders already take turns, a small Whisper stays loaded (Orin NX 8 GB);
+    // on the Nano, full without it (5.41 of 5.50 GB), even the tiny one takes its turn,
+    // and large-v3-turbo (its 4-layer decoder) still fits that way; large-v3 does not.
+    let nx8 = placed("tiny", &by_name("orin-nx-8gb"));
+    assert_eq!((nx8.outcome, nx8.settings.asr), (Outcome::FitsInTurn, Some(AsrPlacement::Resident)), "{}", nx8.message);
+    let nano = by_name("orin-nano-8gb");
+    let turbo = placed("large-v3-turbo", &nano);
+    assert_eq!((turbo.outcome, turbo.settings.asr), (Outcome::FitsInTurn, Some(AsrPlacement::InTurn)));
+    assert!(turbo.changes.iter().any(|c| c.contains("speech recognition loaded in turn")), "{:?}", turbo.changes);
+    assert!(turbo.in_turn_total <= turbo.usable_bytes, "{}", turbo.message);
+    let large = placed("large-v3", &nano);
+    assert_eq!(large.outcome, Outcome::DoesNotFit);
+    assert!(
+        large.message.contains("speech recognition") && large.message.contains("a smaller Whisper"),
+        "{}",
+        large.message
+    );
+
+    // Beside a discrete GPU that holds the model but not Whisper too, Whisper goes to the
+    // CPU: host memory, outside the GPU's budget.
+    let mut gpu = by_name("x86-cuda");
+    let (_dir, b) = with_whisper("large-v3");
+    let without_asr = plan(
+        Bundle::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/emotion-llama-7b"))).unwrap().manifest(),
+        &gpu,
+    );
+    gpu.usable_headless_gb = without_asr.resident_total as f64 / 1e9 + 0.2;
+    let tight = plan(b.manifest(), &gpu);
+    assert_eq!(
+        (tight.outcome, tight.settings.asr),
+        (Outcome::FitsResident, Some(AsrPlacement::Cpu)),
+        "{}",
+        tight.message
+    );
+    assert!(tight.parts.asr == 0 && tight.parts.asr_host > 0, "{:?}", tight.parts);
+
+    // A profile may place it on the CPU itself; on unified memory that is counted at the
+    // CPU's cost (fp32 weights), in the same memory.
+    let mut cpu_asr = by_name("orin-nx-16gb");
+    cpu_asr.defaults.asr = AsrPlacement::Cpu;
+    let (on_gpu, on_cpu) = (placed("small", &by_name("orin-nx-16gb")), placed("small", &cpu_asr));
+    assert_eq!(on_cpu.settings.asr, Some(AsrPlacement::Cpu));
+    assert!(on_cpu.parts.asr > 2 * on_gpu.parts.asr && on_cpu.parts.asr_host == 0, "{:?}", on_cpu.parts);
 }

@@ -4,9 +4,11 @@
 //! does it for audio under 30 s: the forced prefix (start, language, task,
 //! no-timestamps), the language detected from the start token when none is given,
 //! `suppress` on every step and `begin_suppress` on the first, until the end token or
-//! `max_length` ids in all. Only the first 30 s window is heard.
+//! `max_length` ids in all. Only the first 30 s window is heard. The engines stay
+//! loaded, or are loaded for each recognition (in turn), or run on the CPU provider, as
+//! the memory plan placed them ([`AsrPlacement`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
@@ -15,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use emollama_bundle::contract::{
     CROSS_K, CROSS_V, ENCODER_HIDDEN, INPUT_FEATURES, INPUT_IDS, LOGITS, PAST_K, PAST_V, PRESENT_K, PRESENT_V,
 };
-use emollama_bundle::{AsrInfo, Bundle, BundleError, Role};
+use emollama_bundle::{AsrInfo, Bundle, BundleError, Role, TensorSpec};
+use emollama_devices::AsrPlacement;
 use emollama_engines::llm::argmax;
-use emollama_engines::onnx::{EncoderEngine, EngineOptions, OrtRuntime};
+use emollama_engines::onnx::{EncoderEngine, EngineOptions, OrtRuntime, ProviderPolicy};
 use emollama_engines::{CancelToken, EngineError};
 use emollama_media::LogMel;
 
@@ -44,10 +47,12 @@ pub struct Transcript {
     /// The decoder's ids, forced prefix and end token included (as `generate` returns
     /// them with `return_dict_in_generate`).
     pub ids: Vec<u32>,
-    /// The whole recognition, and its parts: the front end, the encoder with the
-    /// cross-attention keys and values, the decoder steps (language detection included).
+    /// The whole recognition, and its parts: the front end, loading the engines (in
+    /// turn; 0 when resident), the encoder with the cross-attention keys and values, the
+    /// decoder steps (language detection included).
     pub ms: f64,
     pub log_mel_ms: f64,
+    pub load_ms: f64,
     pub encode_ms: f64,
     pub decode_ms: f64,
 }
@@ -62,13 +67,40 @@ pub struct Decoded {
     pub decode_ms: f64,
 }
 
-/// The Whisper engines of a bundle, loaded.
-pub struct Transcriber {
-    info: AsrInfo,
-    mel: LogMel,
+/// One engine's file and contract, to load it (again, when in turn).
+struct EngineFile {
+    role: Role,
+    path: PathBuf,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    opts: EngineOptions,
+}
+
+impl EngineFile {
+    fn load(&self, rt: &OrtRuntime) -> Result<EncoderEngine, RuntimeError> {
+        let (inputs, outputs) = (self.inputs.clone(), self.outputs.clone());
+        Ok(EncoderEngine::load(rt, self.role.as_str(), &self.path, inputs, outputs, &self.opts)?)
+    }
+}
+
+/// The three Whisper engines, loaded.
+struct AsrEngines {
     encoder: EncoderEngine,
     cross_kv: EncoderEngine,
     decoder: EncoderEngine,
+}
+
+/// The Whisper engines of a bundle, placed as planned.
+pub struct Transcriber {
+    info: AsrInfo,
+    mel: LogMel,
+    rt: &'static OrtRuntime,
+    /// Encoder, cross K/V, decoder.
+    files: [EngineFile; 3],
+    /// Kept loaded; None in turn (loaded for each recognition, released after).
+    resident: Option<AsrEngines>,
+    placement: AsrPlacement,
+    provider: String,
     tokenizer: tokenizers::Tokenizer,
 }
 
@@ -77,14 +109,26 @@ fn asr_error(message: impl Into<String>) -> RuntimeError {
 }
 
 impl Transcriber {
-    /// The bundle's transcriber, or None when it has no speech recognition.
-    pub fn load(bundle: &Bundle, rt: &'static OrtRuntime, opts: &EngineOptions) -> Result<Option<Self>, RuntimeError> {
+    /// The bundle's transcriber placed as `placement` says (on the CPU: the CPU provider
+    /// whatever `opts` says), or None when it has no speech recognition. The engines are
+    /// loaded once here either way, so a broken one fails at load, not at a request.
+    pub fn load(
+        bundle: &Bundle,
+        rt: &'static OrtRuntime,
+        opts: &EngineOptions,
+        placement: AsrPlacement,
+    ) -> Result<Option<Self>, RuntimeError> {
         let Some(info) = bundle.manifest().asr.clone() else { return Ok(None) };
-        let engine = |role: Role| -> Result<EncoderEngine, RuntimeError> {
-            let e = bundle.required(&role)?;
-            let opts = EngineOptions { model_sha256: e.sha256.clone(), ..opts.clone() };
-            Ok(EncoderEngine::load(rt, role.as_str(), &bundle.path_of(e), e.inputs.clone(), e.outputs.clone(), &opts)?)
+        let policy = match placement {
+            AsrPlacement::Cpu => ProviderPolicy::cpu_only(),
+            AsrPlacement::Resident | AsrPlacement::InTurn => opts.policy.clone(),
         };
+        let file = |role: Role| -> Result<EngineFile, RuntimeError> {
+            let e = bundle.required(&role)?;
+            let opts = EngineOptions { model_sha256: e.sha256.clone(), policy: policy.clone(), ..opts.clone() };
+            Ok(EngineFile { path: bundle.path_of(e), inputs: e.inputs.clone(), outputs: e.outputs.clone(), opts, role })
+        };
+        let files = [file(Role::AsrEncoder)?, file(Role::AsrCrossKv)?, file(Role::AsrDecoder)?];
         let tokenizer_path = bundle.path_of(bundle.required(&Role::AsrTokenizer)?);
         let tokenizer = read_tokenizer(&tokenizer_path)?;
         let mel = LogMel::new(
@@ -94,14 +138,32 @@ impl Transcriber {
             info.n_mels as usize,
             info.chunk_samples as usize,
         );
-        Ok(Some(Self {
-            encoder: engine(Role::AsrEncoder)?,
-            cross_kv: engine(Role::AsrCrossKv)?,
-            decoder: engine(Role::AsrDecoder)?,
-            tokenizer,
-            mel,
-            info,
-        }))
+        let engines = load_engines(rt, &files)?;
+        let provider = engines.decoder.provider().to_string();
+        let resident = (placement != AsrPlacement::InTurn).then_some(engines);
+        Ok(Some(Self { info, mel, rt, files, resident, placement, provider, tokenizer }))
+    }
+
+    /// Run `f` on the engines: the resident ones, or (in turn) loaded now and released
+    /// when it returns; also says how long the loading took.
+    fn with_engines<T>(
+        &self,
+        f: impl FnOnce(&AsrEngines) -> Result<T, RuntimeError>,
+    ) -> Result<(T, f64), RuntimeError> {
+        match &self.resident {
+            Some(engines) => Ok((f(engines)?, 0.0)),
+            None => {
+                let started = Instant::now();
+                let engines = load_engines(self.rt, &self.files)?;
+                let load_ms = started.elapsed().as_secs_f64() * 1e3;
+                Ok((f(&engines)?, load_ms))
+            }
+        }
+    }
+
+    /// Where the plan placed the engines.
+    pub fn placement(&self) -> AsrPlacement {
+        self.placement
     }
 
     pub fn info(&self) -> &AsrInfo {
@@ -110,7 +172,7 @@ impl Transcriber {
 
     /// Where the engines run (the decoder's provider: it does most of the work).
     pub fn provider(&self) -> String {
-        self.decoder.provider().to_string()
+        self.provider.clone()
     }
 
     /// The log-mel features of the first window, `[n_mels, frames]`.
@@ -129,7 +191,8 @@ impl Transcriber {
         let started = Instant::now();
         let features = self.features(samples);
         let log_mel_ms = started.elapsed().as_secs_f64() * 1e3;
-        let d = self.decode(&features, task, language, cancel)?;
+        let (d, load_ms) = self
+            .with_engines(|e| self.decode_up_to(e, &features, task, language, cancel, self.info.max_length as usize))?;
         let text_ids: Vec<u32> =
             d.ids[4..].iter().copied().filter(|&t| t != self.info.end && t < self.info.timestamp_begin).collect();
         let text = self.tokenizer.decode(&text_ids, true).map_err(|e| asr_error(format!("decoding text: {e}")))?;
@@ -140,16 +203,19 @@ impl Transcriber {
             ids: d.ids,
             ms: started.elapsed().as_secs_f64() * 1e3,
             log_mel_ms,
+            load_ms,
             encode_ms: d.encode_ms,
             decode_ms: d.decode_ms,
         })
     }
 
-    /// One window of silence through every engine and one decoder step, so that the
-    /// first request does not pay for lazy initialisation (and TensorRT engine building).
+    /// One window of silence through every engine and a few decoder steps, so that the
+    /// first request does not pay for lazy initialisation (and TensorRT engine building;
+    /// in turn, a built engine is then in the engine cache).
     pub fn warm_up(&self) -> Result<(), RuntimeError> {
         let language = self.info.languages.keys().next().map(String::as_str);
-        self.decode_up_to(&self.features(&[]), AsrTask::Transcribe, language, &CancelToken::new(), 5).map(|_| ())
+        let (features, cancel) = (self.features(&[]), CancelToken::new());
+        self.with_engines(|e| self.decode_up_to(e, &features, AsrTask::Transcribe, language, &cancel, 5)).map(|_| ())
     }
 
     /// Greedy decoding of one window's features.
@@ -160,12 +226,14 @@ impl Transcriber {
         language: Option<&str>,
         cancel: &CancelToken,
     ) -> Result<Decoded, RuntimeError> {
-        self.decode_up_to(features, task, language, cancel, self.info.max_length as usize)
+        let max_ids = self.info.max_length as usize;
+        Ok(self.with_engines(|e| self.decode_up_to(e, features, task, language, cancel, max_ids))?.0)
     }
 
-    /// [`Transcriber::decode`] stopped at `max_ids` ids in all.
+    /// [`Transcriber::decode`] on loaded engines, stopped at `max_ids` ids in all.
     fn decode_up_to(
         &self,
+        engines: &AsrEngines,
         features: &[f32],
         task: AsrTask,
         language: Option<&str>,
@@ -176,9 +244,9 @@ impl Transcriber {
         let started = Instant::now();
         let input = ArrayD::from_shape_vec(IxDyn(&[1, i.n_mels as usize, self.mel.frames()]), features.to_vec())
             .map_err(|e| asr_error(e.to_string()))?;
-        let mut hidden = self.encoder.run_cancellable(&[(INPUT_FEATURES, input.view())], Some(cancel))?;
+        let mut hidden = engines.encoder.run_cancellable(&[(INPUT_FEATURES, input.view())], Some(cancel))?;
         let hidden = hidden.take(ENCODER_HIDDEN)?;
-        let mut cross = self.cross_kv.run_cancellable(&[(ENCODER_HIDDEN, hidden.view())], Some(cancel))?;
+        let mut cross = engines.cross_kv.run_cancellable(&[(ENCODER_HIDDEN, hidden.view())], Some(cancel))?;
         let (cross_k, cross_v) = (cross.take(CROSS_K)?, cross.take(CROSS_V)?);
         let encode_ms = started.elapsed().as_secs_f64() * 1e3;
         let empty =
@@ -193,7 +261,7 @@ impl Transcriber {
                 (CROSS_K, cross_k.view()),
                 (CROSS_V, cross_v.view()),
             ];
-            let mut out = self.decoder.run_cancellable(&feeds, Some(cancel))?;
+            let mut out = engines.decoder.run_cancellable(&feeds, Some(cancel))?;
             Ok::<_, RuntimeError>((
                 out.take(LOGITS)?.into_raw_vec_and_offset().0,
                 out.take(PRESENT_K)?,
@@ -245,6 +313,10 @@ impl Transcriber {
         let decode_ms = started.elapsed().as_secs_f64() * 1e3 - encode_ms;
         Ok(Decoded { ids, language, encode_ms, decode_ms })
     }
+}
+
+fn load_engines(rt: &OrtRuntime, [encoder, cross_kv, decoder]: &[EngineFile; 3]) -> Result<AsrEngines, RuntimeError> {
+    Ok(AsrEngines { encoder: encoder.load(rt)?, cross_kv: cross_kv.load(rt)?, decoder: decoder.load(rt)? })
 }
 
 fn read_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, RuntimeError> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use emollama_bundle::locations::setup_cache_dir;
 use emollama_bundle::{EnginePrecision, KvType};
-use emollama_devices::{HostInfo, Plan, Profile, Residency};
+use emollama_devices::{AsrPlacement, HostInfo, Plan, Profile, Residency};
 use emollama_engines::llm::{ContextParams, FlashAttention};
 use emollama_engines::onnx::{ProviderPolicy, TensorRtOptions};
 use emollama_media::faces::FaceSearch;
@@ -23,6 +23,8 @@ pub struct RuntimeConfig {
     pub flash_attention: FlashAttention,
     /// Encoders kept loaded, or loaded for each use and released after.
     pub encoders: Residency,
+    /// Speech recognition kept loaded, loaded for each use, or on the CPU provider.
+    pub asr: AsrPlacement,
     /// Single-threaded MTCNN detectors working on frames in parallel (0: none loaded).
     pub face_detectors: usize,
     /// How the face stage searches (smallest face, detection cadence, the face gate).
@@ -77,6 +79,7 @@ impl RuntimeConfig {
             n_gpu_layers: if emollama_engines::llm::gpu_compiled_in() { profile.defaults.n_gpu_layers } else { 0 },
             kv_type: s.kv_type,
             encoders: s.encoders,
+            asr: s.asr.unwrap_or_default(),
             face_detectors: s.face_detectors,
             device: profile.display.clone(),
             providers: ProviderPolicy {
@@ -131,6 +134,7 @@ impl Default for RuntimeConfig {
             kv_type: KvType::F16,
             flash_attention: FlashAttention::Auto,
             encoders: Residency::Resident,
+            asr: AsrPlacement::Resident,
             face_detectors: threads.clamp(1, emollama_devices::MAX_FACE_DETECTORS),
             faces: FaceSearch::default(),
             providers: ProviderPolicy::default(),

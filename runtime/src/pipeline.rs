@@ -311,7 +311,7 @@ impl Pipeline {
             }
         }
         let zero_rows = read_zero_rows(&bundle)?;
-        let asr = Transcriber::load(&bundle, rt, &opts)?;
+        let asr = Transcriber::load(&bundle, rt, &opts, config.asr)?;
         if let Some(asr) = &asr {
             asr.warm_up()?;
         }

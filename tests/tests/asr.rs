@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 
 use common::analyze;
 use emollama_bundle::Bundle;
-use emollama_engines::onnx::{init_runtime, EngineOptions, ProviderPolicy};
+use emollama_devices::AsrPlacement;
+use emollama_engines::onnx::{init_runtime, EngineOptions, Provider, ProviderPolicy};
 use emollama_engines::CancelToken;
 use emollama_runtime::asr::{AsrTask, Transcriber};
 use emollama_runtime::request::AsrRequest;
@@ -32,11 +33,15 @@ fn transcriber() -> Transcriber {
 }
 
 fn transcriber_of(bundle: &str) -> Transcriber {
+    transcriber_placed(bundle, AsrPlacement::Resident, ProviderPolicy::cpu_only())
+}
+
+fn transcriber_placed(bundle: &str, placement: AsrPlacement, policy: ProviderPolicy) -> Transcriber {
     let bundle = Bundle::open(&common::test_data().join(bundle)).unwrap();
     bundle.verify_files().unwrap();
     let rt = init_runtime(None).unwrap();
-    let opts = EngineOptions { intra_threads: 1, policy: ProviderPolicy::cpu_only(), model_sha256: String::new() };
-    Transcriber::load(&bundle, rt, &opts).unwrap().expect("the bundle has speech recognition")
+    let opts = EngineOptions { intra_threads: 1, policy, model_sha256: String::new() };
+    Transcriber::load(&bundle, rt, &opts, placement).unwrap().expect("the bundle has speech recognition")
 }
 
 /// Within this of `WhisperFeatureExtractor`'s numpy path: the FFT libraries differ in
@@ -162,6 +167,39 @@ fn a_missing_transcript_is_heard_and_built_as_a_given_one() {
         "{:?}",
         r.transcript
     );
+}
+
+/// Each placement the plan can choose hears the same words: kept loaded, loaded for each
+/// recognition (which then says how long the loading took), or on the CPU provider
+/// whatever the policy asks for; a pipeline placed in turn fills the line as the resident
+/// one does.
+#[test]
+fn every_placement_of_the_engines_hears_the_same_words() {
+    let wave = common::tensor_in(&asr_goldens(), &index()["cases"][0]["waveform"]);
+    let cancel = CancelToken::new();
+    let hear =
+        |t: &Transcriber| t.transcribe(wave.as_slice().unwrap(), AsrTask::Translate, Some("en"), &cancel).unwrap();
+    let resident = hear(&transcriber());
+    assert_eq!(resident.load_ms, 0.0);
+    // On the CPU even when the policy requires TensorRT (what the encoders get).
+    let tensorrt_only = ProviderPolicy { required: Some(Provider::TensorRt), ..ProviderPolicy::all() };
+    for (placement, policy) in [(AsrPlacement::InTurn, ProviderPolicy::cpu_only()), (AsrPlacement::Cpu, tensorrt_only)]
+    {
+        let t = transcriber_placed("bundle-asr", placement, policy);
+        assert_eq!(t.placement(), placement);
+        t.warm_up().unwrap();
+        let r = hear(&t);
+        assert_eq!((&r.ids, &r.text), (&resident.ids, &resident.text), "{placement:?}");
+        assert_eq!(r.load_ms > 0.0, placement == AsrPlacement::InTurn, "{placement:?}: loaded in {} ms", r.load_ms);
+        assert_eq!(t.provider(), "cpu", "{placement:?}");
+        println!("{placement:?}: {:.0} ms in all, {:.0} ms of it loading", r.ms, r.load_ms);
+    }
+    let config = RuntimeConfig { threads: 2, asr: AsrPlacement::InTurn, ..RuntimeConfig::default() };
+    let in_turn = Pipeline::load(Bundle::open(&common::test_data().join("bundle-asr")).unwrap(), config).unwrap();
+    let clip = common::media_dir().join("talking-face.mp4");
+    let (a, b) = (analyze(&in_turn, &request(&clip)).unwrap(), analyze(asr_pipeline(), &request(&clip)).unwrap());
+    assert!(matches!(a.transcript, Some(TranscriptReport::Asr { .. })), "{:?}", a.transcript);
+    assert_eq!((&a.transcript, &a.answer_tokens), (&b.transcript, &b.answer_tokens));
 }
 
 /// No audio track, 0.2 s of audio, 40 s of audio (only the first 30 s window is heard,

@@ -35,8 +35,12 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
             "{:<20} runs with: LLM {}, n_ctx {}, n_batch {}, KV {}, encoders {} {:?}, {} threads, {} face detectors",
             "", s.llm_type, s.n_ctx, s.n_batch, s.kv_type, s.encoder_precision, s.encoders, s.threads, s.face_detectors
         );
-        if p.parts.asr > 0 {
-            println!("{:<20} speech recognition resident: {:.2} GB", "", p.parts.asr as f64 / 1e9);
+        if let Some(placement) = s.asr {
+            let (bytes, host) = match p.parts.asr_host {
+                0 => (p.parts.asr, ""),
+                b => (b, " of host memory, outside the GPU's"),
+            };
+            println!("{:<20} speech recognition {placement}: {:.2} GB{host}", "", bytes as f64 / 1e9);
         }
         if let Some(t) = p.requantize(b.manifest()) {
             println!("{:<20} first: emollama quantize --bundle IN OUT {t}", "");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use emollama_bundle::Bundle;
+use emollama_devices::AsrPlacement;
 use emollama_engines::onnx::{init_runtime, EngineOptions};
 use emollama_engines::CancelToken;
 use emollama_media::{read_clip, ClipRequest, MediaError, MediaLimits, SourceOptions};
@@ -41,7 +42,7 @@ pub fn run(args: TranscribeArgs, ort_library: Option<PathBuf>) -> anyhow::Result
         policy: args.engines.provider.policy(),
         model_sha256: String::new(),
     };
-    let asr = Transcriber::load(&bundle, rt, &opts)?.with_context(|| {
+    let asr = Transcriber::load(&bundle, rt, &opts, AsrPlacement::Resident)?.with_context(|| {
         format!("bundle {} has no speech recognition engines (emollama_export.whisper adds them)", dir.display())
     })?;
     let cancel = CancelToken::new();

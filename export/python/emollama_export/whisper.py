@@ -120,11 +120,16 @@ def suppress_tokens(tok: WhisperTokenizerFast) -> list:
     return sorted(result | set(ids))
 
 
-# Whisper's sizes (the hub's configs): (d_model, layers, heads, ffn, mel bins, languages).
+# Whisper's sizes (the hub's configs): (d_model, encoder layers, decoder layers, heads, ffn,
+# mel bins, languages).
 DIMENSIONS = {
-    "tiny-test": (64, 2, 4, 256, 80, 99),
-    "small": (768, 12, 12, 3072, 80, 99),
-    "large-v3": (1280, 32, 20, 5120, 128, 100),
+    "tiny-test": (64, 2, 2, 4, 256, 80, 99),
+    "tiny": (384, 4, 4, 6, 1536, 80, 99),
+    "base": (512, 6, 6, 8, 2048, 80, 99),
+    "small": (768, 12, 12, 12, 3072, 80, 99),
+    "medium": (1024, 24, 24, 16, 4096, 80, 99),
+    "large-v3": (1280, 32, 32, 20, 5120, 128, 100),
+    "large-v3-turbo": (1280, 32, 4, 20, 5120, 128, 100),
 }
 
 
@@ -133,14 +138,14 @@ def random_checkpoint(out: Path, assets: Path, dims: str = "tiny-test") -> Path:
     full-size runs), seeded random weights, the real multilingual tokenizer (99 languages:
     the v2 layout, vocabulary 51865; 100: v3, 51866) and a generation config as the
     hub's, written in the transformers layout as a real one is."""
-    d_model, layers, heads, ffn, n_mels, n_languages = DIMENSIONS[dims]
+    d_model, encoder_layers, decoder_layers, heads, ffn, n_mels, n_languages = DIMENSIONS[dims]
     languages = whisper_languages(assets / "tokenizer.py")[:n_languages]
     tok = tokenizer_from_tiktoken(assets / "multilingual.tiktoken", languages, out)
     ids = lambda t: tok.convert_tokens_to_ids(t)  # noqa: E731
     eot, sot = ids("<|endoftext|>"), ids("<|startoftranscript|>")
     torch.manual_seed(SEED)
     config = WhisperConfig(
-        vocab_size=len(tok), num_mel_bins=n_mels, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+        vocab_size=len(tok), num_mel_bins=n_mels, d_model=d_model, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
         encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
         max_source_positions=1500, max_target_positions=448, pad_token_id=eot, bos_token_id=eot,
         eos_token_id=eot, decoder_start_token_id=sot, suppress_tokens=None, begin_suppress_tokens=None)
