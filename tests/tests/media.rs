@@ -299,6 +299,13 @@ fn resizing_matches_pil_and_torchvision() {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         assert!(common::max_abs_diff(t.as_slice().unwrap(), &want) < 1e-5, "{name}: normalised tensor");
+        // Emotion-LLaMA-v2's temporal frame: bilinear 224, ImageNet statistics.
+        let v2 = global_tensor(&input, [224, 224], Resize::Bilinear, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        let want: Vec<f32> = golden(&format!("{name}.temporal_v2.f32"))
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert!(common::max_abs_diff(v2.as_slice().unwrap(), &want) < 1e-5, "{name}: v2 temporal frame");
     }
 }
 

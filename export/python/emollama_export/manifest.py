@@ -52,6 +52,9 @@ def tensor_spec(name: str, shape: list, dtype: str = "f32") -> dict:
 # Preprocessing constants of the official pipeline (spec §1): the same for every bundle.
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+# torchvision's ImageNet statistics: Emotion-LLaMA-v2's temporal frames (v2 spec §3.2).
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
 PREPROCESS = {
     "global": {"image_size": [448, 448], "resize": "bicubic", "mean": CLIP_MEAN, "std": CLIP_STD, "frame": "first"},
     "face": {"image_size": [224, 224], "aligned_size": [112, 112], "resize": "bilinear", "scale": 1.0 / 255.0},

@@ -4,6 +4,7 @@ For each input image (and a few crops of odd sizes) it writes the RGB input and 
 torchvision's transforms produce from a PIL image:
   - global: Resize((448, 448), BICUBIC) -> ToTensor -> Normalize(CLIP mean, std)   (blip2_image_eval)
   - face:   Resize((224, 224)) (bilinear) -> ToTensor                                 (MAE extractor)
+  - temporal_v2: Resize((224, 224)) (bilinear) -> ToTensor -> Normalize(ImageNet)    (v2's temporal EVA)
 Variants: the image, an odd-sized crop, a tall crop (upscaled), a 720x1280 portrait
 frame (downscaled both ways). Pillow is the official environment's (10.1.0).
 Resize is done with PIL exactly as torchvision does for PIL inputs; ToTensor is /255 in f32.
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .manifest import CLIP_MEAN, CLIP_STD
+from .manifest import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from .tensors import write_json_atomic
 
 
@@ -34,6 +35,8 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     mean = np.array(CLIP_MEAN, dtype=np.float32)[:, None, None]
     std = np.array(CLIP_STD, dtype=np.float32)[:, None, None]
+    imagenet_mean = np.array(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    imagenet_std = np.array(IMAGENET_STD, dtype=np.float32)[:, None, None]
     cases = []
     for path in args.images:
         full = Image.open(path).convert("RGB")
@@ -56,6 +59,11 @@ def main(argv=None) -> None:
             t = np.asarray(g, dtype=np.uint8).astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
             t = (t - mean) / std
             (args.out / f"{name}.global.f32").write_bytes(t.astype("<f4").tobytes())
+            # Emotion-LLaMA-v2's temporal frames: Resize((224, 224)) (bilinear) ->
+            # ToTensor -> Normalize(ImageNet mean, std) (v2 spec §3.2).
+            v = np.asarray(f, dtype=np.uint8).astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
+            v = (v - imagenet_mean) / imagenet_std
+            (args.out / f"{name}.temporal_v2.f32").write_bytes(v.astype("<f4").tobytes())
             case = {"name": name, "width": img.size[0], "height": img.size[1]}
             if tag == "full":
                 boxes, probs, points = reference_detect(mtcnn, np.asarray(img, dtype=np.uint8))
