@@ -4,7 +4,7 @@
 //! wrong bundle fails at open with its file named, not later inside a request.
 
 use crate::manifest::Role;
-use crate::types::RowBlock;
+use crate::types::{ModelFamily, RowBlock};
 
 pub const PIXEL_VALUES: &str = "pixel_values";
 pub const FACES: &str = "faces";
@@ -37,6 +37,15 @@ pub const PAST_V: &str = "past_v";
 pub const LOGITS: &str = "logits";
 pub const PRESENT_K: &str = "present_k";
 pub const PRESENT_V: &str = "present_v";
+/// Emotion-LLaMA-v2: the global CLS after `ln_vision` (for the fusion), the temporal
+/// EVA's 16 frames and its 64 cells, the audio bins, their rows, ConvProAttention's rows.
+pub const CLS_FEAT: &str = "cls_feat";
+pub const FRAMES: &str = "frames";
+pub const VIDEO_FEAT: &str = "video_feat";
+pub const VIDEO_ROWS: &str = "video_rows";
+pub const AUDIO_FEAT: &str = "audio_feat";
+pub const AUDIO_ROWS: &str = "audio_rows";
+pub const FUSION_ROWS: &str = "fusion_rows";
 
 /// The names one role must declare.
 #[derive(Debug, Clone, Copy)]
@@ -46,8 +55,36 @@ pub struct EngineIo {
     pub outputs: &'static [(&'static str, Option<RowBlock>)],
 }
 
-/// The contract of a role; `None` for roles without tensors (the LLM).
-pub fn engine_io(role: &Role) -> Option<EngineIo> {
+/// The contract of a role in `family`'s bundles; `None` for roles without tensors (the
+/// LLM).
+pub fn engine_io(family: ModelFamily, role: &Role) -> Option<EngineIo> {
+    if family == ModelFamily::EmotionLlamaV2 {
+        let io = match role {
+            Role::GlobalEngine => EngineIo {
+                inputs: &[PIXEL_VALUES],
+                outputs: &[(PATCH_ROWS, Some(RowBlock::GlobalPatches)), (CLS_FEAT, None)],
+            },
+            Role::TemporalEngine => {
+                EngineIo { inputs: &[FRAMES], outputs: &[(VIDEO_FEAT, None), (VIDEO_ROWS, Some(RowBlock::Temporal))] }
+            }
+            Role::AudioEngine => EngineIo {
+                inputs: &[INPUT_FEATURES],
+                outputs: &[(AUDIO_FEAT, None), (AUDIO_ROWS, Some(RowBlock::Audio))],
+            },
+            Role::FusionEngine => EngineIo {
+                inputs: &[AUDIO_FEAT, CLS_FEAT, VIDEO_FEAT],
+                outputs: &[(FUSION_ROWS, Some(RowBlock::Fusion))],
+            },
+            _ => return v1_engine_io(role),
+        };
+        return Some(io);
+    }
+    v1_engine_io(role)
+}
+
+/// Emotion-LLaMA's contract (and the roles both models share: the LLM, the zero rows,
+/// speech recognition).
+fn v1_engine_io(role: &Role) -> Option<EngineIo> {
     Some(match role {
         Role::GlobalEngine => EngineIo {
             inputs: &[PIXEL_VALUES],
@@ -70,6 +107,6 @@ pub fn engine_io(role: &Role) -> Option<EngineIo> {
             inputs: &[INPUT_IDS, PAST_K, PAST_V, CROSS_K, CROSS_V],
             outputs: &[(LOGITS, None), (PRESENT_K, None), (PRESENT_V, None)],
         },
-        Role::Llm | Role::AsrTokenizer | Role::Other(_) => return None,
+        Role::Llm | Role::AsrTokenizer | Role::FusionEngine | Role::Other(_) => return None,
     })
 }

@@ -21,10 +21,12 @@ mod writer;
 
 pub use error::BundleError;
 pub use manifest::{
-    AsrInfo, AudioPreprocess, Dim, FaceConfig, FileEntry, Generation, GenerationPreset, GlobalPreprocess, LlmInfo,
-    Manifest, Parity, Preprocess, PromptSpec, Provenance, Role, Rows, TemporalPreprocess, TensorSpec, FORMAT,
-    FORMAT_VERSION,
+    AsrInfo, AudioPreprocess, Dim, FaceConfig, FileEntry, FrameWindow, Generation, GenerationPreset, GlobalPreprocess,
+    LlmInfo, LogMelSpec, Manifest, Parity, Preprocess, PromptSpec, Provenance, Role, Rows, TemporalPreprocess,
+    TensorSpec, FORMAT, FORMAT_VERSION,
 };
-pub use types::{DType, EnginePrecision, FileFormat, FrameChoice, GgufType, KvType, Precision, Resize, RowBlock};
+pub use types::{
+    DType, EnginePrecision, FileFormat, FrameChoice, GgufType, KvType, ModelFamily, Precision, Resize, RowBlock,
+};
 pub use verify::{sha256_file, Bundle, MANIFEST_FILE};
 pub use writer::{derive_bundle, install_bundle};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{DType, FileFormat, FrameChoice, Precision, Resize, RowBlock};
+use crate::types::{DType, FileFormat, FrameChoice, ModelFamily, Precision, Resize, RowBlock};
 
 pub const FORMAT: &str = "emollama-bundle";
 /// Version 2: typed fields; the prompt's row order, the preprocessing filters, the
@@ -22,6 +22,9 @@ pub struct Manifest {
     /// True for random-weight bundles: their answers mean nothing.
     pub synthetic: bool,
     pub description: String,
+    /// Which model (absent in the manifests written before v2: Emotion-LLaMA).
+    #[serde(default)]
+    pub model: ModelFamily,
     pub provenance: Provenance,
     pub llm: LlmInfo,
     pub rows: Rows,
@@ -98,20 +101,25 @@ pub struct LlmInfo {
     pub n_params: u64,
 }
 
-/// Embedding rows each modality contributes to the prompt.
+/// Embedding rows each modality contributes to the prompt (0: a block the model does
+/// not have).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rows {
     pub global_patches: u32,
+    #[serde(default)]
     pub local: u32,
     pub temporal: u32,
     pub audio: u32,
+    #[serde(default)]
     pub global_cls: u32,
+    #[serde(default)]
+    pub fusion: u32,
 }
 
 impl Rows {
     pub fn total(&self) -> u32 {
-        self.global_patches + self.local + self.temporal + self.audio + self.global_cls
+        self.global_patches + self.local + self.temporal + self.audio + self.global_cls + self.fusion
     }
 
     /// Rows of one block.
@@ -122,6 +130,7 @@ impl Rows {
             RowBlock::Temporal => self.temporal,
             RowBlock::Audio => self.audio,
             RowBlock::GlobalCls => self.global_cls,
+            RowBlock::Fusion => self.fusion,
         }
     }
 }
@@ -132,15 +141,22 @@ impl Rows {
 #[serde(deny_unknown_fields)]
 pub struct PromptSpec {
     pub placeholder: String,
-    /// A permutation of the five blocks.
+    /// A permutation of the model's blocks.
     pub row_order: Vec<RowBlock>,
+    /// The token ids before the rows when the model's own environment fixes them (v2:
+    /// its pinned tokenizer's `<s><s>[INST] <Vid>`, which llama.cpp would tokenize
+    /// differently); None: the text before the placeholder, tokenized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_rows_ids: Option<Vec<i32>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
     pub global: GlobalPreprocess,
-    pub face: FaceConfig,
+    /// The face encoders' crops (Emotion-LLaMA only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face: Option<FaceConfig>,
     pub temporal: TemporalPreprocess,
     pub audio: AudioPreprocess,
 }
@@ -171,11 +187,27 @@ pub struct FaceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemporalPreprocess {
-    /// `segments × frames_per_segment` consecutive source frames.
+    /// Emotion-LLaMA: `segments × frames_per_segment` face crops (VideoMAE's sampler);
+    /// v2: consecutive whole frames at a seeded start (`window`).
     pub frames: u32,
+    #[serde(default)]
     pub segments: u32,
+    #[serde(default)]
     pub frames_per_segment: u32,
     pub image_size: [u32; 2],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<FrameWindow>,
+}
+
+/// Emotion-LLaMA-v2's temporal frames (v2 spec §3.2): `frames` consecutive frames whose
+/// start numpy's legacy generator draws after `seed(seed)`, each resized and normalised.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameWindow {
+    pub seed: u32,
+    pub resize: Resize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +216,20 @@ pub struct AudioPreprocess {
     pub sample_rate: u32,
     /// 1: the runtime decodes mono (a bundle asking for more is refused at open).
     pub channels: u32,
+    /// The audio encoder's input: Whisper's log-mel window (v2); None: the waveform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_mel: Option<LogMelSpec>,
+}
+
+/// A Whisper front end: `WhisperFeatureExtractor`'s parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogMelSpec {
+    pub n_fft: u32,
+    pub hop_length: u32,
+    pub n_mels: u32,
+    /// The one window the encoder hears (30 s at 16 kHz: 480000).
+    pub chunk_samples: u32,
 }
 
 /// The generation presets the official code uses (spec §4.4).
@@ -223,6 +269,8 @@ pub enum Role {
     LocalEngine,
     TemporalEngine,
     AudioEngine,
+    /// Emotion-LLaMA-v2's ConvProAttention with its projector.
+    FusionEngine,
     Llm,
     /// MTCNN's three stages (facenet-pytorch weights).
     FacePnet,
@@ -253,6 +301,7 @@ impl Role {
             Role::LocalEngine => "local_engine",
             Role::TemporalEngine => "temporal_engine",
             Role::AudioEngine => "audio_engine",
+            Role::FusionEngine => "fusion_engine",
             Role::Llm => "llm",
             Role::FacePnet => "face_pnet",
             Role::FaceRnet => "face_rnet",
@@ -269,11 +318,13 @@ impl Role {
         }
     }
 
+    /// Emotion-LLaMA's encoders ([`ModelFamily::encoders`] for any model's).
     pub const ENGINES: [Role; 4] = [Role::GlobalEngine, Role::LocalEngine, Role::TemporalEngine, Role::AudioEngine];
     pub const FACE_NETS: [Role; 3] = [Role::FacePnet, Role::FaceRnet, Role::FaceOnet];
     pub const PROJECTORS: [Role; 3] = [Role::LocalProjector, Role::TemporalProjector, Role::AudioProjector];
     pub const ASR: [Role; 4] = [Role::AsrEncoder, Role::AsrCrossKv, Role::AsrDecoder, Role::AsrTokenizer];
     /// Every engine that makes prompt rows: the encoders, then the projector-only engines.
+    /// Emotion-LLaMA's ([`ModelFamily::row_engines`] for any model's).
     pub const ROW_ENGINES: [Role; 7] = [
         Role::GlobalEngine,
         Role::LocalEngine,

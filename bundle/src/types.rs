@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::Role;
+
 /// A value that is not one of a type's names, with the names it could have been.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {found:?}: use {}", expected.join(", "))]
@@ -214,13 +216,15 @@ named_enum!(DType, "tensor dtype", [(F32, "f32")]);
 /// One block of embedding rows in the prompt, by the modality that produces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RowBlock {
-    /// The global encoder's patch rows (256 in the official model).
+    /// The global encoder's patch rows (256 in the official models).
     GlobalPatches,
     Local,
     Temporal,
     Audio,
-    /// The global encoder's CLS row.
+    /// The global encoder's CLS row (Emotion-LLaMA).
     GlobalCls,
+    /// ConvProAttention's rows (Emotion-LLaMA-v2).
+    Fusion,
 }
 
 named_enum!(
@@ -232,8 +236,66 @@ named_enum!(
         (Temporal, "temporal"),
         (Audio, "audio"),
         (GlobalCls, "global_cls"),
+        (Fusion, "fusion"),
     ]
 );
+
+/// Which model a bundle holds. Everything else that differs between them is data in the
+/// manifest (rows, their order, the placeholder, preprocessing, presets) or lives in one
+/// place per stage of the runtime, chosen by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ModelFamily {
+    /// Emotion-LLaMA (NeurIPS 2024): EVA, MAE and VideoMAE on faces, HuBERT; 260 rows.
+    #[default]
+    EmotionLlama,
+    /// Emotion-LLaMA-v2: EVA, a second EVA over 16 frames, Whisper's encoder,
+    /// ConvProAttention; 448 rows.
+    EmotionLlamaV2,
+}
+
+named_enum!(ModelFamily, "model family", [(EmotionLlama, "emotion-llama"), (EmotionLlamaV2, "emotion-llama-v2")]);
+
+impl ModelFamily {
+    /// The row blocks this model's prompt holds (each exactly once, in any order the
+    /// manifest's `row_order` gives).
+    pub fn row_blocks(self) -> &'static [RowBlock] {
+        match self {
+            ModelFamily::EmotionLlama => {
+                &[RowBlock::GlobalPatches, RowBlock::Local, RowBlock::Temporal, RowBlock::Audio, RowBlock::GlobalCls]
+            }
+            ModelFamily::EmotionLlamaV2 => {
+                &[RowBlock::GlobalPatches, RowBlock::Temporal, RowBlock::Audio, RowBlock::Fusion]
+            }
+        }
+    }
+
+    /// The encoders, required first (a v1 bundle may lack local and temporal).
+    pub fn encoders(self) -> &'static [Role] {
+        match self {
+            ModelFamily::EmotionLlama => &Role::ENGINES,
+            ModelFamily::EmotionLlamaV2 => {
+                &[Role::GlobalEngine, Role::TemporalEngine, Role::AudioEngine, Role::FusionEngine]
+            }
+        }
+    }
+
+    /// Every engine that makes prompt rows: the encoders, then projector-only engines.
+    pub fn row_engines(self) -> &'static [Role] {
+        match self {
+            ModelFamily::EmotionLlama => &Role::ROW_ENGINES,
+            ModelFamily::EmotionLlamaV2 => self.encoders(),
+        }
+    }
+
+    /// The blocks whose all-zero-input rows the `zero_rows` file holds, in its order
+    /// (one row each: the projector's bias).
+    pub fn zero_row_blocks(self) -> &'static [RowBlock] {
+        match self {
+            ModelFamily::EmotionLlama => &[RowBlock::Local, RowBlock::Temporal, RowBlock::Audio],
+            ModelFamily::EmotionLlamaV2 => &[RowBlock::Temporal, RowBlock::Audio],
+        }
+    }
+}
 
 /// A file's precision: an encoder's arithmetic, or the LLM's GGUF type. The names do not
 /// overlap (`fp32` is an engine's, `f32` a GGUF file's), so one string says which.

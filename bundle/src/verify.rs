@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::contract::engine_io;
 use crate::error::BundleError;
 use crate::manifest::{FileEntry, GenerationPreset, Manifest, Role, FORMAT, FORMAT_VERSION};
-use crate::types::{FileFormat, Precision, RowBlock};
+use crate::types::{FileFormat, ModelFamily, Precision};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -121,14 +121,26 @@ impl Bundle {
             *counts.entry(&entry.role).or_default() += 1;
         }
         let count = |role: &Role| counts.get(role).copied().unwrap_or(0);
-        let required = Role::ENGINES.iter().chain([&Role::Llm, &Role::ZeroRows]);
-        for role in required.chain(Role::FACE_NETS.iter()).chain(Role::PROJECTORS.iter()).chain(Role::ASR.iter()) {
+        let v1 = m.model == ModelFamily::EmotionLlama;
+        // Emotion-LLaMA's local and temporal engines may be missing (their rows are then
+        // the zero rows); every v2 engine is needed.
+        let optional = |role: &Role| role.is_optional() && (v1 || !m.model.encoders().contains(role));
+        let required = m.model.encoders().iter().chain([&Role::Llm, &Role::ZeroRows]);
+        let faces_and_projectors = Role::FACE_NETS.iter().chain(Role::PROJECTORS.iter());
+        for role in required.chain(faces_and_projectors.clone()).chain(Role::ASR.iter()) {
             match count(role) {
-                0 if role.is_optional() => {}
+                0 if optional(role) => {}
                 0 => return Err(BundleError::MissingRole(role.clone())),
                 1 => {}
                 count => return Err(BundleError::DuplicateRole { role: role.clone(), count }),
             }
+        }
+        // A model's bundle holds none of the other model's engines.
+        let foreign = Role::ENGINES.iter().chain([&Role::FusionEngine]).chain(faces_and_projectors);
+        let v1_only = |r: &Role| Role::FACE_NETS.contains(r) || Role::PROJECTORS.contains(r);
+        let belongs = |r: &Role| m.model.encoders().contains(r) || (v1 && v1_only(r));
+        if let Some(role) = foreign.filter(|r| count(r) > 0).find(|r| !belongs(r)) {
+            return Err(BundleError::Inconsistent(format!("{role} is not an engine of {}", m.model)));
         }
         // Speech recognition is optional, but only as a whole, with its manifest section.
         let asr = Role::ASR.iter().filter(|r| count(r) == 1).count();
@@ -149,23 +161,47 @@ impl Bundle {
         for entry in &m.files {
             self.check_file(entry)?;
         }
-        let mut order = m.prompt.row_order.clone();
+        let (mut order, mut blocks) = (m.prompt.row_order.clone(), m.model.row_blocks().to_vec());
         order.sort();
-        if order != RowBlock::ALL {
+        blocks.sort();
+        if order != blocks {
             return Err(BundleError::Inconsistent(format!(
-                "prompt.row_order must name each of {} once, it is {:?}",
-                RowBlock::ALL.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
+                "prompt.row_order must name each of {} once ({}), it is {:?}",
+                m.model.row_blocks().iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
+                m.model,
                 m.prompt.row_order.iter().map(|b| b.name()).collect::<Vec<_>>()
             )));
+        }
+        let mut absent = crate::RowBlock::ALL.iter().filter(|b| !blocks.contains(b));
+        if let Some(b) = absent.find(|b| m.rows.of(**b) != 0) {
+            return Err(BundleError::Inconsistent(format!("rows.{b}: {} has no such rows", m.model)));
         }
         if m.prompt.placeholder.trim().is_empty() {
             return Err(BundleError::Inconsistent("prompt.placeholder is empty".into()));
         }
         let t = &m.preprocess.temporal;
-        if t.frames == 0 || t.frames != t.segments * t.frames_per_segment {
+        match (m.model, &t.window) {
+            (ModelFamily::EmotionLlama, None) if t.frames != 0 && t.frames == t.segments * t.frames_per_segment => {}
+            (ModelFamily::EmotionLlama, _) => {
+                return Err(BundleError::Inconsistent(format!(
+                    "preprocess.temporal: frames {} is not segments {} x frames_per_segment {} (and no window)",
+                    t.frames, t.segments, t.frames_per_segment
+                )))
+            }
+            (ModelFamily::EmotionLlamaV2, Some(w)) if t.frames != 0 && w.std.iter().all(|s| *s > 0.0) => {}
+            (ModelFamily::EmotionLlamaV2, _) => {
+                return Err(BundleError::Inconsistent(
+                    "preprocess.temporal: emotion-llama-v2 needs frames and a window (seed, resize, mean, std > 0)"
+                        .into(),
+                ))
+            }
+        }
+        // v1 crops faces; v2 hears Whisper's log-mel.
+        if v1 != m.preprocess.face.is_some() || v1 == m.preprocess.audio.log_mel.is_some() {
             return Err(BundleError::Inconsistent(format!(
-                "preprocess.temporal: frames {} is not segments {} x frames_per_segment {}",
-                t.frames, t.segments, t.frames_per_segment
+                "preprocess: {} needs {}",
+                m.model,
+                if v1 { "a face section and the waveform (no log_mel)" } else { "audio.log_mel and no face section" }
             )));
         }
         let a = &m.preprocess.audio;
@@ -175,12 +211,8 @@ impl Bundle {
                 a.channels, a.sample_rate
             )));
         }
-        let sizes = [
-            m.preprocess.global.image_size,
-            m.preprocess.face.image_size,
-            m.preprocess.face.aligned_size,
-            t.image_size,
-        ];
+        let face = m.preprocess.face.iter().flat_map(|f| [f.image_size, f.aligned_size]);
+        let sizes: Vec<[u32; 2]> = [m.preprocess.global.image_size, t.image_size].into_iter().chain(face).collect();
         if sizes.iter().flatten().any(|&s| s == 0 || s > 4096) {
             return Err(BundleError::Inconsistent("preprocess: an image size is 0 or over 4096".into()));
         }
@@ -223,7 +255,7 @@ impl Bundle {
                 expected: if entry.role == Role::Llm { "GGUF" } else { "engine" },
             });
         }
-        let Some(io) = engine_io(&entry.role) else { return Ok(()) };
+        let Some(io) = engine_io(m.model, &entry.role) else { return Ok(()) };
         let missing = |kind, name, verb| BundleError::MissingTensor {
             path: entry.path.clone(),
             role: entry.role.clone(),
@@ -266,10 +298,13 @@ impl Bundle {
         }
         if entry.role == Role::ZeroRows {
             let shape = &entry.outputs.iter().find(|o| o.name == crate::contract::ZERO_ROWS).expect("checked").shape;
-            if shape.first().and_then(|d| d.fixed()) != Some(3) || shape.len() != 2 {
+            let blocks = m.model.zero_row_blocks();
+            if shape.first().and_then(|d| d.fixed()) != Some(blocks.len() as u64) || shape.len() != 2 {
                 return Err(BundleError::Inconsistent(format!(
-                    "{}: zero_rows must be [3, width] (local, temporal, audio)",
-                    entry.path
+                    "{}: zero_rows must be [{}, width] ({})",
+                    entry.path,
+                    blocks.len(),
+                    blocks.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
                 )));
             }
         }

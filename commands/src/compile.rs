@@ -116,7 +116,7 @@ pub fn compile_plan(
     let rt = init_runtime(ort_library)?;
     let base = EngineOptions { intra_threads: config.threads, policy: config.providers.clone(), ..Default::default() };
     let mut engines = Vec::new();
-    for role in Role::ROW_ENGINES.into_iter().chain(Role::FACE_NETS) {
+    for role in bundle.manifest().model.row_engines().iter().cloned().chain(Role::FACE_NETS) {
         let Some(e) = bundle.file(&role) else { continue };
         let tensorrt = faces.engine_options(&role, &base).policy.tensorrt;
         let cache_dir = tensorrt

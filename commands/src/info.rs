@@ -68,7 +68,7 @@ pub fn inspect_bundle(
     let m = bundle.manifest();
     let rt = init_runtime(ort_library)?;
     let (mut engines, mut absent_engines) = (Vec::new(), Vec::new());
-    for role in &Role::ROW_ENGINES {
+    for role in bundle.manifest().model.row_engines() {
         let Some(entry) = bundle.file(role) else {
             absent_engines.push(role.to_string()); // an optional engine the export did not include
             continue;

@@ -144,7 +144,9 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
             ((fp32 * CPU_ENGINE_RESIDENT) as u64, (fp32 * loading) as u64)
         }
     };
-    let engines: Vec<(String, u64, u64)> = Role::ROW_ENGINES
+    let engines: Vec<(String, u64, u64)> = m
+        .model
+        .row_engines()
         .iter()
         .filter_map(|r| m.files.iter().find(|f| &f.role == r))
         .map(|f| {
@@ -261,7 +263,9 @@ fn default_settings(m: &Manifest, p: &Profile) -> (PlanSettings, Vec<String>) {
     // The bundle's own LLM type is what loads; the profile's type is a proposal.
     let bundle_type = bundle_llm_type(m);
     // A CPU runs each encoder file at its own precision: nothing to choose.
-    let file_precision = Role::ENGINES
+    let file_precision = m
+        .model
+        .encoders()
         .iter()
         .filter_map(|r| m.files.iter().find(|f| &f.role == r))
         .map(|f| engine_file_precision(f.precision))
@@ -288,7 +292,12 @@ fn default_settings(m: &Manifest, p: &Profile) -> (PlanSettings, Vec<String>) {
         encoders: Residency::Resident,
         asr: m.asr.as_ref().map(|_| p.defaults.asr),
         threads,
-        face_detectors: threads.clamp(1, MAX_FACE_DETECTORS),
+        // One detector per core, for a model that crops faces and a bundle with the nets.
+        face_detectors: if m.files.iter().any(|f| Role::FACE_NETS.contains(&f.role)) {
+            threads.clamp(1, MAX_FACE_DETECTORS)
+        } else {
+            0
+        },
     };
     (defaults, forced)
 }

@@ -21,7 +21,7 @@ pub use fetch::fetch_url;
 pub use image::{resize_pil, Resize, RgbImage};
 pub use input::{MediaInfo, MediaLimits, StreamInfo};
 pub use mel::{mel_filters, LogMel};
-pub use preprocess::{face_tensor, global_tensor, temporal_tensor};
+pub use preprocess::{face_tensor, frames_tensor, global_tensor, temporal_tensor};
 pub use select::{videomae_indices, FrameSelection};
 pub use source::{probe, read_clip, Clip, ClipRequest, Decoded, Source, SourceKind, SourceOptions};
 pub use window::{Window, WindowStats, Windower};

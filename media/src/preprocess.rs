@@ -16,6 +16,25 @@ pub fn global_tensor(frame: &RgbImage, size: [u32; 2], filter: Resize, mean: [f3
     })
 }
 
+/// Emotion-LLaMA-v2's temporal input [T, 3, S, S] (v2 spec §3.2): each frame resized
+/// and normalised as [`global_tensor`] does it (PIL bilinear and ImageNet statistics
+/// officially), stacked along the first axis.
+pub fn frames_tensor(
+    frames: &[&RgbImage],
+    size: [u32; 2],
+    filter: Resize,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> Array4<f32> {
+    let (w, h) = (size[0] as usize, size[1] as usize);
+    let mut out = Array4::zeros((frames.len(), 3, h, w));
+    for (t, frame) in frames.iter().enumerate() {
+        out.index_axis_mut(ndarray::Axis(0), t)
+            .assign(&global_tensor(frame, size, filter, mean, std).index_axis(ndarray::Axis(0), 0));
+    }
+    out
+}
+
 fn fill_chw(img: &RgbImage, scale: f32, mut put: impl FnMut(usize, usize, usize, f32)) {
     let w = img.width as usize;
     for (i, px) in img.data.chunks_exact(3).enumerate() {

@@ -32,7 +32,7 @@ impl FeatureFiles {
             RowBlock::Local => self.local.as_deref(),
             RowBlock::Temporal => self.temporal.as_deref(),
             RowBlock::Audio => self.audio.as_deref(),
-            RowBlock::GlobalPatches | RowBlock::GlobalCls => None,
+            RowBlock::GlobalPatches | RowBlock::GlobalCls | RowBlock::Fusion => None,
         }
     }
 

@@ -22,5 +22,5 @@ pub use error::RuntimeError;
 pub use features::{FeatureFiles, FeaturesError};
 pub use pipeline::{planned_config, LoadOptions, Pipeline};
 pub use request::{AnalyzeOptions, AnalyzeRequest, Layout, Mode, Preset, RequestError, TaskKind};
-pub use session::{AnalyzeResult, Session, TranscriptReport};
+pub use session::{AnalyzeResult, PromptTokens, Session, TranscriptReport};
 pub use stage::{Stage, Timings};

@@ -57,13 +57,14 @@ impl EncoderSlot {
     }
 }
 
-/// The four encoders by role (local and temporal are absent from bundles exported
-/// without their checkpoints).
+/// The encoders by role (local and temporal are absent from Emotion-LLaMA bundles
+/// exported without their checkpoints; local from every v2 bundle, which has the fusion).
 pub(crate) struct Encoders {
     global: EncoderSlot,
     local: Option<EncoderSlot>,
     temporal: Option<EncoderSlot>,
     audio: EncoderSlot,
+    fusion: Option<EncoderSlot>,
 }
 
 impl Encoders {
@@ -73,6 +74,7 @@ impl Encoders {
             Role::LocalEngine => self.local.as_ref(),
             Role::TemporalEngine => self.temporal.as_ref(),
             Role::AudioEngine => Some(&self.audio),
+            Role::FusionEngine => self.fusion.as_ref(),
             _ => None,
         }
     }
@@ -107,7 +109,7 @@ fn projector_role(block: RowBlock) -> Option<Role> {
         RowBlock::Local => Some(Role::LocalProjector),
         RowBlock::Temporal => Some(Role::TemporalProjector),
         RowBlock::Audio => Some(Role::AudioProjector),
-        RowBlock::GlobalPatches | RowBlock::GlobalCls => None,
+        RowBlock::GlobalPatches | RowBlock::GlobalCls | RowBlock::Fusion => None,
     }
 }
 
@@ -284,6 +286,7 @@ impl Pipeline {
             local: optional(Role::LocalEngine)?,
             temporal: optional(Role::TemporalEngine)?,
             audio: load(Role::AudioEngine)?,
+            fusion: optional(Role::FusionEngine)?,
         };
         let mut projectors = BTreeMap::new();
         for block in crate::features::FeatureFiles::BLOCKS {
@@ -298,7 +301,7 @@ impl Pipeline {
             let engine =
                 EncoderEngine::load(rt, role.as_str(), &bundle.path_of(e), e.inputs.clone(), e.outputs.clone(), &opts)?;
             warm_up(&engine, sample_rate)?;
-            let output = engine_io(&role).and_then(|io| io.outputs.first()).expect("a projector's contract").0;
+            let output = engine_io(m.model, &role).and_then(|io| io.outputs.first()).expect("a projector's contract").0;
             projectors.insert(block, Projector { engine, width, output });
         }
         // Face detection is per frame: one single-threaded detector per worker.
@@ -393,18 +396,19 @@ impl Pipeline {
         self.projectors.len() == crate::features::FeatureFiles::BLOCKS.len()
     }
 
-    /// Each encoder's provider (an encoder the bundle lacks is "absent") and the LLM's
-    /// device (`llm`: `cuda` or `cpu`).
+    /// Each of the model's encoders' provider (one the bundle lacks is "absent") and the
+    /// LLM's device (`llm`: `cuda` or `cpu`).
     pub fn providers(&self) -> std::collections::BTreeMap<String, String> {
-        let mut out: std::collections::BTreeMap<String, String> = [
-            ("global", Role::GlobalEngine),
-            ("local", Role::LocalEngine),
-            ("temporal", Role::TemporalEngine),
-            ("audio", Role::AudioEngine),
-        ]
-        .iter()
-        .map(|(n, role)| (n.to_string(), self.encoders.slot(role).map_or("absent".into(), EncoderSlot::provider)))
-        .collect();
+        let mut out: std::collections::BTreeMap<String, String> = self
+            .manifest()
+            .model
+            .encoders()
+            .iter()
+            .map(|role| {
+                let name = role.as_str().trim_end_matches("_engine").to_string();
+                (name, self.encoders.slot(role).map_or("absent".into(), EncoderSlot::provider))
+            })
+            .collect();
         out.insert("llm".into(), self.llm_device.into());
         if let Some(asr) = &self.asr {
             out.insert("asr".into(), asr.provider());
@@ -530,9 +534,10 @@ fn read_zero_rows(bundle: &Bundle) -> Result<Vec<f32>, RuntimeError> {
     let path = bundle.path_of(e);
     let bytes = std::fs::read(&path).map_err(|source| BundleError::FileUnreadable { path: path.clone(), source })?;
     let rows: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    if rows.len() != 3 * width {
+    let expected = bundle.manifest().model.zero_row_blocks().len() * width;
+    if rows.len() != expected {
         return Err(
-            BundleError::Inconsistent(format!("zero rows hold {} floats, expected {}", rows.len(), 3 * width)).into()
+            BundleError::Inconsistent(format!("zero rows hold {} floats, expected {expected}", rows.len())).into()
         );
     }
     Ok(rows)

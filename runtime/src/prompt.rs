@@ -1,7 +1,9 @@
-//! The Emotion-LLaMA prompt at inference (spec §4): the text around the 260 embedding
-//! rows, the tasks and their instructions, and label extraction as the official
-//! evaluation does it.
+//! The prompt at inference (spec §4; v2 spec §4): the text around the embedding rows
+//! (260 for Emotion-LLaMA, 448 for v2), the tasks and their instructions, and label
+//! extraction as each model's official evaluation does it. Each function here that
+//! differs between the models takes the [`ModelFamily`].
 
+use emollama_bundle::ModelFamily;
 use serde::{Deserialize, Serialize};
 
 use crate::request::Layout;
@@ -14,6 +16,13 @@ pub const LABELS_9: [&str; 9] =
 pub const LABELS_DFEW: [&str; 7] = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"];
 /// MER2023/2024 scoring labels; any other answer scores as neutral.
 pub const LABELS_6: [&str; 6] = ["happy", "sad", "neutral", "angry", "worried", "surprise"];
+
+/// Emotion-LLaMA-v2's demo quick prompts (`app.py` L199-L204): the emotion labels, and
+/// the emotion and reason instructions (tags added by [`Task`]).
+pub const LABELS_V2: [&str; 7] = ["anger", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+const V2_EMOTION: &str =
+    "Identify the emotion expressed in the video. Choose from: anger, disgust, fear, happy, neutral, sad, surprise.";
+const V2_REASON: &str = "Why does the person in the video feel this way? Please provide evidence from the video.";
 
 const EMOTION_9: &str = "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.";
 const EMOTION_6: &str =
@@ -47,7 +56,7 @@ impl Task {
         }
     }
 
-    /// The labels a recognition answer is scored against.
+    /// The labels an Emotion-LLaMA recognition answer is scored against.
     pub fn labels(&self) -> &'static [&'static str] {
         match self {
             Task::Emotion { six_labels: true } => &LABELS_6,
@@ -55,8 +64,25 @@ impl Task {
         }
     }
 
-    /// `[task] instruction` as the training/eval data writes it.
-    fn tagged_instruction(&self) -> String {
+    /// The labels `model`'s recognition answer is scored against.
+    pub fn labels_for(&self, model: ModelFamily) -> &'static [&'static str] {
+        match model {
+            ModelFamily::EmotionLlama => self.labels(),
+            ModelFamily::EmotionLlamaV2 => &LABELS_V2,
+        }
+    }
+
+    /// `[task] instruction` as `model`'s training/eval data writes it (v2: its demo's
+    /// quick prompts; a question as written, whatever tag it carries).
+    fn tagged_instruction(&self, model: ModelFamily) -> String {
+        match (model, self) {
+            (ModelFamily::EmotionLlamaV2, Task::Emotion { .. }) => format!("[emotion] {V2_EMOTION}"),
+            (ModelFamily::EmotionLlamaV2, Task::Reason { .. }) => format!("[reason] {V2_REASON}"),
+            (_, task) => task.v1_tagged_instruction(),
+        }
+    }
+
+    fn v1_tagged_instruction(&self) -> String {
         match self {
             Task::Emotion { six_labels } => format!("[emotion] {}", if *six_labels { EMOTION_6 } else { EMOTION_9 }),
             Task::Reason { instruction } => format!("[reason] {}", REASON_POOL[instruction % REASON_POOL.len()]),
@@ -78,28 +104,59 @@ pub struct PromptText {
 /// `get_context_emb` splits on it only). `transcript`: the English sentence spoken, or
 /// None (the "The person in video says" line is then left out; the official format
 /// leaves its surrounding spaces, which this keeps).
-pub fn build_prompt(layout: Layout, task: &Task, transcript: Option<&str>, placeholder: &str) -> PromptText {
-    let character_line = match transcript.map(str::trim).filter(|t| !t.is_empty()) {
-        Some(t) => format!("The person in video says: {}. ", t.trim_end_matches('.')),
-        None => String::new(),
+pub fn build_prompt(
+    model: ModelFamily,
+    layout: Layout,
+    task: &Task,
+    transcript: Option<&str>,
+    placeholder: &str,
+) -> PromptText {
+    let spoken = transcript.map(|t| t.trim().trim_end_matches('.')).filter(|t| !t.is_empty());
+    let character_line = spoken.map(|t| format!("The person in video says: {t}. ")).unwrap_or_default();
+    let full = match model {
+        ModelFamily::EmotionLlama => v1_prompt(layout, task, &character_line, placeholder),
+        ModelFamily::EmotionLlamaV2 => v2_prompt(layout, task, spoken, &character_line, placeholder),
     };
+    let (before, after) = full.split_once(placeholder).expect("the template holds the placeholder");
+    PromptText { before_rows: before.to_string(), after_rows: after.to_string() }
+}
+
+/// Emotion-LLaMA-v2 (v2 spec §4.2): one user turn, `<Vid>` around the placeholder. The
+/// eval layout is the MER2023 eval set's (`The person in video says: {text}.␣␣[{task}]
+/// {instruction}␣␣[/INST]`; without a transcript its line is left out); the demo layout
+/// its first turn (`{q} [/INST]`, the user's text holding the line as the demo's
+/// examples do).
+fn v2_prompt(layout: Layout, task: &Task, spoken: Option<&str>, character_line: &str, placeholder: &str) -> String {
+    let video = format!("<Vid>{placeholder}</Vid>");
+    let tagged = task.tagged_instruction(ModelFamily::EmotionLlamaV2);
+    match (layout, task, spoken) {
+        (Layout::Eval, Task::Emotion { .. } | Task::Reason { .. }, Some(t)) => {
+            format!("<s>[INST] {video} The person in video says: {t}.  {tagged}  [/INST]")
+        }
+        (Layout::Eval, Task::Emotion { .. } | Task::Reason { .. }, None) => {
+            format!("<s>[INST] {video} {tagged}  [/INST]")
+        }
+        _ => format!("<s>[INST] {video} {character_line}{tagged} [/INST]"),
+    }
+}
+
+/// Emotion-LLaMA (spec §4.2).
+fn v1_prompt(layout: Layout, task: &Task, character_line: &str, placeholder: &str) -> String {
     let video = format!("<video>{placeholder}</video> <feature><FeatureHere></feature>");
-    let full = match layout {
+    match layout {
         // first_face.py: "<video><VideoHere></video> <feature><FeatureHere></feature> {character_line} [{task}] {instruction} "
         // then prepare_texts: "<s>[INST] " + that + " [/INST]".
         Layout::Eval => match task {
             Task::Question { .. } => {
-                format!("<s>[INST] {video} {character_line} {} [/INST]", task.tagged_instruction())
+                format!("<s>[INST] {video} {character_line} {} [/INST]", task.v1_tagged_instruction())
             }
-            _ => format!("<s>[INST] {video} {character_line} {}  [/INST]", task.tagged_instruction()),
+            _ => format!("<s>[INST] {video} {character_line} {}  [/INST]", task.v1_tagged_instruction()),
         },
         // Chat.upload_img + Chat.ask: the user turn is a second "<s>[INST] " with no separator.
         Layout::Demo => {
-            format!("<s>[INST] {video}<s>[INST] {character_line}{} [/INST]", task.tagged_instruction())
+            format!("<s>[INST] {video}<s>[INST] {character_line}{} [/INST]", task.v1_tagged_instruction())
         }
-    };
-    let (before, after) = full.split_once(placeholder).expect("the template holds the placeholder");
-    PromptText { before_rows: before.to_string(), after_rows: after.to_string() }
+    }
 }
 
 /// The line the official examples put before the task: "The person in video says: …".
@@ -168,6 +225,20 @@ pub struct ExtractedLabel {
     pub robust: Option<String>,
 }
 
+/// `model`'s label extraction. Emotion-LLaMA: [`extract_label`]. v2 (`score_split.py`):
+/// the whole response, stripped and lowercased, is the official prediction; the robust
+/// one reads a think answer's `<answer>…</answer>` first, then the last label word.
+pub fn extract_answer_label(model: ModelFamily, answer: &str, labels: &[&str]) -> ExtractedLabel {
+    match model {
+        ModelFamily::EmotionLlama => extract_label(answer, labels),
+        ModelFamily::EmotionLlamaV2 => {
+            let answered = answer.split_once("<answer>").and_then(|(_, a)| a.split_once("</answer>")).map(|(a, _)| a);
+            let robust = extract_label(answered.unwrap_or(answer), labels).robust;
+            ExtractedLabel { official: answer.trim().to_lowercase(), robust }
+        }
+    }
+}
+
 pub fn extract_label(answer: &str, labels: &[&str]) -> ExtractedLabel {
     let clean = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
     let last = answer.split(' ').next_back().unwrap_or_default().trim();
@@ -192,20 +263,50 @@ mod tests {
 
     #[test]
     fn eval_prompt_text_has_the_official_quirks() {
-        let p = build_prompt(Layout::Eval, &Task::Emotion { six_labels: false }, Some("I can't believe we made it"), P);
+        let p = build_prompt(
+            ModelFamily::EmotionLlama,
+            Layout::Eval,
+            &Task::Emotion { six_labels: false },
+            Some("I can't believe we made it"),
+            P,
+        );
         assert_eq!(p.before_rows, "<s>[INST] <video>");
         assert_eq!(
             p.after_rows,
             "</video> <feature><FeatureHere></feature> The person in video says: I can't believe we made it.  [emotion] Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.  [/INST]"
         );
-        let no_transcript = build_prompt(Layout::Eval, &Task::Emotion { six_labels: true }, None, P);
+        let no_transcript =
+            build_prompt(ModelFamily::EmotionLlama, Layout::Eval, &Task::Emotion { six_labels: true }, None, P);
         assert!(no_transcript.after_rows.starts_with("</video> <feature><FeatureHere></feature>  [emotion]"));
         assert!(no_transcript.after_rows.ends_with("worried, surprise.  [/INST]"));
     }
 
     #[test]
+    fn v2_prompts_are_its_official_strings() {
+        let v2 = ModelFamily::EmotionLlamaV2;
+        let emotion = Task::Emotion { six_labels: false };
+        // inference.py: `<s>[INST] <Vid><VideoHere></Vid> [emotion] {q} [/INST]`, the demo's quick prompt as q.
+        let demo = build_prompt(v2, Layout::Demo, &emotion, None, P);
+        assert_eq!(demo.before_rows, "<s>[INST] <Vid>");
+        assert_eq!(demo.after_rows, "</Vid> [emotion] Identify the emotion expressed in the video. Choose from: anger, disgust, fear, happy, neutral, sad, surprise. [/INST]");
+        let spoken =
+            build_prompt(v2, Layout::Demo, &Task::Reason { instruction: 3 }, Some("Now, theres two reasons."), P);
+        assert_eq!(spoken.after_rows, "</Vid> The person in video says: Now, theres two reasons. [reason] Why does the person in the video feel this way? Please provide evidence from the video. [/INST]");
+        // The MER2023 eval set's layout: two spaces after the line and before `[/INST]`.
+        let eval = build_prompt(v2, Layout::Eval, &emotion, Some("We made it."), P);
+        assert_eq!(eval.after_rows, "</Vid> The person in video says: We made it.  [emotion] Identify the emotion expressed in the video. Choose from: anger, disgust, fear, happy, neutral, sad, surprise.  [/INST]");
+        let none = build_prompt(v2, Layout::Eval, &emotion, None, P);
+        assert!(none.after_rows.starts_with("</Vid> [emotion] Identify"), "{}", none.after_rows);
+        // v2's answers: the whole response is the official prediction; think answers give their label.
+        let think = extract_answer_label(v2, "<think>the voice is bright</think><answer>happy</answer>", &LABELS_V2);
+        assert_eq!(think.robust.as_deref(), Some("happy"));
+        assert_eq!(think.official, "<think>the voice is bright</think><answer>happy</answer>");
+        assert_eq!(extract_answer_label(v2, " Sad ", &LABELS_V2).official, "sad");
+    }
+
+    #[test]
     fn demo_prompt_has_the_second_turn() {
-        let p = build_prompt(Layout::Demo, &Task::Reason { instruction: 1 }, None, P);
+        let p = build_prompt(ModelFamily::EmotionLlama, Layout::Demo, &Task::Reason { instruction: 1 }, None, P);
         assert_eq!(p.before_rows, "<s>[INST] <video>");
         assert_eq!(p.after_rows, "</video> <feature><FeatureHere></feature><s>[INST] [reason] What is the emotional state of the person in the video? Please tell me the reason. [/INST]");
     }

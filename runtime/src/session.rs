@@ -1,18 +1,21 @@
 //! One request's state and its stages, one method each, in pipeline order:
 //! [`Session::decode_media`] → [`Session::encode_global`] → [`Session::detect_faces`] →
 //! [`Session::encode_local`] → [`Session::encode_temporal`] → [`Session::encode_audio`] →
-//! [`Session::tokenize_prompt`] → [`Session::prefill`] → [`Session::score_labels`] →
+//! [`Session::encode_fusion`] → [`Session::tokenize_prompt`] → [`Session::prefill`] → [`Session::score_labels`] →
 //! [`Session::generate`] → [`Session::finish`]. [`Session::run`] calls them all on the
 //! request's source read whole; [`Session::run_clip`] on a stretch the caller read (a live
 //! window): one path either way, from the clip on. Each stage is timed under its
 //! [`Stage`], checks the cancel token first, and shows its inputs to the [`Observer`]
-//! (the reference checks' input dump is one).
+//! (the reference checks' input dump is one). The model's differences are the
+//! manifest's data (a face section or a frame window, the waveform or a log-mel, the
+//! engines' contract) and each stage reads them; a stage the model lacks does nothing.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use emollama_bundle::contract::{
-    AUDIO_ROW, CLIP, CLS_ROW, FACES, FEATURES, LOCAL_ROW, PATCH_ROWS, PIXEL_VALUES, TEMPORAL_ROW, WAVEFORM,
+    engine_io, AUDIO_FEAT, AUDIO_ROW, CLIP, FACES, FEATURES, FRAMES, INPUT_FEATURES, LOCAL_ROW, PIXEL_VALUES,
+    TEMPORAL_ROW, WAVEFORM,
 };
 use emollama_bundle::files::FileError;
 use emollama_bundle::{BundleError, FrameChoice, GenerationPreset, Role, RowBlock};
@@ -21,8 +24,8 @@ use emollama_engines::onnx::Outputs;
 use emollama_engines::{CancelToken, EngineError};
 use emollama_media::faces::{FaceDetector, FaceReport};
 use emollama_media::{
-    face_tensor, fetch_url, global_tensor, read_clip, temporal_tensor, Clip, ClipRequest, FrameSelection, MediaError,
-    RgbImage, SourceKind,
+    face_tensor, fetch_url, frames_tensor, global_tensor, read_clip, temporal_tensor, Clip, ClipRequest,
+    FrameSelection, LogMel, MediaError, RgbImage, SourceKind,
 };
 use ndarray::ArrayD;
 use serde::Serialize;
@@ -31,7 +34,7 @@ use crate::asr::{AsrTask, Transcript};
 use crate::features::{read_features, FeatureFiles, FeaturesError};
 use crate::observer::Observer;
 use crate::pipeline::Pipeline;
-use crate::prompt::{build_prompt, extract_label, normalise_scores, Task};
+use crate::prompt::{build_prompt, extract_answer_label, normalise_scores, Task};
 use crate::request::{AnalyzeRequest, Mode, Preset};
 use crate::stage::{Stage, Timings};
 use crate::RuntimeError;
@@ -138,6 +141,9 @@ pub struct Session<'p> {
     /// Pre-extracted features read for this request, until their projector runs.
     features: BTreeMap<RowBlock, Vec<f32>>,
     blocks: BTreeMap<RowBlock, Vec<f32>>,
+    /// Encoder outputs that are not rows but another engine's inputs (v2: the CLS, the
+    /// video cells and the audio bins, for the fusion), by the contract's names.
+    between_engines: BTreeMap<&'static str, ArrayD<f32>>,
     prompt: Option<PromptTokens>,
     ctx: Option<LlmContext>,
     label_scores: Option<BTreeMap<String, f64>>,
@@ -189,6 +195,7 @@ impl<'p> Session<'p> {
             face_report: None,
             features: BTreeMap::new(),
             blocks: BTreeMap::new(),
+            between_engines: BTreeMap::new(),
             prompt: None,
             ctx: None,
             label_scores: None,
@@ -265,7 +272,8 @@ impl<'p> Session<'p> {
         self.detect_faces()?;
         self.encode_local()?;
         self.encode_temporal()?;
-        self.encode_audio()
+        self.encode_audio()?;
+        self.encode_fusion()
     }
 
     /// Show `input` to the observer, run `role`'s engine on it under `stage`, return
@@ -301,11 +309,33 @@ impl<'p> Session<'p> {
         }
     }
 
-    /// In full mode, the face frames: every frame up to the cap (the MAE mean) and
-    /// VideoMAE's pairs over the whole clip (none when features replace both face encoders).
-    fn face_selections(&self) -> Option<[FrameSelection; 2]> {
+    /// Rows to their blocks, the other outputs kept for the engines that take them, as
+    /// `role`'s contract says.
+    fn keep_outputs(&mut self, role: Role, mut out: Outputs) -> Result<(), RuntimeError> {
+        let io = engine_io(self.pipeline.manifest().model, &role).ok_or(BundleError::MissingRole(role))?;
+        for (name, block) in io.outputs {
+            let a = out.take(name)?;
+            match block {
+                Some(b) => drop(self.blocks.insert(*b, a.into_iter().collect())),
+                None => drop(self.between_engines.insert(name, a)),
+            }
+        }
+        Ok(())
+    }
+
+    /// v2's temporal frames: the manifest's seeded window over the whole clip.
+    fn window_selection(&self) -> Option<FrameSelection> {
         let t = &self.pipeline.manifest().preprocess.temporal;
-        (self.full() && !self.req.features.covers_faces()).then(|| {
+        t.window.as_ref().map(|w| FrameSelection::SeededWindow { frames: t.frames as usize, seed: w.seed })
+    }
+
+    /// In full mode, the face frames: every frame up to the cap (the MAE mean) and
+    /// VideoMAE's pairs over the whole clip (none when features replace both face
+    /// encoders, or for a model without faces).
+    fn face_selections(&self) -> Option<[FrameSelection; 2]> {
+        let m = self.pipeline.manifest();
+        let t = &m.preprocess.temporal;
+        (self.full() && !self.req.features.covers_faces() && m.preprocess.face.is_some()).then(|| {
             [
                 FrameSelection::AllCapped(self.pipeline.config().limits.max_face_frames),
                 FrameSelection::VideoMae {
@@ -324,6 +354,7 @@ impl<'p> Session<'p> {
         self.read_features()?;
         let mut frames = vec![self.global_selection()];
         frames.extend(self.face_selections().into_iter().flatten());
+        frames.extend(self.window_selection());
         let audio_wanted = !self.features.contains_key(&RowBlock::Audio);
         let audio_source = self.req.audio.clone().filter(|_| audio_wanted);
         let request = ClipRequest { frames, audio: audio_wanted && audio_source.is_none() };
@@ -418,8 +449,8 @@ impl<'p> Session<'p> {
 
     fn observe_zero_rows(&mut self) -> Result<(), RuntimeError> {
         let m = self.pipeline.manifest();
-        let zero = ArrayD::from_shape_vec(vec![3, m.llm.embedding_width as usize], self.pipeline.zero_rows.clone())
-            .expect("3 x width");
+        let shape = vec![m.model.zero_row_blocks().len(), m.llm.embedding_width as usize];
+        let zero = ArrayD::from_shape_vec(shape, self.pipeline.zero_rows.clone()).expect("blocks x width");
         self.observe_tensor("zero_rows", &zero)
     }
 
@@ -480,14 +511,15 @@ impl<'p> Session<'p> {
                 RuntimeError::Media(MediaError::NoFrames { source_name: self.req.shown_media().into() })
             })?;
         let pixels = global_tensor(&frame, g.image_size, g.resize, g.mean, g.std).into_dyn();
-        let mut out = self.run_encoder(Stage::GlobalEncoder, Role::GlobalEngine, PIXEL_VALUES, &pixels)?;
-        self.blocks.insert(RowBlock::GlobalPatches, out.take(PATCH_ROWS)?.into_iter().collect());
-        self.blocks.insert(RowBlock::GlobalCls, out.take(CLS_ROW)?.into_iter().collect());
-        Ok(())
+        let out = self.run_encoder(Stage::GlobalEncoder, Role::GlobalEngine, PIXEL_VALUES, &pixels)?;
+        self.keep_outputs(Role::GlobalEngine, out)
     }
 
     /// Faces in the capped frames (MAE) and in VideoMAE's frames, tracked and aligned.
     pub fn detect_faces(&mut self) -> Result<(), RuntimeError> {
+        if self.pipeline.manifest().preprocess.face.is_none() {
+            return Ok(()); // a model without face encoders
+        }
         if self.req.features.covers_faces() {
             return Ok(()); // both face rows come from features
         }
@@ -540,6 +572,9 @@ impl<'p> Session<'p> {
     /// The MAE mean over the face crops, projected (the local row).
     pub fn encode_local(&mut self) -> Result<(), RuntimeError> {
         let images = std::mem::take(&mut self.crops.local);
+        if self.pipeline.manifest().rows.local == 0 {
+            return Ok(()); // a model without the local row
+        }
         if self.project_features(RowBlock::Local, Stage::LocalEncoder)? {
             return Ok(());
         }
@@ -550,15 +585,33 @@ impl<'p> Session<'p> {
         if images.is_empty() {
             return self.zero_row(RowBlock::Local);
         }
-        let f = &self.pipeline.manifest().preprocess.face;
+        let f = self
+            .pipeline
+            .manifest()
+            .preprocess
+            .face
+            .as_ref()
+            .ok_or(BundleError::Inconsistent("a local engine without preprocess.face".into()))?;
         let faces = face_tensor(&images, f.image_size, f.resize, f.scale).into_dyn();
         let mut out = self.run_encoder(Stage::LocalEncoder, Role::LocalEngine, FACES, &faces)?;
         self.blocks.insert(RowBlock::Local, out.take(LOCAL_ROW)?.into_iter().collect());
         Ok(())
     }
 
-    /// VideoMAE over its sampled frames' face crops, projected (the temporal row).
+    /// VideoMAE over its sampled frames' face crops, projected (the temporal row); v2:
+    /// the second EVA over the window's whole frames (its rows and cells).
     pub fn encode_temporal(&mut self) -> Result<(), RuntimeError> {
+        if let Some(selection) = self.window_selection() {
+            let t = self.pipeline.manifest().preprocess.temporal.clone();
+            let w = t.window.as_ref().expect("a window selection has its window");
+            let frames = self.clip()?.select(selection);
+            if frames.len() != t.frames as usize {
+                return Err(MediaError::NoFrames { source_name: self.req.shown_media().into() }.into());
+            }
+            let input = frames_tensor(&frames, t.image_size, w.resize, w.mean, w.std).into_dyn();
+            let out = self.run_encoder(Stage::TemporalEncoder, Role::TemporalEngine, FRAMES, &input)?;
+            return self.keep_outputs(Role::TemporalEngine, out);
+        }
         let images = std::mem::take(&mut self.crops.temporal);
         if self.project_features(RowBlock::Temporal, Stage::TemporalEncoder)? {
             return Ok(());
@@ -572,16 +625,34 @@ impl<'p> Session<'p> {
             return self.zero_row(RowBlock::Temporal);
         }
         let p = &self.pipeline.manifest().preprocess;
-        let clip = temporal_tensor(&images, p.temporal.image_size, p.face.resize, p.face.scale).into_dyn();
+        let f = p.face.as_ref().ok_or(BundleError::Inconsistent("a temporal engine without preprocess.face".into()))?;
+        let clip = temporal_tensor(&images, p.temporal.image_size, f.resize, f.scale).into_dyn();
         let mut out = self.run_encoder(Stage::TemporalEncoder, Role::TemporalEngine, CLIP, &clip)?;
         self.blocks.insert(RowBlock::Temporal, out.take(TEMPORAL_ROW)?.into_iter().collect());
         Ok(())
     }
 
-    /// HuBERT over the waveform, projected (the audio row).
+    /// HuBERT over the waveform, projected (the audio row); v2: Whisper's encoder over
+    /// the log-mel window (its rows and bins; without audio, zero bins as the official
+    /// training fed a missing modality, and the zero-feature rows).
     pub fn encode_audio(&mut self) -> Result<(), RuntimeError> {
         if self.project_features(RowBlock::Audio, Stage::AudioEncoder)? {
             return Ok(());
+        }
+        let m = self.pipeline.manifest();
+        if let Some(spec) = m.preprocess.audio.log_mel.clone() {
+            let Some(w) = self.waveform.take() else {
+                let shape = self.declared_input(Role::FusionEngine, AUDIO_FEAT)?;
+                self.between_engines.insert(AUDIO_FEAT, ArrayD::zeros(shape));
+                return self.zero_row(RowBlock::Audio);
+            };
+            let rate = m.preprocess.audio.sample_rate;
+            let (n_fft, hop, n_mels) = (spec.n_fft as usize, spec.hop_length as usize, spec.n_mels as usize);
+            let mel = LogMel::new(rate, n_fft, hop, n_mels, spec.chunk_samples as usize);
+            let features = mel.compute(&w);
+            let input = ArrayD::from_shape_vec(vec![1, n_mels, mel.frames()], features).expect("n_mels x frames");
+            let out = self.run_encoder(Stage::AudioEncoder, Role::AudioEngine, INPUT_FEATURES, &input)?;
+            return self.keep_outputs(Role::AudioEngine, out);
         }
         let Some(w) = self.waveform.take() else {
             return self.zero_row(RowBlock::Audio);
@@ -592,16 +663,51 @@ impl<'p> Session<'p> {
         Ok(())
     }
 
-    /// Use the zero-feature row (the projector bias) for `block`: no input for its encoder.
+    /// ConvProAttention over the other encoders' outputs, projected (v2's fusion rows);
+    /// nothing for a model without it.
+    pub fn encode_fusion(&mut self) -> Result<(), RuntimeError> {
+        if !self.pipeline.encoders().has(&Role::FusionEngine) {
+            return Ok(());
+        }
+        let io = engine_io(self.pipeline.manifest().model, &Role::FusionEngine)
+            .ok_or(BundleError::MissingRole(Role::FusionEngine))?;
+        let mut inputs = Vec::with_capacity(io.inputs.len());
+        for name in io.inputs {
+            let a =
+                self.between_engines.remove(name).ok_or(RuntimeError::StageOrder { stage: "the encoder stages" })?;
+            self.observe_tensor(name, &a)?;
+            inputs.push((*name, a));
+        }
+        let cancel = self.cancel.clone();
+        let out = self.timed(Stage::FusionEncoder, |s| {
+            let views: Vec<_> = inputs.iter().map(|(n, a)| (*n, a.view())).collect();
+            s.pipeline.encoders().run(&Role::FusionEngine, &views, &cancel)
+        })?;
+        self.keep_outputs(Role::FusionEngine, out)
+    }
+
+    /// The fixed shape `role`'s file declares for its input `name`.
+    fn declared_input(&self, role: Role, name: &str) -> Result<Vec<usize>, RuntimeError> {
+        let e = self.pipeline.bundle().required(&role)?;
+        let spec = e.inputs.iter().find(|i| i.name == name);
+        let shape: Option<Vec<usize>> =
+            spec.and_then(|s| s.shape.iter().map(|d| d.fixed().map(|n| n as usize)).collect());
+        shape.ok_or_else(|| BundleError::Inconsistent(format!("{}: input {name} needs a fixed shape", e.path)).into())
+    }
+
+    /// Use the zero-feature rows (the projector bias, once per row of the block) for
+    /// `block`: no input for its encoder.
     fn zero_row(&mut self, block: RowBlock) -> Result<(), RuntimeError> {
-        let i = match block {
-            RowBlock::Local => 0,
-            RowBlock::Temporal => 1,
-            RowBlock::Audio => 2,
-            _ => return Err(BundleError::Inconsistent(format!("{block} has no zero-feature row")).into()),
-        };
-        let width = self.pipeline.manifest().llm.embedding_width as usize;
-        self.blocks.insert(block, self.pipeline.zero_rows[i * width..(i + 1) * width].to_vec());
+        let m = self.pipeline.manifest();
+        let i = m
+            .model
+            .zero_row_blocks()
+            .iter()
+            .position(|b| *b == block)
+            .ok_or_else(|| BundleError::Inconsistent(format!("{block} has no zero-feature row in {}", m.model)))?;
+        let width = m.llm.embedding_width as usize;
+        let row = &self.pipeline.zero_rows[i * width..(i + 1) * width];
+        self.blocks.insert(block, row.repeat(m.rows.of(block) as usize));
         Ok(())
     }
 
@@ -630,11 +736,15 @@ impl<'p> Session<'p> {
     fn tokenize_prompt_text(&mut self) -> Result<(), RuntimeError> {
         let prompt = self.timed(Stage::Prompt, |s| {
             let m = s.pipeline.manifest();
-            let text = build_prompt(s.req.layout, &s.req.task, s.transcript(), &m.prompt.placeholder);
+            let text = build_prompt(m.model, s.req.layout, &s.req.task, s.transcript(), &m.prompt.placeholder);
             let llm = s.pipeline.llm();
-            let labels: Vec<&'static str> = s.req.task.labels().to_vec();
+            let labels: Vec<&'static str> = s.req.task.labels_for(m.model).to_vec();
+            let before_rows = match &m.prompt.before_rows_ids {
+                Some(ids) => ids.clone(),
+                None => llm.tokenize(&text.before_rows, true, true)?,
+            };
             Ok(PromptTokens {
-                before_rows: llm.tokenize(&text.before_rows, true, true)?,
+                before_rows,
                 after_rows: llm.tokenize(&text.after_rows, false, true)?,
                 label_ids: labels.iter().map(|l| llm.tokenize(l, false, false)).collect::<Result<_, _>>()?,
                 labels,
@@ -804,7 +914,8 @@ impl<'p> Session<'p> {
     /// timings, counts.
     pub fn finish(mut self) -> AnalyzeResult {
         let answer = self.answer.take().unwrap_or_default();
-        let labels = self.req.task.labels();
+        let model = self.pipeline.manifest().model;
+        let labels = self.req.task.labels_for(model);
         let (label, label_official) = match (self.is_emotion(), &self.label_scores, self.req.preset) {
             (false, _, _) => (None, None),
             (true, Some(s), Preset::Fast) => {
@@ -812,7 +923,7 @@ impl<'p> Session<'p> {
                 (best.clone(), best)
             }
             (true, _, _) => {
-                let e = extract_label(&answer.text, labels);
+                let e = extract_answer_label(model, &answer.text, labels);
                 (Some(e.robust.unwrap_or_else(|| e.official.clone())), Some(e.official))
             }
         };

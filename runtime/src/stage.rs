@@ -21,6 +21,8 @@ pub enum Stage {
     LocalEncoder,
     TemporalEncoder,
     AudioEncoder,
+    /// Emotion-LLaMA-v2's ConvProAttention over the other encoders' outputs.
+    FusionEncoder,
     Prompt,
     Prefill,
     LabelScores,
@@ -32,7 +34,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 14] = [
+    pub const ALL: [Stage; 15] = [
         Stage::Fetch,
         Stage::Decode,
         Stage::Asr,
@@ -41,6 +43,7 @@ impl Stage {
         Stage::LocalEncoder,
         Stage::TemporalEncoder,
         Stage::AudioEncoder,
+        Stage::FusionEncoder,
         Stage::Prompt,
         Stage::Prefill,
         Stage::LabelScores,
@@ -58,6 +61,7 @@ impl Stage {
             Stage::Faces => "faces",
             Stage::LocalEncoder => "local_encoder",
             Stage::TemporalEncoder => "temporal_encoder",
+            Stage::FusionEncoder => "fusion_encoder",
             Stage::AudioEncoder => "audio_encoder",
             Stage::Prompt => "prompt",
             Stage::Prefill => "prefill",
@@ -74,7 +78,14 @@ impl Stage {
     }
 
     pub fn is_encoder(self) -> bool {
-        matches!(self, Stage::GlobalEncoder | Stage::LocalEncoder | Stage::TemporalEncoder | Stage::AudioEncoder)
+        matches!(
+            self,
+            Stage::GlobalEncoder
+                | Stage::LocalEncoder
+                | Stage::TemporalEncoder
+                | Stage::AudioEncoder
+                | Stage::FusionEncoder
+        )
     }
 
     pub fn is_media(self) -> bool {

@@ -291,7 +291,8 @@ fn prompt_plans_tokenize_to_the_spec_golden_ids() {
     let task = Task::Emotion { six_labels: false };
     // Eval: double BOS, "▁[INST] ▁<video>", then the rows, then the suffix of spec §4.3.
     let placeholder = &Bundle::open(&common::bundle_dir()).unwrap().manifest().prompt.placeholder.clone();
-    let eval = build_prompt(Layout::Eval, &task, Some("We made it"), placeholder);
+    let eval =
+        build_prompt(emollama_bundle::ModelFamily::EmotionLlama, Layout::Eval, &task, Some("We made it"), placeholder);
     assert_eq!(m.tokenize(&eval.before_rows, true, true).unwrap(), vec![1, 1, 518, 25580, 29962, 529, 9641, 29958]);
     let after = m.tokenize(&eval.after_rows, false, true).unwrap();
     assert_eq!(
@@ -301,7 +302,7 @@ fn prompt_plans_tokenize_to_the_spec_golden_ids() {
     assert!(after.windows(7).any(|w| w == [29871, 518, 331, 8194, 29962, 3529, 8161]), "{after:?}");
     assert!(after.ends_with(&[29871, 518, 29914, 25580, 29962]));
     // Demo: the second user turn brings a third BOS mid-sequence, right before "[INST]".
-    let demo = build_prompt(Layout::Demo, &task, None, placeholder);
+    let demo = build_prompt(emollama_bundle::ModelFamily::EmotionLlama, Layout::Demo, &task, None, placeholder);
     assert_eq!(m.tokenize(&demo.before_rows, true, true).unwrap(), vec![1, 1, 518, 25580, 29962, 529, 9641, 29958]);
     let after = m.tokenize(&demo.after_rows, false, true).unwrap();
     let bos = after.iter().position(|&t| t == 1).expect("a BOS after the rows");

@@ -1,17 +1,22 @@
-//! Emotion-LLaMA-v2's engines and front end, the first pieces of the v2 runtime: the four
-//! engines the exporter writes (`emollama_export.v2`, tiny widths, seeded random weights)
-//! run through this runtime's ONNX Runtime and give what independent references give
-//! (timm's EVA, transformers' Whisper, ConvProAttention in numpy); chained from the
-//! runtime's own outputs (the fusion fed what the other three produced here), they make
-//! the 448 rows in the official order; whisper-large-v3's 128-bin log-mel is exact.
+//! Emotion-LLaMA-v2 on the same runtime, with the synthetic v2 bundle
+//! (`emollama_export.v2`: the exact structures at tiny widths, seeded random weights): its
+//! four engines give what independent references give (timm's EVA, transformers'
+//! Whisper, ConvProAttention in numpy); chained from the runtime's own outputs they make
+//! the 448 rows in the official order; whisper-large-v3's 128-bin log-mel is exact; the
+//! pipeline reads the manifest's model and runs a clip through v2's stages with the
+//! spec's prompt ids; a bundle that mixes the two models is refused at open.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-use emollama_bundle::TensorSpec;
+use emollama_bundle::{Bundle, BundleError, ModelFamily, TensorSpec};
 use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, ProviderPolicy};
 use emollama_media::LogMel;
+use emollama_runtime::observer::Observer;
+use emollama_runtime::{AnalyzeRequest, Layout, Pipeline, PromptTokens, RuntimeConfig, RuntimeError, Stage};
 use ndarray::{ArrayD, Axis};
 use serde_json::Value;
 
@@ -30,7 +35,7 @@ fn specs(v: &Value) -> Vec<TensorSpec> {
 fn load(name: &str, engine: &Value) -> EncoderEngine {
     let rt = init_runtime(None).unwrap();
     let opts = EngineOptions { intra_threads: 2, policy: ProviderPolicy::cpu_only(), model_sha256: String::new() };
-    let path = v2_dir().join("engines").join(engine["file"].as_str().unwrap());
+    let path = v2_dir().join("bundle").join(engine["file"].as_str().unwrap());
     EncoderEngine::load(rt, name, &path, specs(&engine["inputs"]), specs(&engine["outputs"]), &opts).unwrap()
 }
 
@@ -66,8 +71,8 @@ fn take(outputs: &mut Vec<(String, ArrayD<f32>)>, name: &str) -> ArrayD<f32> {
 
 #[test]
 fn the_v2_engines_make_the_references_448_rows() {
-    let mut global = run("global_v2", None);
-    let mut temporal = run("temporal_v2", None);
+    let mut global = run("global", None);
+    let mut temporal = run("temporal", None);
     // The audio engine hears the runtime's own log-mel of the reference's waveform.
     let index = index();
     let tones = &index["log_mel"][0];
@@ -75,14 +80,14 @@ fn the_v2_engines_make_the_references_448_rows() {
     let wave = common::tensor_in(&v2_dir(), &tones["waveform"]);
     let features = LogMel::new(16_000, 400, 160, 128, 480_000).compute(wave.as_slice().unwrap());
     let features = ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 128, 3000]), features).unwrap();
-    let mut audio = run("audio_v2", Some(vec![("input_features".into(), features)]));
+    let mut audio = run("audio", Some(vec![("input_features".into(), features)]));
     // The fusion gets what the runtime's engines produced, not the goldens.
     let feeds = vec![
         ("audio_feat".into(), take(&mut audio, "audio_feat")),
         ("cls_feat".into(), take(&mut global, "cls_feat")),
         ("video_feat".into(), take(&mut temporal, "video_feat")),
     ];
-    let mut fusion = run("fusion_v2", Some(feeds));
+    let mut fusion = run("fusion", Some(feeds));
     let blocks = [
         take(&mut fusion, "fusion_rows"),
         take(&mut global, "patch_rows"),
@@ -115,5 +120,125 @@ fn the_128_bin_log_mel_is_whisper_large_v3s() {
         let diff = common::max_abs_diff(&got, want.as_slice().unwrap());
         println!("{}: max |emollama - transformers| = {diff:.3e}", case["name"]);
         assert!(diff <= 1e-5, "{}: {diff}", case["name"]);
+    }
+}
+
+/// The prompt and the engine inputs a session built, as its observer saw them.
+#[derive(Default, Clone)]
+struct Seen(Arc<Mutex<Sighting>>);
+
+#[derive(Default, Clone)]
+struct Sighting {
+    before_rows: Vec<i32>,
+    after_rows: Vec<i32>,
+    shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl Observer for Seen {
+    fn tensor(&mut self, name: &str, tensor: &ArrayD<f32>) -> Result<(), RuntimeError> {
+        self.0.lock().unwrap().shapes.insert(name.into(), tensor.shape().to_vec());
+        Ok(())
+    }
+
+    fn prompt(&mut self, prompt: &PromptTokens, _max_new_tokens: u32) -> Result<(), RuntimeError> {
+        let mut seen = self.0.lock().unwrap();
+        (seen.before_rows, seen.after_rows) = (prompt.before_rows.clone(), prompt.after_rows.clone());
+        Ok(())
+    }
+}
+
+/// v2 spec §4.3: `<s><s>[INST] <Vid>` in v2's pinned tokenizer, and the demo's quick
+/// emotion prompt after the rows (42 ids).
+const BEFORE_ROWS: [i32; 9] = [1, 1, 29961, 25580, 29962, 529, 29963, 333, 29958];
+const QUICK_EMOTION: [i32; 42] = [
+    1533, 29963, 333, 29958, 518, 331, 8194, 29962, 13355, 1598, 278, 953, 8194, 13384, 297, 278, 4863, 29889, 14542,
+    852, 515, 29901, 27343, 29892, 766, 29887, 504, 29892, 8866, 29892, 9796, 29892, 21104, 29892, 14610, 29892, 16671,
+    29889, 518, 29914, 25580, 29962,
+];
+
+#[test]
+fn a_v2_bundle_runs_a_clip_through_v2s_stages_with_the_spec_prompt() {
+    let bundle = Bundle::open(&v2_dir().join("bundle")).unwrap();
+    assert_eq!(bundle.manifest().model, ModelFamily::EmotionLlamaV2);
+    let p = Pipeline::load(bundle, RuntimeConfig { threads: 2, ..RuntimeConfig::default() }).unwrap();
+    let clip = common::media_dir().join("talking-face.mp4");
+    let req =
+        AnalyzeRequest { max_new_tokens: Some(4), layout: Layout::Demo, ..AnalyzeRequest::new(clip.to_str().unwrap()) };
+    let seen = Seen::default();
+    let r = p.session(&req, Default::default()).unwrap().observe(seen.clone()).run(|_| {}).unwrap();
+    let Sighting { before_rows: before, after_rows: after, shapes: tensors } = seen.0.lock().unwrap().clone();
+    assert_eq!(before, BEFORE_ROWS);
+    assert_eq!(after, QUICK_EMOTION);
+    assert_eq!(r.tokens.prompt, 9 + 448 + 42);
+    for (name, shape) in [
+        ("pixel_values", vec![1, 3, 448, 448]),
+        ("frames", vec![16, 3, 224, 224]),
+        ("input_features", vec![1, 128, 3000]),
+        ("audio_feat", vec![1, 64, 24]),
+        ("cls_feat", vec![1, 32]),
+        ("video_feat", vec![1, 64, 32]),
+    ] {
+        assert_eq!(tensors.get(name), Some(&shape), "{name}: {tensors:?}");
+    }
+    let providers: Vec<&str> = r.providers.keys().map(String::as_str).collect();
+    assert_eq!(providers, ["audio", "fusion", "global", "llm", "temporal"]);
+    for stage in [Stage::GlobalEncoder, Stage::TemporalEncoder, Stage::AudioEncoder, Stage::FusionEncoder] {
+        assert!(r.timings_ms.contains_key(&stage), "{stage:?}: {:?}", r.timings_ms);
+    }
+    assert!(!r.timings_ms.contains_key(&Stage::Faces) && r.faces.is_none());
+    assert_eq!(r.answer_tokens.len(), 4);
+    // No audio track: zero audio bins for the fusion and the projector's bias as the
+    // audio rows (as the official training fed a missing modality), said in a note.
+    let silent = common::media_dir().join("no-audio.mp4");
+    let r = common::analyze(
+        &p,
+        &AnalyzeRequest { max_new_tokens: Some(2), ..AnalyzeRequest::new(silent.to_str().unwrap()) },
+    )
+    .unwrap();
+    assert!(r.notes.iter().any(|n| n.contains("no audio")), "{:?}", r.notes);
+    assert!(!r.timings_ms.contains_key(&Stage::AudioEncoder) && r.timings_ms.contains_key(&Stage::FusionEncoder));
+}
+
+/// A manifest that mixes the models, or leaves out what its model needs, is refused at
+/// open with the reason.
+#[test]
+fn a_bundle_that_mixes_the_models_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    type Tamper = fn(&mut Value);
+    let cases: [(&str, Tamper); 5] = [
+        ("v1 bundle with a fusion engine", |m| {
+            m["model"] = "emotion-llama".into();
+        }),
+        ("v2 without its fusion engine", |m| {
+            let files = m["files"].as_array_mut().unwrap();
+            files.retain(|f| f["role"] != "fusion_engine");
+        }),
+        ("v2 with a face section", |m| {
+            m["preprocess"]["face"] = serde_json::json!({"image_size": [224, 224], "aligned_size": [112, 112], "resize": "bilinear", "scale": 0.1});
+        }),
+        ("v2 rows in v1's order", |m| {
+            m["prompt"]["row_order"] =
+                serde_json::json!(["global_patches", "local", "temporal", "audio", "global_cls"]);
+        }),
+        ("v2 without its frame window", |m| {
+            m["preprocess"]["temporal"].as_object_mut().unwrap().remove("window");
+        }),
+    ];
+    for (what, tamper) in cases {
+        let copy = dir.path().join(what.replace(' ', "-"));
+        common::copy_dir(&v2_dir().join("bundle"), &copy);
+        let path = copy.join("manifest.json");
+        let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        tamper(&mut m);
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let err = Bundle::open(&copy).unwrap_err();
+        println!("{what}: {err}");
+        assert!(
+            matches!(
+                err,
+                BundleError::Inconsistent(_) | BundleError::MissingRole(_) | BundleError::MissingTensor { .. }
+            ),
+            "{what}: {err:?}"
+        );
     }
 }

@@ -67,6 +67,11 @@ pub enum EvalError {
     Instruction(LabelSet),
     #[error("--asr: bundle {bundle} has no speech recognition engines (emollama_export.whisper adds them)")]
     NoAsr { bundle: String },
+    #[error(
+        "bundle {bundle} holds {model}: eval runs Emotion-LLaMA's official protocol; v2's (its eval sets, the whole \
+         response scored) is not built yet"
+    )]
+    Model { bundle: String, model: emollama_bundle::ModelFamily },
     #[error("{path}: no result rows")]
     NoRows { path: PathBuf },
     #[error(transparent)]

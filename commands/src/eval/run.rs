@@ -49,6 +49,10 @@ impl EvalSettings {
 
     /// Settings this pipeline can run: speech recognition needs the bundle's engines.
     pub fn check_pipeline(&self, pipeline: &Pipeline) -> Result<(), EvalError> {
+        let model = pipeline.manifest().model;
+        if model != emollama_bundle::ModelFamily::EmotionLlama {
+            return Err(EvalError::Model { bundle: pipeline.manifest().id.clone(), model });
+        }
         if self.asr && pipeline.asr().is_none() {
             return Err(EvalError::NoAsr { bundle: pipeline.manifest().id.clone() });
         }

@@ -65,17 +65,47 @@ PREPROCESS = {
 
 def bundle_manifest(bundle_id: str, synthetic: bool, description: str, provenance: dict, llm: dict,
                     global_rows: int, files: list) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "id": bundle_id,
-        "synthetic": synthetic,
-        "description": description,
-        "provenance": provenance,
-        "llm": llm,
-        "rows": {"global_patches": global_rows, "local": 1, "temporal": 1, "audio": 1, "global_cls": 1},
-        "prompt": {"placeholder": PLACEHOLDER, "row_order": ROW_ORDER},
-        "preprocess": PREPROCESS,
-        "generation": GENERATION,
-        "files": files,
-    }
+    return manifest_of(bundle_id, synthetic, description, provenance, llm, files,
+                       rows={"global_patches": global_rows, "local": 1, "temporal": 1, "audio": 1, "global_cls": 1},
+                       prompt={"placeholder": PLACEHOLDER, "row_order": ROW_ORDER},
+                       preprocess=PREPROCESS, generation=GENERATION)
+
+
+def manifest_of(bundle_id: str, synthetic: bool, description: str, provenance: dict, llm: dict, files: list,
+                **model: dict) -> dict:
+    """The manifest: its header, then what the model is (`model`, in order), then the files."""
+    head = {"format": FORMAT, "format_version": FORMAT_VERSION, "id": bundle_id, "synthetic": synthetic,
+            "description": description, "provenance": provenance, "llm": llm}
+    return {**head, **model, "files": files}
+
+# Emotion-LLaMA-v2 (v2 spec §1.6, §3, §4.3, §4.5).
+V2_ROWS = {"global_patches": 256, "temporal": 64, "audio": 64, "fusion": 64}
+V2_ROW_ORDER = ["fusion", "global_patches", "temporal", "audio"]
+# `<s><s>[INST] <Vid>` as v2's pinned tokenizer (transformers 4.35, legacy off) writes it:
+# "[" is 29961 there, where llama.cpp would give "▁[" 518 (v2 spec §4.3).
+V2_BEFORE_ROWS_IDS = [1, 1, 29961, 25580, 29962, 529, 29963, 333, 29958]
+V2_PREPROCESS = {
+    "global": PREPROCESS["global"],
+    "temporal": {"frames": 16, "image_size": [224, 224],
+                 "window": {"seed": 42, "resize": "bilinear", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}},
+    "audio": {"sample_rate": 16000, "channels": 1,
+              "log_mel": {"n_fft": 400, "hop_length": 160, "n_mels": 128, "chunk_samples": 480000}},
+}
+V2_GENERATION = {
+    # inference.py / the eval driver: greedy, 200 new tokens, EOS the only stop.
+    "eval": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+             "max_new_tokens": 200, "max_positions": None, "stop_strings": []},
+    # app.py: temperature 0.2, top-p 0.9, top-k 50, repetition penalty 1.05, 500 new
+    # tokens, prompt + answer at most 2000.
+    "demo": {"temperature": 0.2, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.05,
+             "max_new_tokens": 500, "max_positions": 2000, "stop_strings": []},
+}
+
+
+def bundle_manifest_v2(bundle_id: str, synthetic: bool, description: str, provenance: dict, llm: dict,
+                       files: list) -> dict:
+    return manifest_of(bundle_id, synthetic, description, provenance, llm, files, model="emotion-llama-v2",
+                       rows=V2_ROWS,
+                       prompt={"placeholder": PLACEHOLDER, "row_order": V2_ROW_ORDER,
+                               "before_rows_ids": V2_BEFORE_ROWS_IDS},
+                       preprocess=V2_PREPROCESS, generation=V2_GENERATION)

@@ -20,7 +20,9 @@ The rows are `[64 fusion | 256 global | 64 temporal | 64 audio]` (§1.6).
 
 Synthetic mode: the exact structures at tiny widths (every structural constant official:
 image sizes, patch size, 16 frames, 128 mel bins x 3000 frames, 1500 states, 64 bins,
-ConvPro's 512/128/256), seeded random weights, ONNX files and goldens under OUT/v2/. The
+ConvPro's 512/128/256), seeded random weights: a v2 bundle under OUT/bundle (its LLM the
+v1 synthetic bundle's tiny LLaMA-2, as v2's is LLaMA-2-7B-chat like v1's) and goldens
+under OUT/goldens. The
 golden outputs come from references that share no code with these modules: timm's `Eva`
 (temporal, and the global trunk's blocks), transformers' `WhisperModel` (with the one
 decoder step the official code runs) and `adaptive_avg_pool1d`, and ConvProAttention
@@ -28,6 +30,8 @@ written again in numpy from the official forward.
 """
 
 import argparse
+import json
+import platform
 import shutil
 import time
 import warnings
@@ -35,14 +39,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import timm
 import torch
+import transformers
 import torch.nn.functional as F
 from torch import nn
+from timm.models.eva import Eva
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 from .eva import EvaConfig, EvaViT, GlobalEngine
-from .manifest import tensor_spec
-from .synthetic import export_engine, log, onnx_parity
+from . import EXPORTER_VERSION
+from .manifest import bundle_manifest_v2, file_entry, tensor_spec
+from .synthetic import engine_entry, export_engine, log, onnx_parity
 from .tensors import TensorStore, write_json_atomic
 from .whisper import CHUNK_SAMPLES, waveforms
 
@@ -190,8 +199,6 @@ class FusionEngineV2(nn.Module):
 def timm_eva(cfg: EvaConfig, source: EvaViT, final_norm: nn.LayerNorm = None):
     """timm 1.0.15's `Eva` (what `eva_giant_patch14_224` builds) with `source`'s weights,
     loaded by the checkpoint's key names as the official code loads `eva_vit_g.pth`."""
-    from timm.models.eva import Eva
-
     hidden = int(cfg.embed_dim * cfg.mlp_ratio)
     eva = Eva(img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
               num_heads=cfg.num_heads, mlp_ratio=hidden / cfg.embed_dim, qkv_fused=True, num_classes=0,
@@ -291,6 +298,13 @@ def fusion_reference(engine: FusionEngineV2, audio_feat, cls_feat, video_feat) -
 
 # ----- synthetic engines and goldens -------------------------------------------------
 
+REFERENCES = {
+    "global": f"timm {timm.__version__} Eva blocks + ln_vision + the official view (torch fp32 cpu)",
+    "temporal": "timm Eva (eva_giant_patch14_224's structure) forward_features + adaptive_avg_pool3d (torch fp32 cpu)",
+    "audio": f"transformers {transformers.__version__} WhisperModel + adaptive_avg_pool1d (torch fp32 cpu)",
+    "fusion": "ConvProAttention in numpy float64 (convpro_model.py's forward)",
+}
+
 # Tiny widths for the synthetic engines (every structural constant official).
 LLM_DIM = 64
 VISION = EvaConfig(embed_dim=32, depth=2, num_heads=2)
@@ -319,14 +333,15 @@ def module_outputs(module, feeds: dict, names: list) -> dict:
     return {n: o.numpy() for n, o in zip(names, out if isinstance(out, tuple) else (out,))}
 
 
-def build(out: Path) -> None:
+def build(out: Path, v1_bundle: Path) -> None:
     started = time.time()
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    engines_dir, store = staging / "engines", TensorStore(staging / "goldens")
-    engines_dir.mkdir(parents=True)
+    bundle, store = staging / "bundle", TensorStore(staging / "goldens")
+    bundle.mkdir(parents=True)
+    files = []
     d, c = LLM_DIM, VISION.embed_dim
     index = {"format_version": 1, "tolerance": TOLERANCE, "engines": {}}
 
@@ -343,8 +358,11 @@ def build(out: Path) -> None:
         names = [s["name"] for s in outputs]
         want = reference(feeds)
         worst_module = check(name, module_outputs(module, feeds, names), want)
-        export_engine(name, module, [feeds], engines_dir, inputs, outputs, {})
-        worst_onnx = onnx_parity(name, engines_dir / f"{name}.onnx", [feeds], [want])
+        export_engine(name, module, [feeds], bundle, inputs, outputs, {})
+        worst_onnx = onnx_parity(name, bundle / f"{name}.onnx", [feeds], [want])
+        entry = engine_entry(name, bundle, inputs, outputs, worst_onnx, 1)
+        entry["parity"]["reference"] = REFERENCES[name]
+        files.append(entry)
         index["engines"][name] = {
             "file": f"{name}.onnx", "inputs": inputs, "outputs": outputs,
             "feeds": {k: store.put(f"{name}.{k}", v) for k, v in feeds.items()},
@@ -356,14 +374,14 @@ def build(out: Path) -> None:
     size = VISION.image_size
     glob = randomise(GlobalEngineV2(VISION, d))
     pixels = ((rng.random((1, 3, size, size), dtype=np.float32) - 0.45) / 0.27).astype(np.float32)
-    g = one("global_v2", glob, {"pixel_values": pixels}, lambda f: global_reference(glob, f["pixel_values"]),
+    g = one("global", glob, {"pixel_values": pixels}, lambda f: global_reference(glob, f["pixel_values"]),
             [tensor_spec("pixel_values", [1, 3, size, size])],
             [tensor_spec("patch_rows", [1, 256, d]), tensor_spec("cls_feat", [1, c])])
 
     temporal_cfg = replace(VISION, image_size=224, depth=VISION.depth + 1)
     temporal = randomise(TemporalEngineV2(temporal_cfg, d))
     frames = ((rng.random((FRAMES, 3, 224, 224), dtype=np.float32) - 0.45) / 0.226).astype(np.float32)
-    t = one("temporal_v2", temporal, {"frames": frames}, lambda f: temporal_reference(temporal, f["frames"]),
+    t = one("temporal", temporal, {"frames": frames}, lambda f: temporal_reference(temporal, f["frames"]),
             [tensor_spec("frames", [FRAMES, 3, 224, 224])],
             [tensor_spec("video_feat", [1, CELLS, c]), tensor_spec("video_rows", [1, CELLS, d])])
 
@@ -382,14 +400,14 @@ def build(out: Path) -> None:
         if name == "tones-3s":
             mel = features[None].astype(np.float32)
     audio = randomise(AudioEngineV2(whisper, d))
-    a = one("audio_v2", audio, {"input_features": mel}, lambda f: audio_reference(audio, f["input_features"]),
+    a = one("audio", audio, {"input_features": mel}, lambda f: audio_reference(audio, f["input_features"]),
             [tensor_spec("input_features", [1, whisper.num_mel_bins, 3000])],
             [tensor_spec("audio_feat", [1, CELLS, whisper.d_model]), tensor_spec("audio_rows", [1, CELLS, d]),
              tensor_spec("encoder_hidden", [1, whisper.max_source_positions, whisper.d_model])])
 
     fusion = randomise(FusionEngineV2(whisper.d_model, c, d))
     feeds = {"audio_feat": a["audio_feat"], "cls_feat": g["cls_feat"], "video_feat": t["video_feat"]}
-    f = one("fusion_v2", fusion, feeds, lambda x: fusion_reference(fusion, *x.values()),
+    f = one("fusion", fusion, feeds, lambda x: fusion_reference(fusion, *x.values()),
             [tensor_spec("audio_feat", [1, CELLS, whisper.d_model]), tensor_spec("cls_feat", [1, c]),
              tensor_spec("video_feat", [1, CELLS, c])],
             [tensor_spec("fusion_rows", [1, CELLS, d])])
@@ -398,6 +416,25 @@ def build(out: Path) -> None:
     rows = np.concatenate([f["fusion_rows"], g["patch_rows"], t["video_rows"], a["audio_rows"]], axis=1)[0]
     index["rows"] = {"order": ["fusion", "global_patches", "temporal", "audio"], "counts": [64, 256, 64, 64],
                      "expected": store.put("rows", rows)}
+    # A missing modality is zero input features (as the official training fed them): its
+    # rows are then the projector's bias, one per row.
+    zero_rows = np.stack([temporal.llama_proj_video.bias.detach().numpy(),
+                          audio.llama_proj_audio.bias.detach().numpy()]).astype("<f4")
+    (bundle / "zero-rows.f32").write_bytes(zero_rows.tobytes())
+    files.append(file_entry(bundle, "zero-rows.f32", "zero_rows", "raw-f32", "fp32",
+                            outputs=[tensor_spec("zero_rows", [2, d])]))
+    # The LLM: v1's synthetic tiny LLaMA-2 (same architecture, same vocabulary).
+    shutil.copy2(v1_bundle / "llm-f32.gguf", bundle / "llm-f32.gguf")
+    v1 = json.loads((v1_bundle / "manifest.json").read_text())
+    files.append(next(e for e in v1["files"] if e["role"] == "llm"))
+    provenance = {"source": f"synthetic (seed {SEED})", "exporter": "emollama-export (python)",
+                  "exporter_version": EXPORTER_VERSION, "torch": torch.__version__,
+                  "transformers": transformers.__version__, "onnxruntime": ort.__version__,
+                  "python": platform.python_version(), "created_unix": int(time.time())}
+    description = ("Exact Emotion-LLaMA-v2 architectures at tiny widths with seeded RANDOM weights: "
+                   "for tests and demos; its answers mean nothing.")
+    write_json_atomic(bundle / "manifest.json",
+                      bundle_manifest_v2(f"synthetic-v2-seed{SEED}", True, description, provenance, v1["llm"], files))
     write_json_atomic(staging / "goldens" / "index.json", index)
     shutil.rmtree(out, ignore_errors=True)
     staging.replace(out)
@@ -406,13 +443,14 @@ def build(out: Path) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m emollama_export.v2", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="output folder (engines/ and goldens/)")
+    ap.add_argument("--out", type=Path, required=True, help="output folder (bundle/ and goldens/)")
+    ap.add_argument("--v1-bundle", type=Path, required=True, help="the v1 synthetic bundle (its tiny LLM is reused)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     torch.set_num_threads(1)
-    build(args.out.resolve())
+    build(args.out.resolve(), args.v1_bundle)
 
 
 if __name__ == "__main__":

@@ -192,10 +192,11 @@ impl FaceDetector {
             EncoderEngine::load(rt, role.as_str(), &bundle.path_of(e), e.inputs.clone(), e.outputs.clone(), &opts)
                 .map(Some)
         };
+        // Only a model that crops faces has the face section (and the nets, checked at open).
+        let Some(face) = &bundle.manifest().preprocess.face else { return Ok(None) };
         match (load(Role::FacePnet)?, load(Role::FaceRnet)?, load(Role::FaceOnet)?) {
             (Some(pnet), Some(rnet), Some(onet)) => {
-                let aligned_size = bundle.manifest().preprocess.face.aligned_size;
-                Ok(Some(Self { pnet, rnet, onet, aligned_size }))
+                Ok(Some(Self { pnet, rnet, onet, aligned_size: face.aligned_size }))
             }
             _ => Ok(None),
         }
