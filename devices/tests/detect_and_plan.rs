@@ -228,3 +228,26 @@ fn every_whisper_size_is_placed_where_it_fits() {
     assert_eq!(on_cpu.settings.asr, Some(AsrPlacement::Cpu));
     assert!(on_cpu.parts.asr > 2 * on_gpu.parts.asr && on_cpu.parts.asr_host == 0, "{:?}", on_cpu.parts);
 }
+
+/// Emotion-LLaMA-v2 at its real dimensions (file sizes from the v2 spec's parameter
+/// counts: both EVA graphs and Whisper's encoder in fp16, 5.4 GB of engines beside the
+/// Q4_K_M LLM): where it fits resident, in turn, or not at all.
+#[test]
+fn emotion_llama_v2_is_planned_per_device() {
+    let v2 = Bundle::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/emotion-llama-v2-7b"))).unwrap();
+    assert_eq!(v2.manifest().model, emollama_bundle::ModelFamily::EmotionLlamaV2);
+    let profiles = load_profiles(&[]).unwrap();
+    let outcome = |name: &str| plan(v2.manifest(), find_profile(&profiles, name).unwrap());
+    for p in &profiles {
+        let plan = plan(v2.manifest(), p);
+        println!("{:<20} {:<13} {}", p.name, format!("{:?}", plan.outcome), plan.message);
+        let engines: Vec<&str> = plan.parts.encoders.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(engines, ["global_engine", "temporal_engine", "audio_engine", "fusion_engine"]);
+        assert_eq!(plan.parts.face_detectors, 0, "v2 has no face detector");
+    }
+    for big in ["orin-nx-16gb", "agx-orin-32gb", "agx-orin-64gb", "agx-thor"] {
+        assert_eq!(outcome(big).outcome, Outcome::FitsResident, "{big}: {}", outcome(big).message);
+    }
+    let nano = outcome("orin-nano-8gb");
+    assert_ne!(nano.outcome, Outcome::FitsResident, "{}", nano.message);
+}

@@ -13,13 +13,11 @@ use std::sync::OnceLock;
 
 use emollama_bundle::{Bundle, Role};
 use emollama_engines::llm::gguf::GgufFile;
-use emollama_engines::llm::{
-    ContextParams, FlashAttention, LlmContext, LlmModel, ModelParams, Sampler, SamplingParams, Segment,
-};
+use emollama_engines::llm::{LlmContext, LlmModel, ModelParams};
 use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, ProviderPolicy};
 use emollama_runtime::observer::InputDump;
 use emollama_runtime::{AnalyzeRequest, Mode, Pipeline, RuntimeConfig};
-use ndarray::{ArrayD, ArrayViewD, Axis};
+use ndarray::{ArrayD, ArrayViewD};
 use serde_json::Value;
 
 fn export_dir() -> PathBuf {
@@ -27,7 +25,7 @@ fn export_dir() -> PathBuf {
 }
 
 fn fixture() -> PathBuf {
-    common::official_dir().join("fixture")
+    common::official_fixture()
 }
 
 fn goldens() -> &'static Value {
@@ -79,16 +77,7 @@ fn exported_engines_match_independent_references() {
 }
 
 fn llm_context(path: &Path) -> LlmContext {
-    let model = std::sync::Arc::new(LlmModel::load(path, &ModelParams::default()).unwrap());
-    let params = ContextParams {
-        n_ctx: 512,
-        n_batch: 512,
-        n_threads: 2,
-        n_threads_batch: 2,
-        kv_cache_type: emollama_bundle::KvType::F32,
-        flash_attention: FlashAttention::Off,
-    };
-    LlmContext::new(model, params).unwrap()
+    common::f32_context(path, 512)
 }
 
 fn ids(v: &Value) -> Vec<i32> {
@@ -100,31 +89,8 @@ fn exported_llm_matches_transformers_with_the_lora_unmerged() {
     let bundle = Bundle::open(&export_dir().join("bundle")).unwrap();
     let mut ctx = llm_context(&bundle.path_of(bundle.file(&Role::Llm).unwrap()));
     let g = &goldens()["llm"];
-    let prefix = ids(&g["segments"][0]["tokens"]);
-    let rows = golden(&g["segments"][1]["embeddings"]).into_raw_vec_and_offset().0;
-    let suffix = ids(&g["segments"][2]["tokens"]);
-    let report =
-        ctx.prefill(&[Segment::Tokens(&prefix), Segment::Embeddings(&rows), Segment::Tokens(&suffix)], true).unwrap();
-    let (want, without_lora) = (golden(&g["logits_at_segment_ends"]), golden(&g["logits_without_lora"]));
-    for (i, got) in report.segment_logits.iter().enumerate() {
-        let diff = common::max_abs_diff(got, want.index_axis(Axis(0), i).as_slice().unwrap());
-        let lora = common::max_abs_diff(got, without_lora.index_axis(Axis(0), i).as_slice().unwrap());
-        println!(
-            "segment {i}: max |llama.cpp - transformers, LoRA unmerged| = {diff:.2e}; without the LoRA {lora:.2e}"
-        );
-        assert!(diff <= 1e-3, "segment {i}: {diff}");
-        // A LoRA dropped on the way (the official loader's strict=False trap) would show.
-        assert!(lora > 100.0 * 1e-3, "segment {i}: the LoRA changes the logits by only {lora}");
-    }
-    let greedy = ids(&g["greedy_tokens"]);
-    let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
-    let mut tokens = Vec::new();
-    for _ in 0..greedy.len() {
-        let t = sampler.sample(ctx.logits().unwrap());
-        tokens.push(t);
-        ctx.decode_token(t).unwrap();
-    }
-    assert_eq!(tokens, greedy);
+    // A LoRA dropped on the way (the official loader's strict=False trap) would show.
+    common::assert_llm_matches_goldens(&mut ctx, &export_dir(), g, 100.0 * 1e-3);
     // The LLM is exactly what llama.cpp's convert_hf_to_gguf.py, run as a command, makes of
     // a merged HF folder (written by the reference script: W + 0.25·B@A in fp32 for q/v).
     assert_same_gguf(

@@ -242,3 +242,28 @@ fn a_bundle_that_mixes_the_models_is_refused() {
         );
     }
 }
+
+/// `watch` cuts a file into windows and runs each through v2's stages (its labels are v2's).
+#[test]
+fn watch_runs_windows_through_a_v2_bundle() {
+    let clip = common::media_dir().join("talking-face.mp4");
+    let out = std::process::Command::new(common::emollama_bin())
+        .arg("watch")
+        .arg(&clip)
+        .arg("--bundle")
+        .arg(v2_dir().join("bundle"))
+        .args(["--window", "1", "--hop", "1", "--max-windows", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let windows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "window")
+        .collect();
+    assert_eq!(windows.len(), 2);
+    for w in &windows {
+        let label = w["label"].as_str().unwrap();
+        assert!(emollama_runtime::prompt::LABELS_V2.contains(&label), "{w}");
+    }
+}

@@ -72,6 +72,12 @@ def hash_inputs(paths: list) -> dict:
 
 
 def export(args) -> None:
+    staged_export(args, build)
+
+
+def staged_export(args, build) -> None:
+    """`build(args, out, staging, bundle, work, memory)` into OUT.partial; on any failure
+    the partial folder goes too: never a half bundle."""
     out = args.out.resolve()
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -84,6 +90,33 @@ def export(args) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # never a half bundle
         raise
+
+
+def llm_entry(bundle: Path, gguf_path: Path, outtype: str) -> dict:
+    return file_entry(bundle, gguf_path.name, "llm", "gguf", outtype,
+                      parity={"reference": "llama.cpp convert_hf_to_gguf.py (llama-cpp-python 0.3.36) "
+                                           "of the LoRA-merged weights",
+                              "checked_by": "emollama tests (logits vs transformers with the LoRA unmerged)",
+                              "tolerance": 1e-3})
+
+
+def llm_info(llama: dict) -> dict:
+    """The manifest's `llm` section, from the LLaMA folder's config."""
+    cfg = llama["config"]
+    d = cfg["hidden_size"]
+    return {"embedding_width": d, "vocab_size": cfg["vocab_size"], "bos_id": cfg.get("bos_token_id", 1),
+            "eos_id": cfg.get("eos_token_id", 2), "n_ctx_train": cfg["max_position_embeddings"],
+            "n_layer": cfg["num_hidden_layers"], "n_head_kv": cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+            "head_dim": d // cfg["num_attention_heads"], "n_params": llama["n_params"]}
+
+
+def finish_export(report: dict, stages: "Stages", staging: Path, work: Path, out: Path) -> None:
+    """The report written, the work folder removed, the staged export renamed into place."""
+    write_json_atomic(staging / "export-report.json", report)
+    shutil.rmtree(work)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.replace(out)
+    log(f"done in {time.time() - stages.started:.0f}s -> {out}; peak memory (GB) {report['memory']['peak_gb']}")
 
 
 def check_inputs(args) -> tuple:
@@ -122,11 +155,7 @@ def build(args, out: Path, staging: Path, bundle: Path, work: Path, memory: Memo
     ckpt.finish()
     files.extend(stages.run("face detector", export_face_detector, bundle, args.facenet_dir))
     gguf_path, delta_ratios = stages.run("llm", convert_llm, args, lora, bundle, work)
-    files.append(file_entry(bundle, gguf_path.name, "llm", "gguf", args.llm_outtype,
-                            parity={"reference": "llama.cpp convert_hf_to_gguf.py (llama-cpp-python 0.3.36) "
-                                                 "of the LoRA-merged weights",
-                                    "checked_by": "emollama tests (logits vs transformers with the LoRA unmerged)",
-                                    "tolerance": 1e-3}))
+    files.append(llm_entry(bundle, gguf_path, args.llm_outtype))
     lora_report = {k: lora[k] for k in ("r", "alpha", "scaling", "targets", "alpha_from")}
     lora_report["pairs"] = len(lora["pairs"])
     missing = [n for n, p in (("local", args.mae), ("temporal", args.videomae)) if not p]
@@ -142,13 +171,8 @@ def build(args, out: Path, staging: Path, bundle: Path, work: Path, memory: Memo
     description = "Emotion-LLaMA, exported from the official checkpoints."
     if missing:
         description += f" No engine for {' and '.join(missing)}: those rows are the zero-feature rows."
-    llm_info = {"embedding_width": d, "vocab_size": cfg["vocab_size"], "bos_id": cfg.get("bos_token_id", 1),
-                "eos_id": cfg.get("eos_token_id", 2), "n_ctx_train": cfg["max_position_embeddings"],
-                "n_layer": cfg["num_hidden_layers"],
-                "n_head_kv": cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
-                "head_dim": d // cfg["num_attention_heads"], "n_params": llama["n_params"]}
     manifest = bundle_manifest(f"emotion-llama-{hashes[str(args.checkpoint)]['sha256'][:12]}", False, description,
-                               provenance, llm_info, rows, files)
+                               provenance, llm_info(llama), rows, files)
     stages.run("manifest", write_json_atomic, bundle / "manifest.json", manifest)
     report = {
         "inputs": hashes,
@@ -159,11 +183,7 @@ def build(args, out: Path, staging: Path, bundle: Path, work: Path, memory: Memo
         "stages_s": stages.times, "memory": memory.report(),
         "files": {f["path"]: f["size"] for f in files},
     }
-    write_json_atomic(staging / "export-report.json", report)
-    shutil.rmtree(work)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.replace(out)
-    log(f"done in {time.time() - stages.started:.0f}s -> {out}; peak memory (GB) {report['memory']['peak_gb']}")
+    finish_export(report, stages, staging, work, out)
 
 
 def input_name(path: Path, args) -> str:

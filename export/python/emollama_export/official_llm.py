@@ -23,12 +23,19 @@ LORA_KEY = re.compile(r"(?:llama_model\.)?base_model\.model\.model\.layers\.(\d+
 UNUSED_CLASSIFIER = "minigpt_base.py's attention classifier: trained, saved, never called at inference"
 
 
-def read_checkpoint(path: Path, llama_config: dict) -> tuple:
+def open_checkpoint(path: Path, label: str) -> tuple:
+    """A training checkpoint's `model` state dict (its other entries are training state or
+    the configuration, anything else refused) and the configuration's model section."""
     obj = torch_load(path)
     known = {k: TRAINING_STATE for k in ("optimizer", "scaler", "epoch", "iters")}
     known["config"] = "the training configuration: its model section is recorded in the manifest's provenance"
-    sd, _ = unwrap(path, obj, "an Emotion-LLaMA checkpoint", ("model",), known)
+    sd, _ = unwrap(path, obj, label, ("model",), known)
     config = (obj.get("config") or {}).get("model", {}) if isinstance(obj.get("config"), dict) else {}
+    return sd, config
+
+
+def read_checkpoint(path: Path, llama_config: dict) -> tuple:
+    sd, config = open_checkpoint(path, "an Emotion-LLaMA checkpoint")
     inv = Inventory(path, sd, "the Emotion-LLaMA checkpoint")
     inv.ignore(r"attention\..*", UNUSED_CLASSIFIER)
     inv.ignore(r".*\.rotary_emb\.inv_freq", ROTARY)

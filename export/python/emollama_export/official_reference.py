@@ -17,6 +17,12 @@ Commands (tests):
             DIR/goldens/ (the synthetic goldens' format) for the Rust tests, plus
             DIR/merged-reference/llm-merged-f32.gguf: llama.cpp's converter run as a command
             on a merged HF folder, which the exported GGUF must equal
+  goldens-v2  --fixture DIR --export DIR   the same for the Emotion-LLaMA-v2 export (the v2
+            files under DIR/v2): the global EVA by LAVIS's code, the temporal one by timm's
+            `Eva` loaded as `extract_features.py` loads it (strict=False), Whisper's encoder
+            by transformers' `WhisperModel.from_pretrained` with the one decoder step the
+            official code runs, ConvProAttention in numpy from the checkpoint's tensors; the
+            LLM at v2's prompt ids (the spec's §4.3) around 448 rows
   pipeline  --fixture DIR --inputs DUMP --out ref.json   the end-to-end reference on the
             inputs `emollama analyze --dump-inputs` wrote (see reference.py)
 """
@@ -345,6 +351,111 @@ def goldens(args) -> None:
         "tolerance": {"engines": TOLERANCE, "llm_logits_f32": 1e-3}})
 
 
+# v2 spec §4.3: the 9 ids before the rows and the demo's quick emotion prompt after them.
+V2_PREFIX_IDS = [1, 1, 29961, 25580, 29962, 529, 29963, 333, 29958]
+V2_SUFFIX_IDS = [1533, 29963, 333, 29958, 518, 331, 8194, 29962, 13355, 1598, 278, 953, 8194, 13384, 297, 278, 4863,
+                 29889, 14542, 852, 515, 29901, 27343, 29892, 766, 29887, 504, 29892, 8866, 29892, 9796, 29892, 21104,
+                 29892, 14610, 29892, 16671, 29889, 518, 29914, 25580, 29962]
+
+
+@torch.no_grad()
+def goldens_v2(args) -> None:
+    from timm.models.eva import Eva
+    from transformers import WhisperModel
+
+    from .v2 import convpro_numpy
+
+    fx = Fixture(args.fixture, args.lavis_dir, args.eva_depth)
+    fx.ckpt = torch_load(args.fixture / "v2/checkpoint_9.pth")["model"]
+    bundle, store, rng = args.export / "bundle", TensorStore(args.export / "goldens"), np.random.default_rng(9)
+    # Global: LAVIS's EVA at 448 + ln_vision; the view and v2's llama_proj; the CLS unprojected.
+    sd = dict(torch.load(fx.eva, map_location="cpu", weights_only=True))
+    c = sd["cls_token"].shape[-1]
+    vit = eva_vision_transformer(fx.lavis_dir, c, fx.eva_depth, img_size=448)
+    at_448 = dict(sd)  # the official interpolation rewrites the dict it is given
+    load_eva_vit(fx.lavis_dir).interpolate_pos_embed(vit, at_448)
+    vit.load_state_dict(at_448, strict=False)
+    vit.eval()
+    ln_vision, llama_proj = nn.LayerNorm(c).eval(), fx.linear("llama_proj")
+
+    def glob(pixel_values):
+        x = ln_vision(vit(pixel_values))
+        b, pn, hs = x[:, 1:].shape
+        return llama_proj(x[:, 1:].reshape(b, pn // 4, hs * 4)), x[:, 0]
+
+    # Temporal: `extract_features.py` L147-L165 and L223-L237.
+    eva = Eva(img_size=224, patch_size=14, embed_dim=c, depth=fx.eva_depth + 1, num_heads=c // 88,
+              mlp_ratio=int(c * 4.3637) / c, qkv_fused=True, num_classes=0, global_pool="").eval()
+    eva.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    video_proj = fx.linear("llama_proj_video")
+
+    def temporal(frames):
+        x = eva.forward_features(frames)[:, 1:]
+        t, n, w = x.shape
+        g = int(n ** 0.5)
+        x = F.adaptive_avg_pool3d(x.reshape(1, t, g, g, w).permute(0, 4, 1, 2, 3), (t, 2, 2))
+        cells = x.permute(0, 2, 3, 4, 1).reshape(1, -1, w)
+        return cells, video_proj(cells)
+
+    # Audio: `extract_features.py` L139-L205.
+    whisper = WhisperModel.from_pretrained(str(args.fixture / "v2/whisper-large-v3"), dtype=torch.float32).eval()
+    audio_proj = fx.linear("llama_proj_audio")
+
+    def audio(features):
+        hidden = whisper(features, decoder_input_ids=torch.tensor([[50258]])).encoder_last_hidden_state
+        bins = F.adaptive_avg_pool1d(hidden.transpose(1, 2), 64).transpose(1, 2)
+        return bins, audio_proj(bins), hidden
+
+    convpro = {k.removeprefix("conv_pro_module."): v for k, v in fx.ckpt.items() if k.startswith("conv_pro_module.")}
+    fusion_proj = fx.linear("llama_proj_fusion")
+
+    def fusion(audio_feat, cls_feat, video_feat):
+        cls = cls_feat.unsqueeze(1).expand(-1, audio_feat.shape[1], -1)
+        fused = convpro_numpy(convpro, [audio_feat.numpy(), cls.numpy(), video_feat.numpy()])
+        return (torch.from_numpy(fused.astype(np.float32)) @ fusion_proj.weight.T + fusion_proj.bias,)
+
+    n_mels = whisper.config.num_mel_bins
+    pixels = torch.from_numpy(((rng.random((1, 3, 448, 448)) - 0.45) / 0.27).astype(np.float32))
+    frames = torch.from_numpy(((rng.random((16, 3, 224, 224)) - 0.45) / 0.226).astype(np.float32))
+    mel = torch.from_numpy(np.clip(rng.standard_normal((1, n_mels, 3000)) * 0.5, -1.5, 1.5).astype(np.float32))
+    patch_rows, cls_feat = glob(pixels)
+    video_feat, video_rows = temporal(frames)
+    audio_feat, audio_rows, hidden = audio(mel)
+    cases = {
+        "global": ({"pixel_values": pixels}, {"patch_rows": patch_rows, "cls_feat": cls_feat}),
+        "temporal": ({"frames": frames}, {"video_feat": video_feat, "video_rows": video_rows}),
+        "audio": ({"input_features": mel}, {"audio_feat": audio_feat, "audio_rows": audio_rows,
+                                            "encoder_hidden": hidden}),
+        "fusion": ({"audio_feat": audio_feat, "cls_feat": cls_feat, "video_feat": video_feat},
+                   {"fusion_rows": fusion(audio_feat, cls_feat, video_feat)[0]}),
+    }
+    golden_engines, parity = {}, {}
+    for name, (feeds, want) in cases.items():
+        sess = ort.InferenceSession(str(bundle / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        got = sess.run(list(want), {k: v.numpy() for k, v in feeds.items()})
+        parity[name] = max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want.values()))
+        golden_engines[name] = [{"inputs": {k: store.put(f"{name}.{k}", v.numpy()) for k, v in feeds.items()},
+                                 "outputs": {k: store.put(f"{name}.out.{k}", v.numpy()) for k, v in want.items()}}]
+        print(f"[reference] v2 {name}: max |onnxruntime(exported) - independent reference| = {parity[name]:.3g}")
+        assert parity[name] <= TOLERANCE, f"{name}: {parity[name]} > {TOLERANCE}"
+    # The LLM: v2's prompt ids around 448 rows, the LoRA unmerged, and without it.
+    d = json.loads((fx.llama / "config.json").read_text())["hidden_size"]
+    rows = rng.standard_normal((448, d)).astype(np.float32) * 0.5
+    segments = [V2_PREFIX_IDS, rows, V2_SUFFIX_IDS]
+    logits, greedy = spliced_reference(llama_reference(fx), segments, n_greedy=16)
+    plain, _ = spliced_reference(llama_reference(fx, with_lora=False), segments, n_greedy=1)
+    print(f"[reference] v2 llm: greedy {greedy}; the LoRA moves the logits by {np.abs(logits - plain).max():.3g}")
+    write_json_atomic(args.export / "goldens/index.json", {
+        "format_version": 1, "engines": golden_engines, "parity": parity,
+        "llm": {"segments": [{"tokens": V2_PREFIX_IDS}, {"embeddings": store.put("llm.rows", rows)},
+                             {"tokens": V2_SUFFIX_IDS}],
+                "logits_at_segment_ends": store.put("llm.segment_logits", logits),
+                "logits_without_lora": store.put("llm.segment_logits_without_lora", plain),
+                "greedy_tokens": greedy,
+                "reference": f"transformers {transformers.__version__} LlamaForCausalLM fp32 eager, LoRA unmerged"},
+        "tolerance": {"engines": TOLERANCE, "llm_logits_f32": 1e-3}})
+
+
 @torch.no_grad()
 def pipeline(args) -> None:
     fx = Fixture(args.fixture, args.lavis_dir, args.eva_depth)
@@ -360,7 +471,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m emollama_export.official_reference", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in ("goldens", "pipeline"):
+    for name in ("goldens", "goldens-v2", "pipeline"):
         p = sub.add_parser(name)
         p.add_argument("--fixture", type=Path, required=True, help="the official-format input files")
         p.add_argument("--lavis-dir", type=Path, required=True, help="folder holding LAVIS 1.0.2 eva_vit.py")
@@ -369,12 +480,14 @@ def main(argv=None) -> None:
             p.add_argument("--export", type=Path, required=True, help="the official export (bundle/, report)")
             p.add_argument("--vocab-gguf", type=Path, required=True)
             p.add_argument("--converter-dir", type=Path, required=True, help="llama.cpp's convert_hf_to_gguf.py folder")
+        elif name == "goldens-v2":
+            p.add_argument("--export", type=Path, required=True, help="the official v2 export (bundle/, report)")
         else:
             p.add_argument("--inputs", type=Path, required=True)
             p.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    goldens(args) if args.command == "goldens" else pipeline(args)
+    {"goldens": goldens, "goldens-v2": goldens_v2, "pipeline": pipeline}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -259,10 +259,11 @@ def audio_reference(engine: AudioEngineV2, features: np.ndarray) -> dict:
     return {"audio_feat": bins.numpy(), "audio_rows": rows.numpy(), "encoder_hidden": hidden.numpy()}
 
 
-def convpro_numpy(module: ConvProAttention, xs: list) -> np.ndarray:
-    """ConvProAttention's forward (`convpro_model.py` L75-L102) in float64 numpy, from the
-    module's weights alone: no torch arithmetic."""
-    w = {k: v.detach().double().numpy() for k, v in module.state_dict().items()}
+def convpro_numpy(weights: dict, xs: list) -> np.ndarray:
+    """ConvProAttention's forward (`convpro_model.py` L75-L102) in float64 numpy, from its
+    weights alone (the checkpoint's `conv_pro_module.` tensors, the prefix dropped): no
+    torch arithmetic."""
+    w = {k: v.detach().double().numpy() for k, v in weights.items()}
     relu = lambda x: np.maximum(x, 0.0)  # noqa: E731
     lin = lambda x, p: x @ w[f"{p}.weight"].T + w[f"{p}.bias"]  # noqa: E731
     mlp = lambda x, p: relu(lin(relu(lin(x, f"{p}.0")), f"{p}.3"))  # noqa: E731
@@ -290,7 +291,7 @@ def convpro_numpy(module: ConvProAttention, xs: list) -> np.ndarray:
 
 def fusion_reference(engine: FusionEngineV2, audio_feat, cls_feat, video_feat) -> dict:
     cls = np.repeat(cls_feat[:, None, :], audio_feat.shape[1], axis=1)
-    fused = convpro_numpy(engine.conv_pro_module, [audio_feat, cls, video_feat])
+    fused = convpro_numpy(engine.conv_pro_module.state_dict(), [audio_feat, cls, video_feat])
     p = engine.llama_proj_fusion
     rows = fused @ p.weight.detach().double().numpy().T + p.bias.detach().double().numpy()
     return {"fusion_rows": rows.astype(np.float32)}
@@ -327,6 +328,42 @@ def check(name: str, got: dict, want: dict) -> float:
     return worst
 
 
+def engine_specs(d: int, vision: int, whisper: WhisperConfig) -> dict:
+    """Each engine's inputs and outputs (the runtime's contract for v2), for an LLM of
+    width `d`, an EVA of width `vision` and the Whisper encoder of `whisper`."""
+    a, mels, positions = whisper.d_model, whisper.num_mel_bins, whisper.max_source_positions
+    return {
+        "global": ([tensor_spec("pixel_values", [1, 3, 448, 448])],
+                   [tensor_spec("patch_rows", [1, 256, d]), tensor_spec("cls_feat", [1, vision])]),
+        "temporal": ([tensor_spec("frames", [FRAMES, 3, 224, 224])],
+                     [tensor_spec("video_feat", [1, CELLS, vision]), tensor_spec("video_rows", [1, CELLS, d])]),
+        "audio": ([tensor_spec("input_features", [1, mels, 3000])],
+                  [tensor_spec("audio_feat", [1, CELLS, a]), tensor_spec("audio_rows", [1, CELLS, d]),
+                   tensor_spec("encoder_hidden", [1, positions, a])]),
+        "fusion": ([tensor_spec("audio_feat", [1, CELLS, a]), tensor_spec("cls_feat", [1, vision]),
+                    tensor_spec("video_feat", [1, CELLS, vision])],
+                   [tensor_spec("fusion_rows", [1, CELLS, d])]),
+    }
+
+
+def export_checked(name: str, module, feeds: dict, want: dict, inputs: list, outputs: list, bundle: Path,
+                   reference: str, fp16=None) -> tuple:
+    """Check `module` against the independent reference's outputs `want` on `feeds`,
+    export it (weights stored fp16 when `fp16` is given: the callable that makes them so,
+    for a file over ONNX's 2 GiB) and check ONNX Runtime's outputs against `want` too.
+    The manifest entry and both differences."""
+    names = [s["name"] for s in outputs]
+    worst_module = check(name, module_outputs(module, feeds, names), want)
+    if fp16 is not None:
+        fp16(module)
+    export_engine(name, module, [feeds], bundle, inputs, outputs, {}, fold=fp16 is None)
+    worst_onnx = onnx_parity(name, bundle / f"{name}.onnx", [feeds], [want], optimize=fp16 is None)
+    entry = engine_entry(name, bundle, inputs, outputs, worst_onnx, 1, "fp16" if fp16 else "fp32",
+                         optimized=fp16 is None)
+    entry["parity"]["reference"] = reference
+    return entry, worst_module, worst_onnx
+
+
 def module_outputs(module, feeds: dict, names: list) -> dict:
     with torch.no_grad():
         out = module(*(torch.from_numpy(a) for a in feeds.values()))
@@ -354,14 +391,14 @@ def build(out: Path, v1_bundle: Path) -> None:
                 p.copy_(torch.randn_like(p) / fan_in ** 0.5)
         return module.eval()
 
-    def one(name, module, feeds, reference, inputs, outputs):
-        names = [s["name"] for s in outputs]
+    whisper = tiny_whisper()
+    specs = engine_specs(d, c, whisper)
+
+    def one(name, module, feeds, reference):
+        inputs, outputs = specs[name]
         want = reference(feeds)
-        worst_module = check(name, module_outputs(module, feeds, names), want)
-        export_engine(name, module, [feeds], bundle, inputs, outputs, {})
-        worst_onnx = onnx_parity(name, bundle / f"{name}.onnx", [feeds], [want])
-        entry = engine_entry(name, bundle, inputs, outputs, worst_onnx, 1)
-        entry["parity"]["reference"] = REFERENCES[name]
+        entry, worst_module, worst_onnx = export_checked(name, module, feeds, want, inputs, outputs, bundle,
+                                                         REFERENCES[name])
         files.append(entry)
         index["engines"][name] = {
             "file": f"{name}.onnx", "inputs": inputs, "outputs": outputs,
@@ -374,20 +411,15 @@ def build(out: Path, v1_bundle: Path) -> None:
     size = VISION.image_size
     glob = randomise(GlobalEngineV2(VISION, d))
     pixels = ((rng.random((1, 3, size, size), dtype=np.float32) - 0.45) / 0.27).astype(np.float32)
-    g = one("global", glob, {"pixel_values": pixels}, lambda f: global_reference(glob, f["pixel_values"]),
-            [tensor_spec("pixel_values", [1, 3, size, size])],
-            [tensor_spec("patch_rows", [1, 256, d]), tensor_spec("cls_feat", [1, c])])
+    g = one("global", glob, {"pixel_values": pixels}, lambda f: global_reference(glob, f["pixel_values"]))
 
     temporal_cfg = replace(VISION, image_size=224, depth=VISION.depth + 1)
     temporal = randomise(TemporalEngineV2(temporal_cfg, d))
     frames = ((rng.random((FRAMES, 3, 224, 224), dtype=np.float32) - 0.45) / 0.226).astype(np.float32)
-    t = one("temporal", temporal, {"frames": frames}, lambda f: temporal_reference(temporal, f["frames"]),
-            [tensor_spec("frames", [FRAMES, 3, 224, 224])],
-            [tensor_spec("video_feat", [1, CELLS, c]), tensor_spec("video_rows", [1, CELLS, d])])
+    t = one("temporal", temporal, {"frames": frames}, lambda f: temporal_reference(temporal, f["frames"]))
 
     # whisper-large-v3's front end (128 bins; transformers' numpy path on the audio padded
     # or cut to 30 s, as `__call__` does), on tones and on 45 s of noise.
-    whisper = tiny_whisper()
     fe = WhisperFeatureExtractor(feature_size=whisper.num_mel_bins)
     index["log_mel"] = []
     for name in ("tones-3s", "noise-45s"):
@@ -400,17 +432,11 @@ def build(out: Path, v1_bundle: Path) -> None:
         if name == "tones-3s":
             mel = features[None].astype(np.float32)
     audio = randomise(AudioEngineV2(whisper, d))
-    a = one("audio", audio, {"input_features": mel}, lambda f: audio_reference(audio, f["input_features"]),
-            [tensor_spec("input_features", [1, whisper.num_mel_bins, 3000])],
-            [tensor_spec("audio_feat", [1, CELLS, whisper.d_model]), tensor_spec("audio_rows", [1, CELLS, d]),
-             tensor_spec("encoder_hidden", [1, whisper.max_source_positions, whisper.d_model])])
+    a = one("audio", audio, {"input_features": mel}, lambda f: audio_reference(audio, f["input_features"]))
 
     fusion = randomise(FusionEngineV2(whisper.d_model, c, d))
     feeds = {"audio_feat": a["audio_feat"], "cls_feat": g["cls_feat"], "video_feat": t["video_feat"]}
-    f = one("fusion", fusion, feeds, lambda x: fusion_reference(fusion, *x.values()),
-            [tensor_spec("audio_feat", [1, CELLS, whisper.d_model]), tensor_spec("cls_feat", [1, c]),
-             tensor_spec("video_feat", [1, CELLS, c])],
-            [tensor_spec("fusion_rows", [1, CELLS, d])])
+    f = one("fusion", fusion, feeds, lambda x: fusion_reference(fusion, *x.values()))
 
     # The 448 rows in the official order (`emotion_llama_v2.py` L139-L141).
     rows = np.concatenate([f["fusion_rows"], g["patch_rows"], t["video_rows"], a["audio_rows"]], axis=1)[0]

@@ -124,3 +124,57 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// The official-format fixture files (`emollama_export.fixtures`, and `fixtures_v2` under `v2/`).
+pub fn official_fixture() -> PathBuf {
+    official_dir().join("fixture")
+}
+
+/// A llama.cpp context for reference checks: f32 KV cache, no flash attention, 2 threads.
+pub fn f32_context(path: &Path, n_ctx: u32) -> emollama_engines::llm::LlmContext {
+    use emollama_engines::llm::{ContextParams, FlashAttention, LlmContext, LlmModel, ModelParams};
+    let model = std::sync::Arc::new(LlmModel::load(path, &ModelParams::default()).unwrap());
+    let params = ContextParams {
+        n_ctx,
+        n_batch: 512,
+        n_threads: 2,
+        n_threads_batch: 2,
+        kv_cache_type: emollama_bundle::KvType::F32,
+        flash_attention: FlashAttention::Off,
+    };
+    LlmContext::new(model, params).unwrap()
+}
+
+/// The exported LLM against its goldens (`official_reference`): the logits at the ends of
+/// the spliced prompt's segments within 1e-3 of transformers with the LoRA unmerged, and
+/// more than `lora_floor` away from the model without it (a dropped LoRA would show), then
+/// the same greedy tokens.
+pub fn assert_llm_matches_goldens(ctx: &mut emollama_engines::llm::LlmContext, dir: &Path, g: &Value, lora_floor: f32) {
+    use emollama_engines::llm::{Sampler, SamplingParams, Segment};
+    use ndarray::Axis;
+    let ids = |v: &Value| -> Vec<i32> { serde_json::from_value(v.clone()).unwrap() };
+    let (prefix, suffix) = (ids(&g["segments"][0]["tokens"]), ids(&g["segments"][2]["tokens"]));
+    let rows = tensor_in(dir, &g["segments"][1]["embeddings"]).into_raw_vec_and_offset().0;
+    let report =
+        ctx.prefill(&[Segment::Tokens(&prefix), Segment::Embeddings(&rows), Segment::Tokens(&suffix)], true).unwrap();
+    let (want, without_lora) =
+        (tensor_in(dir, &g["logits_at_segment_ends"]), tensor_in(dir, &g["logits_without_lora"]));
+    for (i, got) in report.segment_logits.iter().enumerate() {
+        let diff = max_abs_diff(got, want.index_axis(Axis(0), i).as_slice().unwrap());
+        let lora = max_abs_diff(got, without_lora.index_axis(Axis(0), i).as_slice().unwrap());
+        println!(
+            "segment {i}: max |llama.cpp - transformers, LoRA unmerged| = {diff:.2e}; without the LoRA {lora:.2e}"
+        );
+        assert!(diff <= 1e-3, "segment {i}: {diff}");
+        assert!(lora > lora_floor, "segment {i}: the LoRA changes the logits by only {lora}");
+    }
+    let greedy = ids(&g["greedy_tokens"]);
+    let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..greedy.len() {
+        let t = sampler.sample(ctx.logits().unwrap());
+        tokens.push(t);
+        ctx.decode_token(t).unwrap();
+    }
+    assert_eq!(tokens, greedy);
+}
