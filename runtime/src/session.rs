@@ -315,9 +315,10 @@ impl<'p> Session<'p> {
         let io = engine_io(self.pipeline.manifest().model, &role).ok_or(BundleError::MissingRole(role))?;
         for (name, block) in io.outputs {
             let a = out.take(name)?;
-            match block {
-                Some(b) => drop(self.blocks.insert(*b, a.into_iter().collect())),
-                None => drop(self.between_engines.insert(name, a)),
+            if let Some(b) = block {
+                self.blocks.insert(*b, a.into_iter().collect());
+            } else {
+                self.between_engines.insert(name, a);
             }
         }
         Ok(())

@@ -267,3 +267,29 @@ fn watch_runs_windows_through_a_v2_bundle() {
         assert!(emollama_runtime::prompt::LABELS_V2.contains(&label), "{w}");
     }
 }
+
+/// Both HTTP APIs serve a v2 bundle through its stages: `/v1/analyze` and the
+/// OpenAI-compatible chat route (the fusion among the providers, the 448 rows in the prompt).
+#[test]
+fn the_http_apis_serve_a_v2_bundle() {
+    use common::server::{http, json_path, start_on, wait_ready, JSON};
+    let srv = start_on(&v2_dir().join("bundle"), &[]);
+    wait_ready(srv.port);
+    let clip = common::media_dir().join("talking-face.mp4");
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 4, ""));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let analyzed: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(analyzed["providers"]["fusion"].is_string(), "{analyzed}");
+    assert!(analyzed["tokens"]["prompt"].as_u64().unwrap() > 448, "{analyzed}");
+    let video = serde_json::json!({"type": "video_url", "video_url": {"url": format!("file://{}", clip.display())}});
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "[emotion]"}, video]}],
+        "max_tokens": 4,
+    });
+    let r = http(srv.port, "POST", "/v1/chat/completions", &[JSON], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chat: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(chat["choices"][0]["message"]["content"].is_string(), "{chat}");
+    assert!(chat["emollama"]["providers"]["fusion"].is_string(), "{chat}");
+    assert_eq!(chat["emollama"]["tokens"]["prompt"], analyzed["tokens"]["prompt"], "the same prompt: {chat}");
+}

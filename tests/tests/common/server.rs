@@ -29,22 +29,30 @@ pub fn start_with(extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server
     start_binary(&super::emollama_bin(), "x86-cpu", extra, env, stderr)
 }
 
+/// [`start`] with another bundle.
+pub fn start_on(bundle: &Path, extra: &[&str]) -> Server {
+    start_process(&super::emollama_bin(), bundle, "x86-cpu", extra, &[], Stdio::inherit())
+}
+
 /// [`start_with`] for another build of emollama (the GPU build) on `profile`.
 pub fn start_binary(bin: &Path, profile: &str, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
+    start_process(bin, &super::bundle_dir(), profile, extra, env, stderr)
+}
+
+fn start_process(
+    bin: &Path,
+    bundle: &Path,
+    profile: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> Server {
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--bundle",
-        super::bundle_dir().to_str().unwrap(),
-        "--profile",
-        profile,
-    ])
-    .args(["--allowed-dir", super::media_dir().to_str().unwrap()])
-    .args(extra)
-    .stdout(Stdio::piped())
-    .stderr(stderr);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--bundle", bundle.to_str().unwrap(), "--profile", profile])
+        .args(["--allowed-dir", super::media_dir().to_str().unwrap()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(stderr);
     for (k, v) in env {
         cmd.env(k, v);
     }
