@@ -14,7 +14,7 @@ use emollama_engines::llm::{LlmContext, LlmModel, ModelParams};
 use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, OrtRuntime, Outputs, ProviderPolicy};
 use emollama_engines::CancelToken;
 use emollama_media::faces::FaceDetector;
-use emollama_media::{MediaError, Source, SourceKind, SourceOptions};
+use emollama_media::{LogMel, MediaError, Source, SourceKind, SourceOptions};
 use ndarray::ArrayViewD;
 
 use crate::asr::Transcriber;
@@ -137,8 +137,10 @@ pub struct Pipeline {
     projectors: BTreeMap<RowBlock, Projector>,
     /// One MTCNN per worker thread (empty when the bundle ships no face detector).
     pub(crate) faces: Vec<FaceDetector>,
-    /// Rows of zero features, [local, temporal, audio] × width.
+    /// Rows of zero features, the model's zero-row blocks × width.
     pub(crate) zero_rows: Vec<f32>,
+    /// The audio encoder's log-mel front end, when the manifest has one (v2), built once.
+    pub(crate) audio_log_mel: Option<LogMel>,
     /// Speech recognition, when the bundle has its engines.
     asr: Option<Transcriber>,
     llm: Arc<LlmModel>,
@@ -314,6 +316,10 @@ impl Pipeline {
             }
         }
         let zero_rows = read_zero_rows(&bundle)?;
+        let audio_log_mel = m.preprocess.audio.log_mel.as_ref().map(|s| {
+            let (n_fft, hop, n_mels) = (s.n_fft as usize, s.hop_length as usize, s.n_mels as usize);
+            LogMel::new(sample_rate, n_fft, hop, n_mels, s.chunk_samples as usize)
+        });
         let asr = Transcriber::load(&bundle, rt, &opts, config.asr)?;
         if let Some(asr) = &asr {
             asr.warm_up()?;
@@ -348,6 +354,7 @@ impl Pipeline {
             projectors,
             faces,
             zero_rows,
+            audio_log_mel,
             asr,
             llm,
             llm_device,

@@ -25,7 +25,7 @@ use emollama_engines::{CancelToken, EngineError};
 use emollama_media::faces::{FaceDetector, FaceReport};
 use emollama_media::{
     face_tensor, fetch_url, frames_tensor, global_tensor, read_clip, temporal_tensor, Clip, ClipRequest,
-    FrameSelection, LogMel, MediaError, RgbImage, SourceKind,
+    FrameSelection, MediaError, RgbImage, SourceKind,
 };
 use ndarray::ArrayD;
 use serde::Serialize;
@@ -640,18 +640,15 @@ impl<'p> Session<'p> {
         if self.project_features(RowBlock::Audio, Stage::AudioEncoder)? {
             return Ok(());
         }
-        let m = self.pipeline.manifest();
-        if let Some(spec) = m.preprocess.audio.log_mel.clone() {
+        if let Some(mel) = &self.pipeline.audio_log_mel {
             let Some(w) = self.waveform.take() else {
                 let shape = self.declared_input(Role::FusionEngine, AUDIO_FEAT)?;
                 self.between_engines.insert(AUDIO_FEAT, ArrayD::zeros(shape));
                 return self.zero_row(RowBlock::Audio);
             };
-            let rate = m.preprocess.audio.sample_rate;
-            let (n_fft, hop, n_mels) = (spec.n_fft as usize, spec.hop_length as usize, spec.n_mels as usize);
-            let mel = LogMel::new(rate, n_fft, hop, n_mels, spec.chunk_samples as usize);
             let features = mel.compute(&w);
-            let input = ArrayD::from_shape_vec(vec![1, n_mels, mel.frames()], features).expect("n_mels x frames");
+            let shape = vec![1, mel.n_mels(), mel.frames()];
+            let input = ArrayD::from_shape_vec(shape, features).expect("n_mels x frames");
             let out = self.run_encoder(Stage::AudioEncoder, Role::AudioEngine, INPUT_FEATURES, &input)?;
             return self.keep_outputs(Role::AudioEngine, out);
         }

@@ -144,7 +144,9 @@ fn check_reads_every_v2_input_and_writes_nothing() {
 #[test]
 fn broken_v2_inputs_are_refused_and_no_bundle_is_written() {
     let broken = fixture().join("v2/broken");
-    let cases: [(&str, PathBuf, &[&str]); 5] = [
+    let empty = tempfile::tempdir().unwrap();
+    let cases: [(&str, PathBuf, &[&str]); 6] = [
+        ("--whisper", empty.path().to_path_buf(), &["no config.json"]),
         ("--checkpoint", fixture().join("save_checkpoint/Emoation_LLaMA.pth"), &["an Emotion-LLaMA (v1) checkpoint"]),
         ("--checkpoint", broken.join("lora-missing-pair.pth"), &["3 complete LoRA pairs, expected 4"]),
         ("--checkpoint", broken.join("unknown-key.pth"), &["unknown key 'conv_pro_module.fc_out.weight'"]),

@@ -200,6 +200,25 @@ def llama_reference(fx: Fixture, with_lora: bool = True) -> LlamaForCausalLM:
     return model
 
 
+def llm_goldens(fx: Fixture, store: TensorStore, rng, prefix: list, n_rows: int, suffix: list) -> dict:
+    """The LLM's logits at the ends of a spliced prompt (`prefix`, `n_rows` random rows,
+    `suffix`) with the LoRA unmerged, and without it (so that the test can show a dropped
+    LoRA would be caught), and the greedy continuation."""
+    d = json.loads((fx.llama / "config.json").read_text())["hidden_size"]
+    rows = rng.standard_normal((n_rows, d)).astype(np.float32) * 0.5
+    segments = [prefix, rows, suffix]
+    logits, greedy = spliced_reference(llama_reference(fx), segments, n_greedy=16)
+    plain, _ = spliced_reference(llama_reference(fx, with_lora=False), segments, n_greedy=1)
+    print(f"[reference] llm: greedy {greedy}; the LoRA moves the logits by {np.abs(logits - plain).max():.3g}")
+    return {
+        "segments": [{"tokens": prefix}, {"embeddings": store.put("llm.rows", rows)}, {"tokens": suffix}],
+        "logits_at_segment_ends": store.put("llm.segment_logits", logits),
+        "logits_without_lora": store.put("llm.segment_logits_without_lora", plain),
+        "greedy_tokens": greedy,
+        "reference": f"transformers {transformers.__version__} LlamaForCausalLM fp32 eager, LoRA unmerged (peft 0.2.0)",
+    }
+
+
 def merged_folder_gguf(fx: Fixture, out: Path, converter_dir: Path) -> Path:
     """What the issue asks the LLM to equal: llama.cpp's convert_hf_to_gguf.py, run as its
     own command on a merged HF folder (W + 0.25 B@A in fp32 for q/v, the rest as stored)."""
@@ -329,21 +348,7 @@ def goldens(args) -> None:
         print(f"[reference] {name}: max |onnxruntime(exported) - independent reference| = {worst:.3g}")
         assert worst <= TOLERANCE, f"{name}: {worst} > {TOLERANCE}"
 
-    # The LLM: logits at the spliced golden prompt, with the LoRA unmerged, and without it
-    # (so that the test can show a dropped LoRA would be caught).
-    d = json.loads((fx.llama / "config.json").read_text())["hidden_size"]
-    rows = rng.standard_normal((260, d)).astype(np.float32) * 0.5
-    segments = [PREFIX_IDS, rows, SUFFIX_IDS]
-    logits, greedy = spliced_reference(llama_reference(fx), segments, n_greedy=16)
-    plain, _ = spliced_reference(llama_reference(fx, with_lora=False), segments, n_greedy=1)
-    print(f"[reference] llm: greedy {greedy}; the LoRA moves the logits by {np.abs(logits - plain).max():.3g}")
-    golden_llm = {
-        "segments": [{"tokens": PREFIX_IDS}, {"embeddings": store.put("llm.rows", rows)}, {"tokens": SUFFIX_IDS}],
-        "logits_at_segment_ends": store.put("llm.segment_logits", logits),
-        "logits_without_lora": store.put("llm.segment_logits_without_lora", plain),
-        "greedy_tokens": greedy,
-        "reference": f"transformers {transformers.__version__} LlamaForCausalLM fp32 eager, LoRA unmerged (peft 0.2.0)",
-    }
+    golden_llm = llm_goldens(fx, store, rng, PREFIX_IDS, 260, SUFFIX_IDS)
     merged = merged_folder_gguf(fx, args.export / "merged-reference", args.converter_dir)
     print(f"[reference] llm: convert_hf_to_gguf.py on a merged HF folder -> {merged}")
     write_json_atomic(args.export / "goldens/index.json", {
@@ -363,7 +368,7 @@ def goldens_v2(args) -> None:
     from timm.models.eva import Eva
     from transformers import WhisperModel
 
-    from .v2 import convpro_numpy
+    from .v2 import convpro_numpy, sample_inputs
 
     fx = Fixture(args.fixture, args.lavis_dir, args.eva_depth)
     fx.ckpt = torch_load(args.fixture / "v2/checkpoint_9.pth")["model"]
@@ -414,10 +419,9 @@ def goldens_v2(args) -> None:
         fused = convpro_numpy(convpro, [audio_feat.numpy(), cls.numpy(), video_feat.numpy()])
         return (torch.from_numpy(fused.astype(np.float32)) @ fusion_proj.weight.T + fusion_proj.bias,)
 
-    n_mels = whisper.config.num_mel_bins
-    pixels = torch.from_numpy(((rng.random((1, 3, 448, 448)) - 0.45) / 0.27).astype(np.float32))
-    frames = torch.from_numpy(((rng.random((16, 3, 224, 224)) - 0.45) / 0.226).astype(np.float32))
-    mel = torch.from_numpy(np.clip(rng.standard_normal((1, n_mels, 3000)) * 0.5, -1.5, 1.5).astype(np.float32))
+    inputs = sample_inputs(rng, whisper.config.num_mel_bins)
+    pixels, frames, mel = (torch.from_numpy(inputs[k][n]) for k, n in (
+        ("global", "pixel_values"), ("temporal", "frames"), ("audio", "input_features")))
     patch_rows, cls_feat = glob(pixels)
     video_feat, video_rows = temporal(frames)
     audio_feat, audio_rows, hidden = audio(mel)
@@ -438,21 +442,10 @@ def goldens_v2(args) -> None:
                                  "outputs": {k: store.put(f"{name}.out.{k}", v.numpy()) for k, v in want.items()}}]
         print(f"[reference] v2 {name}: max |onnxruntime(exported) - independent reference| = {parity[name]:.3g}")
         assert parity[name] <= TOLERANCE, f"{name}: {parity[name]} > {TOLERANCE}"
-    # The LLM: v2's prompt ids around 448 rows, the LoRA unmerged, and without it.
-    d = json.loads((fx.llama / "config.json").read_text())["hidden_size"]
-    rows = rng.standard_normal((448, d)).astype(np.float32) * 0.5
-    segments = [V2_PREFIX_IDS, rows, V2_SUFFIX_IDS]
-    logits, greedy = spliced_reference(llama_reference(fx), segments, n_greedy=16)
-    plain, _ = spliced_reference(llama_reference(fx, with_lora=False), segments, n_greedy=1)
-    print(f"[reference] v2 llm: greedy {greedy}; the LoRA moves the logits by {np.abs(logits - plain).max():.3g}")
+    # The LLM: v2's prompt ids around its 448 rows.
     write_json_atomic(args.export / "goldens/index.json", {
         "format_version": 1, "engines": golden_engines, "parity": parity,
-        "llm": {"segments": [{"tokens": V2_PREFIX_IDS}, {"embeddings": store.put("llm.rows", rows)},
-                             {"tokens": V2_SUFFIX_IDS}],
-                "logits_at_segment_ends": store.put("llm.segment_logits", logits),
-                "logits_without_lora": store.put("llm.segment_logits_without_lora", plain),
-                "greedy_tokens": greedy,
-                "reference": f"transformers {transformers.__version__} LlamaForCausalLM fp32 eager, LoRA unmerged"},
+        "llm": llm_goldens(fx, store, rng, V2_PREFIX_IDS, 448, V2_SUFFIX_IDS),
         "tolerance": {"engines": TOLERANCE, "llm_logits_f32": 1e-3}})
 
 

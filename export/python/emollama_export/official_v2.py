@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import timm
 import torch
 import transformers
 from transformers import WhisperConfig
@@ -45,8 +44,8 @@ from .official_encoders import PROTOBUF_LIMIT, on_meta, store_fp16
 from .official_llm import convert_llm, open_checkpoint, read_lora, read_llama
 from .synthetic import log
 from .tensors import write_json_atomic
-from .v2 import (AudioEngineV2, FusionEngineV2, GlobalEngineV2, TemporalEngineV2, audio_reference, engine_specs,
-                 export_checked, fusion_reference, global_reference, temporal_reference, FRAMES)
+from .v2 import (REFERENCES, AudioEngineV2, FusionEngineV2, GlobalEngineV2, TemporalEngineV2, audio_reference,
+                 engine_specs, export_checked, fusion_reference, global_reference, sample_inputs, temporal_reference)
 
 V1_KEYS = re.compile(r"(cls_tk_llama_proj|feats_llama_proj[123]|attention)\..*")
 WHISPER_DECODER = "Whisper's decoder: not part of Emotion-LLaMA-v2 (the official code runs one step and drops it)"
@@ -101,7 +100,12 @@ def eva_inventories(args) -> tuple:
 def whisper_inventory(folder: Path, ckpt: Inventory) -> tuple:
     """The Whisper folder's config and weights (the encoder taken, the decoder ignored),
     checked against what the checkpoint's projector and fusion take."""
-    config = WhisperConfig.from_pretrained(str(folder))
+    if not (folder / "config.json").is_file():
+        raise ExportError(f"{folder}: no config.json (expected the whisper-large-v3 folder as downloaded)")
+    try:
+        config = WhisperConfig.from_pretrained(str(folder))
+    except Exception as e:  # a config transformers cannot read: say which, no traceback
+        raise ExportError(f"{folder / 'config.json'}: not a Whisper config ({str(e).splitlines()[0]})") from e
     width = ckpt.peek("llama_proj_audio.weight").shape[1]
     if config.d_model != width or config.num_mel_bins != V2_PREPROCESS["audio"]["log_mel"]["n_mels"]:
         raise ExportError(f"{folder}: a Whisper of width {config.d_model} with {config.num_mel_bins} mel bins; the "
@@ -175,20 +179,10 @@ def export_engines(args, ckpt: Inventory, d: int, bundle: Path) -> tuple:
     ckpt.finish()
     wcfg = m["whisper_config"]
     specs = engine_specs(d, m["global"].cfg.embed_dim, wcfg)
-    rng = np.random.default_rng(2026)
-    feeds = {
-        "global": {"pixel_values": ((rng.random((1, 3, 448, 448), dtype=np.float32) - 0.45) / 0.27)},
-        "temporal": {"frames": ((rng.random((FRAMES, 3, 224, 224), dtype=np.float32) - 0.45) / 0.226)},
-        "audio": {"input_features": np.clip(rng.standard_normal((1, wcfg.num_mel_bins, 3000)) * 0.5, -1.5, 1.5)},
-    }
-    feeds = {k: {n: a.astype(np.float32) for n, a in f.items()} for k, f in feeds.items()}
+    feeds = sample_inputs(np.random.default_rng(2026), wcfg.num_mel_bins)
     references = {"global": lambda f: global_reference(m["global"], f["pixel_values"]),
                   "temporal": lambda f: temporal_reference(m["temporal"], f["frames"]),
                   "audio": lambda f: audio_reference(m["audio"], f["input_features"])}
-    names = {"global": f"timm {timm.__version__} Eva blocks + ln_vision + the official view",
-             "temporal": "timm Eva forward_features + adaptive_avg_pool3d",
-             "audio": f"transformers {transformers.__version__} WhisperModel + adaptive_avg_pool1d",
-             "fusion": "ConvProAttention in numpy float64"}
     files, wants, worst = [], {}, {}
     fp16 = {"global": lambda mod: store_fp16(mod.visual_encoder, "eva_vit_g.pth", "it is not an fp16 file"),
             "temporal": lambda mod: store_fp16(mod.visual_encoder, "eva_vit_g.pth", "it is not an fp16 file")}
@@ -198,14 +192,14 @@ def export_engines(args, ckpt: Inventory, d: int, bundle: Path) -> tuple:
     for name in ("global", "temporal", "audio"):
         wants[name] = references[name](feeds[name])
         entry, worst_module, worst[name] = export_checked(name, m[name], feeds[name], wants[name], *specs[name],
-                                                          bundle, names[name], fp16.get(name))
+                                                          bundle, REFERENCES[name], fp16.get(name))
         files.append(entry)
         log(f"{name}: module vs reference {worst_module:.2g}, onnxruntime vs reference {worst[name]:.2g}")
     fusion_feeds = {"audio_feat": wants["audio"]["audio_feat"], "cls_feat": wants["global"]["cls_feat"],
                     "video_feat": wants["temporal"]["video_feat"]}
     want = fusion_reference(m["fusion"], *fusion_feeds.values())
     entry, _, worst["fusion"] = export_checked("fusion", m["fusion"], fusion_feeds, want, *specs["fusion"], bundle,
-                                               names["fusion"])
+                                               REFERENCES["fusion"])
     files.append(entry)
     # A missing modality: zero input features, whose rows are the projector's bias.
     zero_rows = torch.stack([m["temporal"].llama_proj_video.bias.detach(),

@@ -346,6 +346,18 @@ def engine_specs(d: int, vision: int, whisper: WhisperConfig) -> dict:
     }
 
 
+def sample_inputs(rng: np.random.Generator, n_mels: int) -> dict:
+    """One seeded input per engine that takes media: CLIP-normalised-like pixels at 448,
+    ImageNet-normalised-like frames at 224, a log-mel window in Whisper's range."""
+    def pixels(*shape, std):
+        return ((rng.random(shape) - 0.45) / std).astype(np.float32)
+
+    return {"global": {"pixel_values": pixels(1, 3, 448, 448, std=0.27)},
+            "temporal": {"frames": pixels(FRAMES, 3, 224, 224, std=0.226)},
+            "audio": {"input_features": np.clip(rng.standard_normal((1, n_mels, 3000)) * 0.5, -1.5, 1.5)
+                      .astype(np.float32)}}
+
+
 def export_checked(name: str, module, feeds: dict, want: dict, inputs: list, outputs: list, bundle: Path,
                    reference: str, fp16=None) -> tuple:
     """Check `module` against the independent reference's outputs `want` on `feeds`,
@@ -408,15 +420,13 @@ def build(out: Path, v1_bundle: Path) -> None:
         }
         return want
 
-    size = VISION.image_size
+    inputs = sample_inputs(rng, whisper.num_mel_bins)
     glob = randomise(GlobalEngineV2(VISION, d))
-    pixels = ((rng.random((1, 3, size, size), dtype=np.float32) - 0.45) / 0.27).astype(np.float32)
-    g = one("global", glob, {"pixel_values": pixels}, lambda f: global_reference(glob, f["pixel_values"]))
+    g = one("global", glob, inputs["global"], lambda f: global_reference(glob, f["pixel_values"]))
 
     temporal_cfg = replace(VISION, image_size=224, depth=VISION.depth + 1)
     temporal = randomise(TemporalEngineV2(temporal_cfg, d))
-    frames = ((rng.random((FRAMES, 3, 224, 224), dtype=np.float32) - 0.45) / 0.226).astype(np.float32)
-    t = one("temporal", temporal, {"frames": frames}, lambda f: temporal_reference(temporal, f["frames"]))
+    t = one("temporal", temporal, inputs["temporal"], lambda f: temporal_reference(temporal, f["frames"]))
 
     # whisper-large-v3's front end (128 bins; transformers' numpy path on the audio padded
     # or cut to 30 s, as `__call__` does), on tones and on 45 s of noise.

@@ -33,7 +33,7 @@ from .official_code import EVA_DEPTH, EVA_HEAD_DIM, EVA_MLP_RATIO
 from .official_encoders import store_fp16
 from .synthetic import log
 from .tensors import write_json_atomic
-from .v2 import (FRAMES, AudioEngineV2, FusionEngineV2, GlobalEngineV2, TemporalEngineV2, audio_reference,
+from .v2 import (AudioEngineV2, FusionEngineV2, GlobalEngineV2, TemporalEngineV2, audio_reference,
                  engine_specs, export_checked, fusion_reference, global_reference, temporal_reference)
 
 LLM_WIDTH, LLM_HEADS, LLM_FFN = 4096, 32, 11008
@@ -68,11 +68,7 @@ def build(out: Path, vocab_gguf: Path) -> None:
     files, report, wants = [], {"engines": {}}, {}
     fp16 = {"global": lambda m: store_fp16(m.visual_encoder), "temporal": lambda m: store_fp16(m.visual_encoder),
             "audio": lambda m: store_fp16(m.encoder, "whisper-large-v3")}
-    feeds = {
-        "global": {"pixel_values": ((rng.random((1, 3, 448, 448)) - 0.45) / 0.27).astype(np.float32)},
-        "temporal": {"frames": ((rng.random((FRAMES, 3, 224, 224)) - 0.45) / 0.226).astype(np.float32)},
-        "audio": {"input_features": np.clip(rng.standard_normal((1, 128, 3000)) * 0.5, -1.5, 1.5).astype(np.float32)},
-    }
+    feeds = sample_inputs(rng, whisper.num_mel_bins)
     builders = {
         "global": (lambda: GlobalEngineV2(eva, LLM_WIDTH), global_reference, "pixel_values"),
         "temporal": (lambda: TemporalEngineV2(replace(eva, image_size=224, depth=EVA_DEPTH + 1), LLM_WIDTH),
