@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::asr::AsrTask;
 use crate::features::FeatureFiles;
-use crate::prompt::{Task, REASON_POOL};
+use crate::prompt::{EvalSet, Task, REASON_POOL};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -53,6 +53,22 @@ pub enum TaskKind {
     Reason,
     /// Answer a free question.
     Question,
+    /// Emotion-LLaMA-v2: positive, neutral or negative.
+    Sentiment,
+    /// Emotion-LLaMA-v2: the speaker's communicative intent.
+    Intent,
+    /// Emotion-LLaMA-v2: one or more emotions.
+    #[serde(rename = "multi-label", alias = "multi_label")]
+    MultiLabel,
+    /// Emotion-LLaMA-v2: reasoning in `<think>`, the label in `<answer>`.
+    Think,
+    /// Emotion-LLaMA-v2: the voice alone (frame and video zeroed).
+    Audio,
+    /// Emotion-LLaMA-v2: the frame alone (video and audio zeroed).
+    Image,
+    /// Emotion-LLaMA-v2: one of its eval sets' prompts (`eval_set`).
+    #[serde(rename = "eval-set", alias = "eval_set")]
+    EvalSet,
 }
 
 /// One request, typed and validated.
@@ -190,6 +206,8 @@ pub struct AnalyzeOptions {
     pub layout: Option<Layout>,
     pub six_labels: Option<bool>,
     pub reason_index: Option<u32>,
+    /// The v2 eval set whose prompt task `eval-set` asks with.
+    pub eval_set: Option<EvalSet>,
     pub max_new_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -232,7 +250,8 @@ impl StopStrings {
 
 /// Fields whose values are text; every other form field is read as a JSON scalar, so
 /// `max_new_tokens=-1`, `seed=1e30` or `scores=1` are refused exactly as in JSON.
-const TEXT_FIELDS: [&str; 14] = [
+const TEXT_FIELDS: [&str; 15] = [
+    "eval_set",
     "path",
     "asr_task",
     "asr_language",
@@ -258,6 +277,13 @@ impl AnalyzeOptions {
                 (self.task, self.reason_index) = (Some(TaskKind::Reason), Some(instruction as u32));
             }
             Task::Question { text } => (self.task, self.question) = (Some(TaskKind::Question), Some(text)),
+            Task::Sentiment => self.task = Some(TaskKind::Sentiment),
+            Task::Intent => self.task = Some(TaskKind::Intent),
+            Task::MultiLabel => self.task = Some(TaskKind::MultiLabel),
+            Task::Think => self.task = Some(TaskKind::Think),
+            Task::Audio => self.task = Some(TaskKind::Audio),
+            Task::Image => self.task = Some(TaskKind::Image),
+            Task::EvalSet { set } => (self.task, self.eval_set) = (Some(TaskKind::EvalSet), Some(set)),
         }
     }
 
@@ -312,6 +338,17 @@ impl AnalyzeOptions {
                         "question",
                         "task question needs a non-empty question (--question TEXT; `question` in the API)",
                     )
+                })?,
+            },
+            TaskKind::Sentiment => Task::Sentiment,
+            TaskKind::Intent => Task::Intent,
+            TaskKind::MultiLabel => Task::MultiLabel,
+            TaskKind::Think => Task::Think,
+            TaskKind::Audio => Task::Audio,
+            TaskKind::Image => Task::Image,
+            TaskKind::EvalSet => Task::EvalSet {
+                set: self.eval_set.ok_or_else(|| {
+                    invalid("eval_set", "task eval-set needs the set (--eval-set NAME; `eval_set` in the API)")
                 })?,
             },
         };

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use emollama_bundle::contract::{
     engine_io, AUDIO_FEAT, AUDIO_ROW, CLIP, FACES, FEATURES, FRAMES, INPUT_FEATURES, LOCAL_ROW, PIXEL_VALUES,
-    TEMPORAL_ROW, WAVEFORM,
+    TEMPORAL_ROW, VIDEO_FEAT, WAVEFORM,
 };
 use emollama_bundle::files::FileError;
 use emollama_bundle::{BundleError, FrameChoice, GenerationPreset, Role, RowBlock};
@@ -34,7 +34,7 @@ use crate::asr::{AsrTask, Transcript};
 use crate::features::{read_features, FeatureFiles, FeaturesError};
 use crate::observer::Observer;
 use crate::pipeline::Pipeline;
-use crate::prompt::{build_prompt, extract_answer_label, normalise_scores, Task};
+use crate::prompt::{build_prompt, normalise_scores};
 use crate::request::{AnalyzeRequest, Mode, Preset};
 use crate::stage::{Stage, Timings};
 use crate::RuntimeError;
@@ -203,8 +203,17 @@ impl<'p> Session<'p> {
             heard: None,
             fetched: Vec::new(),
         };
-        // The merged sampling parameters are checked before any work.
+        // The merged sampling parameters and the task are checked before any work.
         SamplingParams::validate(&session.sampling())?;
+        let model = pipeline.manifest().model;
+        if !session.req.task.is_for(model) {
+            let reason = format!(
+                "task {} is Emotion-LLaMA-v2's; bundle {} holds {model}, trained for emotion and reason (or ask a question)",
+                session.req.task.name(),
+                pipeline.manifest().id
+            );
+            return Err(crate::request::RequestError { field: "task", reason }.into());
+        }
         Ok(session)
     }
 
@@ -511,7 +520,10 @@ impl<'p> Session<'p> {
             self.clip()?.select(self.global_selection()).first().copied().cloned().ok_or_else(|| {
                 RuntimeError::Media(MediaError::NoFrames { source_name: self.req.shown_media().into() })
             })?;
-        let pixels = global_tensor(&frame, g.image_size, g.resize, g.mean, g.std).into_dyn();
+        let mut pixels = global_tensor(&frame, g.image_size, g.resize, g.mean, g.std).into_dyn();
+        if self.req.task.zeroed_inputs().image {
+            pixels.fill(0.0); // after normalisation, as the training zeroed it: still encoded
+        }
         let out = self.run_encoder(Stage::GlobalEncoder, Role::GlobalEngine, PIXEL_VALUES, &pixels)?;
         self.keep_outputs(Role::GlobalEngine, out)
     }
@@ -603,6 +615,9 @@ impl<'p> Session<'p> {
     /// the second EVA over the window's whole frames (its rows and cells).
     pub fn encode_temporal(&mut self) -> Result<(), RuntimeError> {
         if let Some(selection) = self.window_selection() {
+            if self.req.task.zeroed_inputs().video {
+                return self.zero_features(VIDEO_FEAT, RowBlock::Temporal);
+            }
             let t = self.pipeline.manifest().preprocess.temporal.clone();
             let w = t.window.as_ref().expect("a window selection has its window");
             let frames = self.clip()?.select(selection);
@@ -641,10 +656,9 @@ impl<'p> Session<'p> {
             return Ok(());
         }
         if let Some(mel) = &self.pipeline.audio_log_mel {
-            let Some(w) = self.waveform.take() else {
-                let shape = self.declared_input(Role::FusionEngine, AUDIO_FEAT)?;
-                self.between_engines.insert(AUDIO_FEAT, ArrayD::zeros(shape));
-                return self.zero_row(RowBlock::Audio);
+            let zeroed = self.req.task.zeroed_inputs().audio;
+            let Some(w) = self.waveform.take().filter(|_| !zeroed) else {
+                return self.zero_features(AUDIO_FEAT, RowBlock::Audio);
             };
             let features = mel.compute(&w);
             let shape = vec![1, mel.n_mels(), mel.frames()];
@@ -682,6 +696,14 @@ impl<'p> Session<'p> {
             s.pipeline.encoders().run(&Role::FusionEngine, &views, &cancel)
         })?;
         self.keep_outputs(Role::FusionEngine, out)
+    }
+
+    /// Zero features for the fusion's input `name` and the zero-feature rows for `block`:
+    /// a modality the clip lacks or the task leaves out.
+    fn zero_features(&mut self, name: &'static str, block: RowBlock) -> Result<(), RuntimeError> {
+        let shape = self.declared_input(Role::FusionEngine, name)?;
+        self.between_engines.insert(name, ArrayD::zeros(shape));
+        self.zero_row(block)
     }
 
     /// The fixed shape `role`'s file declares for its input `name`.
@@ -736,7 +758,7 @@ impl<'p> Session<'p> {
             let m = s.pipeline.manifest();
             let text = build_prompt(m.model, s.req.layout, &s.req.task, s.transcript(), &m.prompt.placeholder);
             let llm = s.pipeline.llm();
-            let labels: Vec<&'static str> = s.req.task.labels_for(m.model).to_vec();
+            let labels: Vec<&'static str> = s.req.task.labels_for(m.model).unwrap_or_default().to_vec();
             let before_rows = match &m.prompt.before_rows_ids {
                 Some(ids) => ids.clone(),
                 None => llm.tokenize(&text.before_rows, true, true)?,
@@ -822,14 +844,16 @@ impl<'p> Session<'p> {
         self.ctx.as_ref()
     }
 
-    fn is_emotion(&self) -> bool {
-        matches!(self.req.task, Task::Emotion { .. })
+    /// Whether the task's answer is one of a closed label set (emotion; v2's sentiment
+    /// and intent), whose labels are scored.
+    fn has_labels(&self) -> bool {
+        self.req.task.labels_for(self.pipeline.manifest().model).is_some()
     }
 
-    /// Label probabilities from one continuation per label (emotion task; always with
-    /// the fast preset, else when asked for).
+    /// Label probabilities from one continuation per label (tasks with labels; always
+    /// with the fast preset, else when asked for).
     pub fn score_labels(&mut self) -> Result<(), RuntimeError> {
-        if !(self.is_emotion() && (self.req.scores || self.req.preset == Preset::Fast)) {
+        if !(self.has_labels() && (self.req.scores || self.req.preset == Preset::Fast)) {
             return Ok(());
         }
         let scores = self.timed(Stage::LabelScores, |s| {
@@ -871,7 +895,7 @@ impl<'p> Session<'p> {
     /// The answer, streamed to `on_piece`, with the preset's stop strings and position
     /// cap (the demo drops rows past 2000 positions; this shortens the answer instead).
     pub fn generate(&mut self, mut on_piece: impl FnMut(&str)) -> Result<(), RuntimeError> {
-        if self.req.preset == Preset::Fast && self.is_emotion() {
+        if self.req.preset == Preset::Fast && self.has_labels() {
             return Ok(());
         }
         let preset = self.preset().clone();
@@ -913,17 +937,15 @@ impl<'p> Session<'p> {
     pub fn finish(mut self) -> AnalyzeResult {
         let answer = self.answer.take().unwrap_or_default();
         let model = self.pipeline.manifest().model;
-        let labels = self.req.task.labels_for(model);
-        let (label, label_official) = match (self.is_emotion(), &self.label_scores, self.req.preset) {
-            (false, _, _) => (None, None),
-            (true, Some(s), Preset::Fast) => {
+        let (label, label_official) = match (&self.label_scores, self.req.preset) {
+            (Some(s), Preset::Fast) => {
                 let best = s.iter().max_by(|a, b| a.1.total_cmp(b.1)).map(|(l, _)| l.clone());
                 (best.clone(), best)
             }
-            (true, _, _) => {
-                let e = extract_answer_label(model, &answer.text, labels);
-                (Some(e.robust.unwrap_or_else(|| e.official.clone())), Some(e.official))
-            }
+            _ => match self.req.task.extract(model, &answer.text) {
+                Some(e) => (Some(e.robust.unwrap_or_else(|| e.official.clone())), Some(e.official)),
+                None => (None, None),
+            },
         };
         self.timings.insert(Stage::Total, self.started.elapsed().as_secs_f64() * 1e3);
         let m = self.pipeline.manifest();

@@ -453,10 +453,15 @@ pub fn read_chat(body: &[u8], config: &ServeConfig, uploads: &UploadDir) -> Resu
     match read.task {
         None => {}
         Some(Task::Question { text }) if options.task == Some(TaskKind::Question) => options.question = Some(text),
-        Some(_) if options.task.is_some() || options.six_labels.is_some() || options.reason_index.is_some() => {
+        Some(_)
+            if options.task.is_some()
+                || options.six_labels.is_some()
+                || options.reason_index.is_some()
+                || options.eval_set.is_some() =>
+        {
             return Err(ApiError::bad(
                 "ambiguous_task",
-                "the message's text names a task and `task` (or six_labels, reason_index) is given: give one",
+                "the message's text names a task and `task` (or six_labels, reason_index, eval_set) is given: give one",
             )
             .param(param));
         }

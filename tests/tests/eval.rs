@@ -229,6 +229,56 @@ fn metrics_equal_scikit_learn() {
     println!("{} prediction sets: every metric equals scikit-learn's to 1e-12", sets.len());
 }
 
+/// Emotion-LLaMA-v2's multi-label metrics (`score_multilabel.py`: the binarizer fitted on
+/// the truth, F1 micro and samples, the Jaccard with its 1e-6, mAP over 0/1 scores) equal
+/// scikit-learn's, with predictions outside the truth's labels, empty ones and exact ones.
+#[test]
+fn multi_label_metrics_equal_scikit_learn() {
+    use emollama_commands::eval::MultiLabelMetrics;
+    let labels = ["anger", "fear", "happiness", "sadness", "surprise"];
+    let mut rng = Lcg(11);
+    let pick_set = |rng: &mut Lcg, from: &[&'static str], most: usize, least: usize| -> String {
+        let n = least + (rng.pick(&["0", "1", "2", "3"]).parse::<usize>().unwrap() % (most - least + 1));
+        let mut v: Vec<&str> = (0..n).map(|_| rng.pick(from)).collect();
+        v.dedup();
+        v.join(if rng.pick(&["a", "b"]) == "a" { "," } else { "; " })
+    };
+    let mut sets: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for (n, extra) in [(30, "contempt"), (12, "pain"), (8, "anger")] {
+        let preds: Vec<&'static str> = labels.iter().copied().chain([extra]).collect();
+        let truth: Vec<String> = (0..n).map(|_| pick_set(&mut rng, &labels, 3, 1)).collect();
+        let pred: Vec<String> = (0..n).map(|_| pick_set(&mut rng, &preds, 3, 0)).collect();
+        sets.push((truth, pred));
+    }
+    sets.push((vec!["fear,anger".into(), "sadness".into()], vec!["anger, fear".into(), "sadness".into()])); // exact
+    let file = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+    let body: Vec<Value> = sets.iter().map(|(t, p)| serde_json::json!({"truth": t, "pred": p})).collect();
+    std::fs::write(file.path(), serde_json::to_vec(&body).unwrap()).unwrap();
+    let out = python(&["-m", "emollama_export.eval_reference", "multilabel", file.path().to_str().unwrap()]);
+    let sk: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let split = |s: &String| -> Vec<String> {
+        s.split([',', ';']).map(|l| l.trim().to_lowercase()).filter(|l| !l.is_empty()).collect()
+    };
+    for (i, ((t, p), sk)) in sets.iter().zip(&sk).enumerate() {
+        let owned: Vec<(Vec<String>, Vec<String>)> = t.iter().zip(p).map(|(t, p)| (split(t), split(p))).collect();
+        let ours = MultiLabelMetrics::compute(
+            owned.iter().map(|(t, p)| (t.iter().map(String::as_str).collect(), p.iter().map(String::as_str).collect())),
+        );
+        let ours = serde_json::to_value(&ours).unwrap();
+        for key in ["f1_micro", "f1_samples", "jaccard", "map"] {
+            close(ours[key].as_f64().unwrap(), sk[key].as_f64().unwrap(), &format!("set {i} {key}"));
+        }
+        for (label, ap) in sk["average_precision"].as_object().unwrap() {
+            close(
+                ours["average_precision"][label].as_f64().unwrap(),
+                ap.as_f64().unwrap(),
+                &format!("set {i} AP {label}"),
+            );
+        }
+    }
+    println!("{} multi-label sets: every metric equals scikit-learn's", sets.len());
+}
+
 #[test]
 fn features_give_the_rows_of_the_encoders() {
     let _serial = common::serial();

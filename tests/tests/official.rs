@@ -80,10 +80,6 @@ fn llm_context(path: &Path) -> LlmContext {
     common::f32_context(path, 512)
 }
 
-fn ids(v: &Value) -> Vec<i32> {
-    v.as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect()
-}
-
 #[test]
 fn exported_llm_matches_transformers_with_the_lora_unmerged() {
     let bundle = Bundle::open(&export_dir().join("bundle")).unwrap();
@@ -141,37 +137,7 @@ fn info_and_analyze_run_on_the_export_and_match_the_reference_pipeline() {
         .observe(InputDump::new(dump.path()).unwrap())
         .run(|_| {})
         .unwrap();
-    let reference = dump.path().join("reference.json");
-    let status = Command::new(common::python())
-        .current_dir(common::export_python_dir())
-        .args(["-m", "emollama_export.official_reference", "pipeline", "--eva-depth", "2", "--fixture"])
-        .arg(fixture())
-        .arg("--lavis-dir")
-        .arg(common::cache_dir().join("lavis-1.0.2"))
-        .arg("--inputs")
-        .arg(dump.path())
-        .arg("--out")
-        .arg(&reference)
-        .status()
-        .unwrap();
-    assert!(status.success(), "the independent reference pipeline failed");
-    let want: Value = serde_json::from_slice(&std::fs::read(reference).unwrap()).unwrap();
-    let greedy = ids(&want["greedy_tokens"]);
-    let n = result.answer_tokens.len();
-    assert!(n > 0);
-    assert_eq!(&result.answer_tokens[..], &greedy[..n.min(greedy.len())], "greedy tokens");
-    let lp = want["label_logprobs"].as_object().unwrap();
-    let max = lp.values().map(|v| v.as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max);
-    let z: f64 = lp.values().map(|v| (v.as_f64().unwrap() - max).exp()).sum();
-    let worst = result
-        .label_scores
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|(label, p)| (p - (lp[label].as_f64().unwrap() - max).exp() / z).abs())
-        .fold(0.0, f64::max);
-    println!("{n} greedy tokens identical to the independent reference; label probabilities max |diff| {worst:.2e}");
-    assert!(worst < 1e-4, "label scores {worst}");
+    common::assert_matches_reference_pipeline(&result, &common::reference_pipeline("pipeline", dump.path()));
 }
 
 /// The official exporter's command on the fixture, with some inputs replaced or left out.

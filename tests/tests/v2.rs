@@ -132,11 +132,15 @@ struct Sighting {
     before_rows: Vec<i32>,
     after_rows: Vec<i32>,
     shapes: BTreeMap<String, Vec<usize>>,
+    /// Whether each tensor was all zeros.
+    zeros: BTreeMap<String, bool>,
 }
 
 impl Observer for Seen {
     fn tensor(&mut self, name: &str, tensor: &ArrayD<f32>) -> Result<(), RuntimeError> {
-        self.0.lock().unwrap().shapes.insert(name.into(), tensor.shape().to_vec());
+        let mut seen = self.0.lock().unwrap();
+        seen.shapes.insert(name.into(), tensor.shape().to_vec());
+        seen.zeros.insert(name.into(), tensor.iter().all(|v| *v == 0.0));
         Ok(())
     }
 
@@ -166,7 +170,7 @@ fn a_v2_bundle_runs_a_clip_through_v2s_stages_with_the_spec_prompt() {
         AnalyzeRequest { max_new_tokens: Some(4), layout: Layout::Demo, ..AnalyzeRequest::new(clip.to_str().unwrap()) };
     let seen = Seen::default();
     let r = p.session(&req, Default::default()).unwrap().observe(seen.clone()).run(|_| {}).unwrap();
-    let Sighting { before_rows: before, after_rows: after, shapes: tensors } = seen.0.lock().unwrap().clone();
+    let Sighting { before_rows: before, after_rows: after, shapes: tensors, .. } = seen.0.lock().unwrap().clone();
     assert_eq!(before, BEFORE_ROWS);
     assert_eq!(after, QUICK_EMOTION);
     assert_eq!(r.tokens.prompt, 9 + 448 + 42);
@@ -197,6 +201,62 @@ fn a_v2_bundle_runs_a_clip_through_v2s_stages_with_the_spec_prompt() {
     .unwrap();
     assert!(r.notes.iter().any(|n| n.contains("no audio")), "{:?}", r.notes);
     assert!(!r.timings_ms.contains_key(&Stage::AudioEncoder) && r.timings_ms.contains_key(&Stage::FusionEncoder));
+}
+
+/// v2's tasks (spec §4.4): each asks its instruction, the tasks with a closed label set
+/// score their labels, `[audio]` zeroes the normalised frame (still encoded) and the video
+/// features (the temporal EVA is not run), `[image]` the video and audio features, as
+/// v2's training did; Emotion-LLaMA refuses the tasks it was not trained for.
+#[test]
+fn v2s_tasks_ask_their_instructions_and_zero_what_training_zeroed() {
+    use emollama_runtime::prompt::{EvalSet, Task};
+    let p = Pipeline::load(
+        Bundle::open(&v2_dir().join("bundle")).unwrap(),
+        RuntimeConfig { threads: 2, ..RuntimeConfig::default() },
+    )
+    .unwrap();
+    let clip = common::media_dir().join("talking-face.mp4");
+    // (task, its tag in the prompt, labels scored, the frame zeroed, temporal EVA run, Whisper run)
+    let cases = [
+        (Task::Sentiment, "[sentiment] Identify the displayed sentiment", 3, false, true, true),
+        (Task::Intent, "[intent] Based on the visual, audio", 8, false, true, true),
+        (Task::MultiLabel, "[multi-label] Based on the multimodal content", 0, false, true, true),
+        (Task::Think, "[think] The possible emotions are", 0, false, true, true),
+        (Task::Audio, "[audio] Based on the audio input", 0, true, false, true),
+        (Task::Image, "[image] What emotional state might the person in the image", 0, false, false, false),
+        (Task::EvalSet { set: EvalSet::Caer }, "[emotion] You are a helpful assistant", 7, false, true, true),
+        (Task::EvalSet { set: EvalSet::MafwMulti }, "[multi-label] You are a helpful assistant", 0, false, true, true),
+    ];
+    for (task, tag, scored, zero_frame, video, audio) in cases {
+        let name = task.name();
+        let req = AnalyzeRequest { task, max_new_tokens: Some(2), ..AnalyzeRequest::new(clip.to_str().unwrap()) };
+        let seen = Seen::default();
+        let r = p.session(&req, Default::default()).unwrap().observe(seen.clone()).run(|_| {}).unwrap();
+        let s = seen.0.lock().unwrap().clone();
+        let after = p.llm().detokenize(&s.after_rows, false).unwrap();
+        assert!(after.contains(tag), "{name}: {after}");
+        assert_eq!(r.label_scores.as_ref().map_or(0, |l| l.len()), scored, "{name}");
+        assert_eq!(s.zeros["pixel_values"], zero_frame, "{name}: the frame");
+        assert_eq!(s.shapes.contains_key("frames"), video, "{name}: the temporal EVA's input");
+        assert_eq!(r.timings_ms.contains_key(&Stage::TemporalEncoder), video, "{name}");
+        assert_eq!(s.zeros["video_feat"], !video, "{name}: the fusion's video features");
+        assert_eq!(s.shapes.contains_key("input_features"), audio, "{name}: Whisper's input");
+        assert_eq!(s.zeros["audio_feat"], !audio, "{name}: the fusion's audio features");
+        assert!(!s.zeros["cls_feat"], "{name}: the CLS of the (maybe zeroed) frame is encoded");
+        assert_eq!(r.task, name);
+    }
+    // Emotion-LLaMA was trained for emotion and reason: the others are refused, naming the field.
+    let v1 = Pipeline::load(
+        Bundle::open(&common::bundle_dir()).unwrap(),
+        RuntimeConfig { threads: 2, ..RuntimeConfig::default() },
+    )
+    .unwrap();
+    let req = AnalyzeRequest { task: Task::Sentiment, ..AnalyzeRequest::new(clip.to_str().unwrap()) };
+    match v1.session(&req, Default::default()).map(|_| ()) {
+        Err(RuntimeError::Request(e)) => assert!(e.field == "task" && e.reason.contains("Emotion-LLaMA-v2"), "{e}"),
+        Err(e) => panic!("{e}"),
+        Ok(()) => panic!("a v1 bundle took task sentiment"),
+    };
 }
 
 /// A manifest that mixes the models, or leaves out what its model needs, is refused at
@@ -292,4 +352,149 @@ fn the_http_apis_serve_a_v2_bundle() {
     assert!(chat["choices"][0]["message"]["content"].is_string(), "{chat}");
     assert!(chat["emollama"]["providers"]["fusion"].is_string(), "{chat}");
     assert_eq!(chat["emollama"]["tokens"]["prompt"], analyzed["tokens"]["prompt"], "the same prompt: {chat}");
+    // v2's tasks by name in the API, and by tag in a chat message.
+    let r = http(srv.port, "POST", "/v1/analyze", &[JSON], &json_path(&clip, 2, ", \"task\": \"sentiment\""));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sentiment: Value = serde_json::from_str(&r.body).unwrap();
+    let scored: Vec<&String> = sentiment["label_scores"].as_object().unwrap().keys().collect();
+    assert_eq!(scored, ["negative", "neutral", "positive"], "{sentiment}");
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "[think]"}, video]}],
+        "max_tokens": 2,
+    });
+    let r = http(srv.port, "POST", "/v1/chat/completions", &[JSON], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chat: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(chat["emollama"]["task"], "think", "{chat}");
+}
+
+/// `emollama eval --eval-set` on a v2 bundle: each set's instruction, its labels in the
+/// list, and its scoring script's rule (the whole response, lowercased; the no-neutral
+/// sentiment rule; the multi-label metrics), every number equal to scikit-learn's as the
+/// official `score_*.py` compute them; the refusals of a v2 bundle without a set, a v1
+/// bundle with one, and a label outside the set.
+#[test]
+fn eval_scores_v2_sets_as_their_scripts_do() {
+    use emollama_runtime::prompt::EvalSet;
+    let root = tempfile::tempdir().unwrap();
+    let videos = root.path().join("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    for (name, source) in [("a", "talking-face.mp4"), ("b", "test-pattern.mp4"), ("c", "no-audio.mp4")] {
+        std::fs::copy(common::media_dir().join(source), videos.join(format!("{name}.mp4"))).unwrap();
+    }
+    let eval = |set: &str, labels: [&str; 3], extra: &[&str], bundle: &std::path::Path| {
+        let list = root.path().join(format!("{set}.txt"));
+        let lines: Vec<String> = ["a", "b", "c"].iter().zip(labels).map(|(n, l)| format!("{n} 50 {l}\n")).collect();
+        std::fs::write(&list, lines.concat()).unwrap();
+        let out_dir = root.path().join(set);
+        let out = std::process::Command::new(common::emollama_bin())
+            .arg("eval")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--list")
+            .arg(&list)
+            .arg("--videos")
+            .arg(&videos)
+            .arg("--out")
+            .arg(&out_dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        (out, out_dir)
+    };
+    let reference = |args: &[&str]| -> Value {
+        let out = std::process::Command::new(common::python())
+            .current_dir(common::export_python_dir())
+            .args(["-m", "emollama_export.eval_reference"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let close = |a: &Value, b: &Value, what: &str| {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!((a - b).abs() < 1e-9, "{what}: emollama {a}, scikit-learn {b}");
+    };
+    let bundle = v2_dir().join("bundle");
+    for (set, labels, preset, counted) in [
+        (EvalSet::Caer, ["happy", "Sad", "neutral"], "eval", 3),
+        (EvalSet::CmuMosi, ["positive", "neutral", "negative"], "fast", 2),
+        (EvalSet::MafwMulti, ["anger;sadness", "happiness", "neutral,fear"], "eval", 3),
+    ] {
+        let name = serde_json::to_value(set).unwrap().as_str().unwrap().to_string();
+        let (out, dir) = eval(&name, labels, &["--eval-set", &name, "--preset", preset], &bundle);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&std::fs::read(dir.join("eval.json")).unwrap()).unwrap();
+        assert_eq!(report["clips_scored"], 3, "{name}: {report}");
+        assert_eq!(report["official"]["clips"], counted, "{name}: clips counted");
+        let md = std::fs::read_to_string(dir.join("eval.md")).unwrap();
+        assert!(md.contains(&format!("eval set `{name}`")), "{md}");
+        let results = dir.join("results.jsonl");
+        let rows: Vec<Value> =
+            std::fs::read_to_string(&results).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let results = results.to_str().unwrap();
+        if set == EvalSet::MafwMulti {
+            // score_multilabel.py on the same rows.
+            let sk = reference(&["multilabel", results]);
+            for extraction in ["official", "robust"] {
+                for key in ["f1_micro", "f1_samples", "jaccard", "map"] {
+                    let ours = &report["multi_label"][extraction][key];
+                    close(ours, &sk[extraction][key], &format!("{name} {extraction} {key}"));
+                }
+            }
+            assert_eq!(rows[2]["truth"], "neutral,fear");
+            continue;
+        }
+        // The official prediction is the whole response, stripped and lowercased.
+        for row in &rows {
+            let text = row["text"].as_str().unwrap();
+            if preset == "eval" {
+                assert_eq!(row["label_official"].as_str().unwrap(), text.trim().to_lowercase());
+            }
+        }
+        let labels = set.labels().join(",");
+        let mut args = vec!["results", results, "--labels", labels.as_str()];
+        if set.scoring() == emollama_runtime::prompt::Scoring::NoNeutral {
+            args.push("--drop-neutral");
+        }
+        let sk = reference(&args);
+        for extraction in ["official", "robust"] {
+            for key in ["accuracy", "weighted_f1"] {
+                close(&report[extraction][key], &sk[extraction][key], &format!("{name} {extraction} {key}"));
+            }
+        }
+    }
+    // Refusals, each before a clip runs.
+    let (out, _) = eval("none", ["happy", "sad", "neutral"], &[], &bundle);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("give --eval-set") && err.contains("mafw_multi"), "{err}");
+    let (out, _) = eval("v1", ["happy", "sad", "neutral"], &["--eval-set", "caer"], &common::bundle_dir());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--eval-set is Emotion-LLaMA-v2's"), "{err}");
+    let (out, _) = eval("wrong", ["happy", "contempt", "neutral"], &["--eval-set", "caer"], &bundle);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 2") && err.contains("contempt"), "{err}");
+}
+
+/// `compile` on a v2 bundle: its four engines (no face nets) pass the static TensorRT
+/// check for an Orin, and the build list names them with their cache folders.
+#[test]
+fn compile_checks_and_lists_v2s_engines() {
+    let bundle = v2_dir().join("bundle");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::emollama_bin()).args(args).arg(&bundle).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let want = ["global_engine", "temporal_engine", "audio_engine", "fusion_engine"];
+    let checks = run(&["compile", "--check", "--json", "--profile", "orin-nx-16gb", "--bundle"]);
+    let checked: Vec<&str> = checks.as_array().unwrap().iter().map(|c| c["role"].as_str().unwrap()).collect();
+    assert_eq!(checked, want, "{checks}");
+    for c in checks.as_array().unwrap() {
+        assert_eq!(c["refusals"], serde_json::json!([]), "{c}");
+    }
+    let plan = run(&["compile", "--json", "--profile", "orin-nx-16gb", "--bundle"]);
+    let listed: Vec<&str> = plan["engines"].as_array().unwrap().iter().map(|e| e["role"].as_str().unwrap()).collect();
+    assert_eq!(listed, want, "{plan}");
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use emollama_runtime::asr::AsrTask;
 use emollama_runtime::observer::InputDump;
+use emollama_runtime::prompt::EvalSet;
 use emollama_runtime::transcript::{sidecar_subtitles, subtitles_text};
 use emollama_runtime::{AnalyzeOptions, Layout, Mode, Preset, Stage, TaskKind, TranscriptReport};
 
@@ -28,6 +29,9 @@ pub struct AnalyzeArgs {
     /// Which instruction of the reasoning pool (0-4), with --task reason.
     #[arg(long, default_value_t = 0)]
     reason_index: u32,
+    /// The Emotion-LLaMA-v2 eval set whose prompt --task eval-set asks with.
+    #[arg(long, value_enum)]
+    eval_set: Option<EvalSet>,
     /// What the person says (English), for the prompt's transcript line; `none`: no
     /// line and no speech recognition (default: the bundle's speech recognition hears it).
     #[arg(long, conflicts_with = "transcript_file")]
@@ -49,7 +53,8 @@ pub struct AnalyzeArgs {
     /// The official prompt to reproduce: eval (benchmark) or demo (two-turn Gradio prompt).
     #[arg(long, value_enum, default_value = "eval")]
     layout: Layout,
-    /// Label probabilities for the emotion task (on by default; --scores false turns them off).
+    /// Label probabilities for the tasks with labels (emotion; v2's sentiment and intent; on
+    /// by default; --scores false turns them off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     scores: bool,
     #[arg(long)]
@@ -107,6 +112,7 @@ pub fn run(args: AnalyzeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()
         layout: Some(args.layout),
         six_labels: Some(args.six_labels),
         reason_index: Some(args.reason_index),
+        eval_set: args.eval_set,
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
         top_p: args.top_p,

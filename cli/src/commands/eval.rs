@@ -10,6 +10,7 @@ use emollama_commands::eval::run::{read_rows, results_path};
 use emollama_commands::eval::{
     run_eval, Comparison, Dataset, DatasetPaths, EvalReport, EvalSettings, LabelSet, Progress, RESULTS,
 };
+use emollama_runtime::prompt::EvalSet;
 use emollama_runtime::{Mode, Preset};
 
 use crate::args::PipelineArgs;
@@ -47,6 +48,11 @@ pub struct EvalArgs {
     /// neutral; dfew: DFEW's seven, reported with UAR and WAR).
     #[arg(long, value_enum, default_value = "six")]
     scoring: LabelSet,
+    /// Emotion-LLaMA-v2: the eval set the list belongs to (mer_eval_datasets.py): its
+    /// instruction and labels, and its scoring script's rule (instead of --instruction and
+    /// --scoring). A multi-label set's list holds `a,b` labels.
+    #[arg(long, value_enum)]
+    eval_set: Option<EvalSet>,
     /// eval: greedy answers as eval_emotion.py (label scores too); fast: the label scores
     /// alone, about one prefill per clip.
     #[arg(long, value_enum, default_value = "eval")]
@@ -102,10 +108,11 @@ pub fn run(args: EvalArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
         instruction: args.instruction,
         scoring: args.scoring,
         asr: args.asr,
+        eval_set: args.eval_set,
     };
     settings.check()?;
     // The list is checked before the model loads: a wrong line fails at once.
-    let dataset = Dataset::open(paths, settings.scoring.labels(), args.limit)?;
+    let dataset = Dataset::open(paths, &settings, args.limit)?;
     if args.restart {
         match std::fs::remove_file(out.join(RESULTS)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -139,6 +146,12 @@ pub fn run(args: EvalArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> {
         "scored {} of {} clips ({} skipped, {} pending): weighted F1 {:.4} (official extraction), {:.4} (robust); accuracy {:.4}; UAR {:.4}",
         report.clips_scored, report.clips_listed, report.skipped.len(), report.clips_pending, o.weighted_f1, r.weighted_f1, o.accuracy, o.uar
     );
+    if let Some(m) = &report.multi_label {
+        println!(
+            "multi-label (official): F1 micro {:.4}, F1 samples {:.4}, Jaccard {:.4}, mAP {:.4}",
+            m.official.f1_micro, m.official.f1_samples, m.official.jaccard, m.official.map
+        );
+    }
     if let Some(a) = &report.scores_vs_answer {
         println!("label scores agree with the generated label on {:.1} % of clips", 100.0 * a.rate);
     }

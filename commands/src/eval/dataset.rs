@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::EvalError;
+use super::{EvalError, EvalSettings};
 use emollama_runtime::features::FeatureFiles;
+use emollama_runtime::prompt::split_labels;
 
 /// One line of the list file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,10 +44,11 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Read the list (labels checked against `scoring`) and the transcripts; `limit` keeps
-    /// the first clips. Done before any model loads, so a wrong list fails in a moment.
-    pub fn open(paths: DatasetPaths, scoring: &[&str], limit: Option<usize>) -> Result<Self, EvalError> {
-        let mut clips = read_list(&paths.list, scoring)?;
+    /// Read the list (labels checked against the settings' labels) and the transcripts;
+    /// `limit` keeps the first clips. Done before any model loads, so a wrong list fails
+    /// in a moment.
+    pub fn open(paths: DatasetPaths, settings: &EvalSettings, limit: Option<usize>) -> Result<Self, EvalError> {
+        let mut clips = read_list(&paths.list, settings.labels(), settings.multi_label())?;
         if let Some(n) = limit {
             clips.truncate(n);
         }
@@ -62,8 +64,9 @@ impl Dataset {
 pub const VIDEO_EXTENSIONS: [&str; 6] = ["mp4", "avi", "mkv", "mov", "webm", "flv"];
 
 /// The list file's clips. A malformed line, a duplicate name or a label outside `labels`
-/// is an error naming the line: a wrong list must not become a wrong metric.
-pub fn read_list(path: &Path, labels: &[&str]) -> Result<Vec<Clip>, EvalError> {
+/// is an error naming the line: a wrong list must not become a wrong metric. `multi`: a
+/// label is one or more labels separated by `,` or `;` (kept as `a,b`).
+pub fn read_list(path: &Path, labels: &[&str], multi: bool) -> Result<Vec<Clip>, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
     // A UTF-8 byte-order mark (Windows editors write one) is not part of the first name.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -87,9 +90,13 @@ pub fn read_list(path: &Path, labels: &[&str]) -> Result<Vec<Clip>, EvalError> {
             return Err(bad(format!("the name {name:?} is not a plain file name (it would be read outside --videos)")));
         }
         let frames = fields[1].parse().map_err(|_| bad(format!("num_frames {:?} is not a count", fields[1])))?;
-        let label = fields[2].to_lowercase();
-        if !labels.contains(&label.as_str()) {
+        let mut label = fields[2].to_lowercase();
+        let each = if multi { split_labels(&label) } else { vec![label.as_str()] };
+        if each.is_empty() || each.iter().any(|l| !labels.contains(l)) {
             return Err(bad(format!("unknown label {:?}; the scoring labels are {}", fields[2], labels.join(", "))));
+        }
+        if multi {
+            label = each.join(",");
         }
         let valence = match fields.get(3) {
             Some(v) => Some(v.parse().map_err(|_| bad(format!("valence {v:?} is not a number")))?),
@@ -183,7 +190,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("list.txt");
         std::fs::write(&p, text).unwrap();
-        read_list(&p, &LABELS_6).map_err(|e| e.to_string())
+        read_list(&p, &LABELS_6, false).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -123,6 +123,78 @@ impl Metrics {
     }
 }
 
+/// A multi-label set's metrics as `score_multilabel.py` computes them: the label space
+/// fitted on the truth only (`MultiLabelBinarizer`: a predicted label outside it counts
+/// for nothing), F1 micro and samples, the mean Jaccard with its `+1e-6`, and mAP: each
+/// label's `average_precision_score` with the 0/1 predictions as scores, averaged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiLabelMetrics {
+    pub clips: usize,
+    pub f1_micro: f64,
+    pub f1_samples: f64,
+    pub jaccard: f64,
+    pub map: f64,
+    /// Each label's average precision.
+    pub average_precision: BTreeMap<String, f64>,
+}
+
+impl MultiLabelMetrics {
+    /// The metrics of `pairs` (true labels, predicted labels) of each clip.
+    pub fn compute<'a>(pairs: impl IntoIterator<Item = (Vec<&'a str>, Vec<&'a str>)>) -> Self {
+        let pairs: Vec<(BTreeSet<&str>, BTreeSet<&str>)> =
+            pairs.into_iter().map(|(t, p)| (t.into_iter().collect(), p.into_iter().collect())).collect();
+        let classes: BTreeSet<&str> = pairs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        let n = pairs.len();
+        let ratio = |a: f64, b: f64| if b == 0.0 { 0.0 } else { a / b };
+        let mean = |sum: f64| if n == 0 { 0.0 } else { sum / n as f64 };
+        let (mut tp, mut fp, mut fnn, mut f1_sum, mut jaccard_sum) = (0usize, 0usize, 0usize, 0.0, 0.0);
+        for (t, p) in &pairs {
+            let p: BTreeSet<&str> = p.intersection(&classes).copied().collect();
+            let both = t.intersection(&p).count();
+            tp += both;
+            fp += p.len() - both;
+            fnn += t.len() - both;
+            f1_sum += ratio(2.0 * both as f64, (t.len() + p.len()) as f64);
+            jaccard_sum += both as f64 / (t.union(&p).count() as f64 + 1e-6);
+        }
+        let average_precision: BTreeMap<String, f64> = classes
+            .iter()
+            .map(|c| {
+                let truth: Vec<bool> = pairs.iter().map(|(t, _)| t.contains(c)).collect();
+                let predicted: Vec<bool> = pairs.iter().map(|(_, p)| p.contains(c)).collect();
+                (c.to_string(), binary_average_precision(&truth, &predicted))
+            })
+            .collect();
+        MultiLabelMetrics {
+            clips: n,
+            f1_micro: ratio(2.0 * tp as f64, (2 * tp + fp + fnn) as f64),
+            f1_samples: mean(f1_sum),
+            jaccard: mean(jaccard_sum),
+            map: ratio(average_precision.values().sum(), average_precision.len() as f64),
+            average_precision,
+        }
+    }
+}
+
+/// scikit-learn's `average_precision_score` for 0/1 scores: the thresholds are the score
+/// values present, from 1 down; AP = Σ (R_k - R_(k-1)) P_k. At score 1 the precision and
+/// recall of the predictions, at 0 everything is predicted (precision: the positives' share).
+fn binary_average_precision(truth: &[bool], predicted: &[bool]) -> f64 {
+    let positives = truth.iter().filter(|t| **t).count() as f64;
+    let n = truth.len() as f64;
+    if positives == 0.0 {
+        return 0.0;
+    }
+    let hits = truth.iter().zip(predicted).filter(|(t, p)| **t && **p).count() as f64;
+    let flagged = predicted.iter().filter(|p| **p).count() as f64;
+    let all = positives / n;
+    if flagged == 0.0 || flagged == n {
+        return all; // one score value: one threshold, every clip predicted
+    }
+    let recall = hits / positives;
+    recall * (hits / flagged) + (1.0 - recall) * all
+}
+
 impl Confusion {
     /// A text table: one row per true label, one column per predicted label.
     pub fn render(&self) -> String {

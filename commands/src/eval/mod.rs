@@ -1,4 +1,5 @@
-//! `emollama eval`: the official MER2023 protocol on the device. A dataset as the official
+//! `emollama eval`: the official MER2023 protocol on the device (Emotion-LLaMA-v2: one of
+//! its eval sets, `--eval-set`, with its instruction and its scoring script's rule). A dataset as the official
 //! files describe it ([`dataset`]), each clip through the pipeline (with pre-extracted
 //! features where given) and appended to `results.jsonl` so an interrupted run resumes
 //! ([`run`]), the paper's metrics as scikit-learn computes them ([`metrics`]), the report
@@ -19,7 +20,7 @@ use emollama_runtime::prompt::{LABELS_6, LABELS_9, LABELS_DFEW};
 
 pub use compare::Comparison;
 pub use dataset::{Clip, Dataset, DatasetPaths};
-pub use metrics::Metrics;
+pub use metrics::{Metrics, MultiLabelMetrics};
 pub use report::EvalReport;
 pub use run::{run_eval, EvalRow, EvalSettings, Progress, RunKey, RESULTS};
 
@@ -68,10 +69,13 @@ pub enum EvalError {
     #[error("--asr: bundle {bundle} has no speech recognition engines (emollama_export.whisper adds them)")]
     NoAsr { bundle: String },
     #[error(
-        "bundle {bundle} holds {model}: eval runs Emotion-LLaMA's official protocol; v2's (its eval sets, the whole \
-         response scored) is not built yet"
+        "bundle {bundle} holds Emotion-LLaMA-v2: give --eval-set (one of {}), the v2 eval set the list belongs to \
+         (its instruction and its scoring)",
+        emollama_runtime::prompt::EvalSet::ALL.map(|s| crate::eval::run::wire(&s)).join(", ")
     )]
-    Model { bundle: String, model: emollama_bundle::ModelFamily },
+    NeedsEvalSet { bundle: String },
+    #[error("--eval-set is Emotion-LLaMA-v2's; bundle {bundle} holds Emotion-LLaMA (its protocol: --instruction, --scoring)")]
+    EvalSetOnV1 { bundle: String },
     #[error("{path}: no result rows")]
     NoRows { path: PathBuf },
     #[error(transparent)]

@@ -9,9 +9,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::Clip;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, MultiLabelMetrics};
 use super::run::{latest_rows, EvalRow, RunKey};
 use super::EvalError;
+use emollama_runtime::prompt::{split_labels, Scoring};
 use emollama_runtime::stage::Stage;
 
 /// A share of clips on which two labels agree.
@@ -61,10 +62,20 @@ pub struct EvalReport {
     pub official: Metrics,
     /// The last label word anywhere in the answer.
     pub robust: Metrics,
+    /// A v2 multi-label set's metrics (`score_multilabel.py`); `official` and `robust`
+    /// then compare label sets as wholes (sorted, comma-joined: the subset accuracy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<MultiLabelReport>,
     /// The best-scored label against the generated label (runs that generate).
     pub scores_vs_answer: Option<Agreement>,
     pub transcripts_used: usize,
     pub speed: Option<Speed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiLabelReport {
+    pub official: MultiLabelMetrics,
+    pub robust: MultiLabelMetrics,
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -87,13 +98,43 @@ impl EvalReport {
             .iter()
             .filter_map(|r| r.error.as_ref().map(|e| Skipped { name: r.name.clone(), error: e.clone() }))
             .collect();
-        let labels = run.settings.scoring.labels();
+        let settings = &run.settings;
+        let (labels, multi) = (settings.labels(), settings.multi_label());
+        // `score_split_sentiment_no_neutral.py` leaves out the clips labelled neutral.
+        let no_neutral = settings.eval_set.is_some_and(|s| s.scoring() == Scoring::NoNeutral);
+        let counted: Vec<&EvalRow> = scored.iter().copied().filter(|r| !(no_neutral && r.truth == "neutral")).collect();
+        let set_of = |l: &str| -> Vec<String> {
+            let mut v: Vec<String> = split_labels(&l.to_lowercase()).into_iter().map(str::to_string).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let picked = |pick: fn(&EvalRow) -> &Option<String>| -> Vec<(String, String)> {
+            let whole = |l: &str| if multi { set_of(l).join(",") } else { l.to_string() };
+            counted
+                .iter()
+                .map(|r| (whole(&r.truth), whole(pick(r).as_deref().expect("scored rows have labels"))))
+                .collect()
+        };
         let pairs = |pick: fn(&EvalRow) -> &Option<String>| -> Metrics {
-            Metrics::compute(
-                scored.iter().map(|r| (r.truth.as_str(), pick(r).as_deref().expect("scored rows have labels"))),
-                labels,
+            let owned = picked(pick);
+            Metrics::compute(owned.iter().map(|(t, p)| (t.as_str(), p.as_str())), labels)
+        };
+        let multi_pairs = |pick: fn(&EvalRow) -> &Option<String>| -> MultiLabelMetrics {
+            let owned: Vec<(Vec<String>, Vec<String>)> = counted
+                .iter()
+                .map(|r| (set_of(&r.truth), set_of(pick(r).as_deref().expect("scored rows have labels"))))
+                .collect();
+            MultiLabelMetrics::compute(
+                owned
+                    .iter()
+                    .map(|(t, p)| (t.iter().map(String::as_str).collect(), p.iter().map(String::as_str).collect())),
             )
         };
+        let multi_label = multi.then(|| MultiLabelReport {
+            official: multi_pairs(|r| &r.label_official),
+            robust: multi_pairs(|r| &r.label),
+        });
         let generated = run.settings.preset != emollama_runtime::request::Preset::Fast;
         let scores_vs_answer = generated.then(|| {
             Agreement::of(
@@ -118,6 +159,7 @@ impl EvalReport {
             skipped,
             official: pairs(|r| &r.label_official),
             robust: pairs(|r| &r.label),
+            multi_label,
             scores_vs_answer,
             transcripts_used: scored.iter().filter(|r| r.transcript).count(),
             speed,
@@ -146,9 +188,37 @@ impl EvalReport {
         for ((key, x), (_, y)) in o.headline().into_iter().zip(b.headline()) {
             s += &format!("| {} | {x:.4} | {y:.4} |\n", Metrics::title(key));
         }
-        s += "\nOfficial: the answer's last word if it is a scoring label, else `neutral` (`eval_emotion.py`, the paper's numbers). \
-              Robust: the last label word anywhere in the answer, else the official label. Metrics as scikit-learn computes them \
-              (`average='weighted'`; UAR = `balanced_accuracy_score`).\n";
+        match r.settings.eval_set {
+            None => {
+                s += "\nOfficial: the answer's last word if it is a scoring label, else `neutral` (`eval_emotion.py`, the paper's numbers). \
+                      Robust: the last label word anywhere in the answer, else the official label. Metrics as scikit-learn computes them \
+                      (`average='weighted'`; UAR = `balanced_accuracy_score`).\n";
+            }
+            Some(set) => {
+                s += &format!(
+                    "\nEmotion-LLaMA-v2 eval set `{}`, scored as `{}`. Official: the whole response, stripped and lowercased, \
+                     is the prediction. Robust: the label in a think answer's `<answer>`, else the last label word anywhere \
+                     (multi-label: every label named). Metrics as scikit-learn computes them.\n",
+                    super::run::wire(&set),
+                    match set.scoring() {
+                        Scoring::Single => "score_split.py",
+                        Scoring::NoNeutral => "score_split_sentiment_no_neutral.py (clips labelled neutral left out)",
+                        Scoring::MultiLabel => "score_multilabel.py",
+                    }
+                );
+            }
+        }
+        if let Some(m) = &self.multi_label {
+            s += "\n| multi-label metric | official | robust |\n|---|---:|---:|\n";
+            for (name, x, y) in [
+                ("F1 micro", m.official.f1_micro, m.robust.f1_micro),
+                ("F1 samples", m.official.f1_samples, m.robust.f1_samples),
+                ("Jaccard (example-based accuracy)", m.official.jaccard, m.robust.jaccard),
+                ("mAP (0/1 scores)", m.official.map, m.robust.map),
+            ] {
+                s += &format!("| {name} | {x:.4} | {y:.4} |\n");
+            }
+        }
         if let Some(a) = &self.scores_vs_answer {
             s += &format!(
                 "\nLabel scores: the best-scored label equals the generated label on {} of {} clips ({:.1} %): how often `--preset fast` (one prefill) gives the generated answer.\n",

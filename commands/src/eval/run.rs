@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::{Clip, Dataset, DatasetPaths};
 use super::{io, EvalError, LabelSet};
-use emollama_runtime::prompt::{extract_label, Task};
+use emollama_runtime::prompt::{extract_label, EvalSet, Scoring, Task};
 use emollama_runtime::request::{AnalyzeRequest, AsrRequest, Mode, Preset};
 use emollama_runtime::session::AnalyzeResult;
 use emollama_runtime::stage::Timings;
@@ -36,22 +36,48 @@ pub struct EvalSettings {
     /// CSV (off: the official protocol, the CSV's line or none, never recognised).
     #[serde(default)]
     pub asr: bool,
+    /// Emotion-LLaMA-v2's eval set: its instruction, labels and scoring instead of
+    /// `instruction` and `scoring`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_set: Option<EvalSet>,
 }
 
 impl EvalSettings {
     /// Settings the official prompts can run.
     pub fn check(&self) -> Result<(), EvalError> {
         match self.instruction {
+            _ if self.eval_set.is_some() => Ok(()), // the set's own instruction
             LabelSet::Six | LabelSet::Nine => Ok(()),
             other => Err(EvalError::Instruction(other)),
         }
     }
 
-    /// Settings this pipeline can run: speech recognition needs the bundle's engines.
+    /// The labels the list may hold and the answers are scored against.
+    pub fn labels(&self) -> &'static [&'static str] {
+        self.eval_set.map_or_else(|| self.scoring.labels(), EvalSet::labels)
+    }
+
+    /// Whether a clip has one or more labels (a v2 multi-label set).
+    pub fn multi_label(&self) -> bool {
+        self.eval_set.is_some_and(|s| s.scoring() == Scoring::MultiLabel)
+    }
+
+    /// The task each clip is asked.
+    pub fn task(&self) -> Task {
+        match self.eval_set {
+            Some(set) => Task::EvalSet { set },
+            None => Task::Emotion { six_labels: self.instruction == LabelSet::Six },
+        }
+    }
+
+    /// Settings this pipeline can run: the model's protocol (v2: an eval set), speech
+    /// recognition with the bundle's engines.
     pub fn check_pipeline(&self, pipeline: &Pipeline) -> Result<(), EvalError> {
-        let model = pipeline.manifest().model;
-        if model != emollama_bundle::ModelFamily::EmotionLlama {
-            return Err(EvalError::Model { bundle: pipeline.manifest().id.clone(), model });
+        let bundle = pipeline.manifest().id.clone();
+        match (pipeline.manifest().model, self.eval_set) {
+            (emollama_bundle::ModelFamily::EmotionLlamaV2, None) => return Err(EvalError::NeedsEvalSet { bundle }),
+            (emollama_bundle::ModelFamily::EmotionLlama, Some(_)) => return Err(EvalError::EvalSetOnV1 { bundle }),
+            _ => {}
         }
         if self.asr && pipeline.asr().is_none() {
             return Err(EvalError::NoAsr { bundle: pipeline.manifest().id.clone() });
@@ -77,15 +103,17 @@ impl std::fmt::Display for RunKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = &self.settings;
         let features = if self.features.is_empty() { "none".to_string() } else { self.features.join("+") };
+        let protocol = match s.eval_set {
+            Some(set) => format!("eval set {}", wire(&set)),
+            None => format!("instruction {} labels, scoring {} labels", wire(&s.instruction), wire(&s.scoring)),
+        };
         write!(
             f,
-            "bundle {}, LLM {}, preset {}, mode {}, instruction {} labels, scoring {} labels, features {features}, transcripts {}",
+            "bundle {}, LLM {}, preset {}, mode {}, {protocol}, features {features}, transcripts {}",
             self.bundle,
             self.llm,
             wire(&s.preset),
             wire(&s.mode),
-            wire(&s.instruction),
-            wire(&s.scoring),
             match (s.asr, self.transcripts) {
                 (true, _) => "from speech recognition",
                 (false, true) => "from the CSV",
@@ -96,7 +124,7 @@ impl std::fmt::Display for RunKey {
 }
 
 /// A value's name as the command line and the JSON spell it (`fast`, `official-demo`).
-fn wire(v: &impl Serialize) -> String {
+pub(crate) fn wire(v: &impl Serialize) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
@@ -152,7 +180,10 @@ impl EvalRow {
         let scoring = run.settings.scoring.labels();
         let from_scores =
             r.label_scores.as_ref().and_then(|s| s.iter().max_by(|a, b| a.1.total_cmp(b.1))).map(|(l, _)| l.clone());
-        let (label, official) = if run.settings.preset == Preset::Fast {
+        let (label, official) = if run.settings.eval_set.is_some() {
+            // v2: the session read the answer as the set's scoring script does.
+            (r.label.clone(), r.label_official.clone())
+        } else if run.settings.preset == Preset::Fast {
             let official = from_scores.clone().filter(|l| scoring.contains(&l.as_str())).unwrap_or("neutral".into());
             (from_scores.clone(), Some(official))
         } else {
@@ -364,7 +395,7 @@ fn run_clip(
     };
     let s = key.settings;
     let req = AnalyzeRequest {
-        task: Task::Emotion { six_labels: s.instruction == LabelSet::Six },
+        task: s.task(),
         preset: s.preset,
         mode: s.mode,
         transcript: transcripts.get(&clip.name).cloned().filter(|_| !s.asr),

@@ -25,6 +25,8 @@ Commands (tests):
             LLM at v2's prompt ids (the spec's §4.3) around 448 rows
   pipeline  --fixture DIR --inputs DUMP --out ref.json   the end-to-end reference on the
             inputs `emollama analyze --dump-inputs` wrote (see reference.py)
+  pipeline-v2  --fixture DIR --inputs DUMP --out ref.json   the same for the v2 export, its
+            rows made by the goldens-v2 references
 """
 
 import argparse
@@ -43,7 +45,7 @@ from transformers import (HubertModel, LlamaForCausalLM, LlamaTokenizer, VideoMA
 
 from .llama import spliced_reference
 from .official_code import load_eva_vit, eva_vision_transformer
-from .reference import load as load_dumped, run as run_pipeline
+from .reference import answer as answer_reference, load as load_dumped, run as run_pipeline
 from .projectors import PROJECTORS, projector_name
 from .tensors import TensorStore, write_json_atomic
 
@@ -363,75 +365,89 @@ V2_SUFFIX_IDS = [1533, 29963, 333, 29958, 518, 331, 8194, 29962, 13355, 1598, 27
                  29892, 14610, 29892, 16671, 29889, 518, 29914, 25580, 29962]
 
 
-@torch.no_grad()
-def goldens_v2(args) -> None:
-    from timm.models.eva import Eva
-    from transformers import WhisperModel
+class V2References:
+    """Emotion-LLaMA-v2's encoders rebuilt from the official files by other code: the
+    global EVA by LAVIS's code at 448 with v2's `llama_proj` view and the CLS unprojected,
+    the temporal EVA by timm's `Eva` loaded as `extract_features.py` loads it
+    (strict=False), Whisper's encoder by `WhisperModel.from_pretrained` with the one
+    decoder step the official code runs, ConvProAttention in numpy from the checkpoint."""
 
-    from .v2 import convpro_numpy, sample_inputs
+    def __init__(self, fx: Fixture):
+        from timm.models.eva import Eva
+        from transformers import WhisperModel
 
-    fx = Fixture(args.fixture, args.lavis_dir, args.eva_depth)
-    fx.ckpt = torch_load(args.fixture / "v2/checkpoint_9.pth")["model"]
-    bundle, store, rng = args.export / "bundle", TensorStore(args.export / "goldens"), np.random.default_rng(9)
-    # Global: LAVIS's EVA at 448 + ln_vision; the view and v2's llama_proj; the CLS unprojected.
-    sd = dict(torch.load(fx.eva, map_location="cpu", weights_only=True))
-    c = sd["cls_token"].shape[-1]
-    vit = eva_vision_transformer(fx.lavis_dir, c, fx.eva_depth, img_size=448)
-    at_448 = dict(sd)  # the official interpolation rewrites the dict it is given
-    load_eva_vit(fx.lavis_dir).interpolate_pos_embed(vit, at_448)
-    vit.load_state_dict(at_448, strict=False)
-    vit.eval()
-    ln_vision, llama_proj = nn.LayerNorm(c).eval(), fx.linear("llama_proj")
+        fx.ckpt = torch_load(fx.root / "v2/checkpoint_9.pth")["model"]
+        self.fx = fx
+        sd = dict(torch.load(fx.eva, map_location="cpu", weights_only=True))
+        c = sd["cls_token"].shape[-1]
+        self.vit = eva_vision_transformer(fx.lavis_dir, c, fx.eva_depth, img_size=448)
+        at_448 = dict(sd)  # the official interpolation rewrites the dict it is given
+        load_eva_vit(fx.lavis_dir).interpolate_pos_embed(self.vit, at_448)
+        self.vit.load_state_dict(at_448, strict=False)
+        self.vit.eval()
+        self.ln_vision, self.llama_proj = nn.LayerNorm(c).eval(), fx.linear("llama_proj")
+        # `extract_features.py` L147-L165: the temporal EVA, one block and the norm more.
+        self.eva = Eva(img_size=224, patch_size=14, embed_dim=c, depth=fx.eva_depth + 1, num_heads=c // 88,
+                       mlp_ratio=int(c * 4.3637) / c, qkv_fused=True, num_classes=0, global_pool="").eval()
+        self.eva.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+        self.video_proj = fx.linear("llama_proj_video")
+        self.whisper = WhisperModel.from_pretrained(str(fx.root / "v2/whisper-large-v3"), dtype=torch.float32).eval()
+        self.audio_proj = fx.linear("llama_proj_audio")
+        self.convpro = {k.removeprefix("conv_pro_module."): v for k, v in fx.ckpt.items()
+                        if k.startswith("conv_pro_module.")}
+        self.fusion_proj = fx.linear("llama_proj_fusion")
 
-    def glob(pixel_values):
-        x = ln_vision(vit(pixel_values))
+    def glob(self, pixel_values):
+        x = self.ln_vision(self.vit(pixel_values))
         b, pn, hs = x[:, 1:].shape
-        return llama_proj(x[:, 1:].reshape(b, pn // 4, hs * 4)), x[:, 0]
+        return self.llama_proj(x[:, 1:].reshape(b, pn // 4, hs * 4)), x[:, 0]
 
-    # Temporal: `extract_features.py` L147-L165 and L223-L237.
-    eva = Eva(img_size=224, patch_size=14, embed_dim=c, depth=fx.eva_depth + 1, num_heads=c // 88,
-              mlp_ratio=int(c * 4.3637) / c, qkv_fused=True, num_classes=0, global_pool="").eval()
-    eva.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
-    video_proj = fx.linear("llama_proj_video")
-
-    def temporal(frames):
-        x = eva.forward_features(frames)[:, 1:]
+    def temporal(self, frames):  # `extract_features.py` L223-L237
+        x = self.eva.forward_features(frames)[:, 1:]
         t, n, w = x.shape
         g = int(n ** 0.5)
         x = F.adaptive_avg_pool3d(x.reshape(1, t, g, g, w).permute(0, 4, 1, 2, 3), (t, 2, 2))
         cells = x.permute(0, 2, 3, 4, 1).reshape(1, -1, w)
-        return cells, video_proj(cells)
+        return cells, self.video_proj(cells)
 
-    # Audio: `extract_features.py` L139-L205.
-    whisper = WhisperModel.from_pretrained(str(args.fixture / "v2/whisper-large-v3"), dtype=torch.float32).eval()
-    audio_proj = fx.linear("llama_proj_audio")
-
-    def audio(features):
-        hidden = whisper(features, decoder_input_ids=torch.tensor([[50258]])).encoder_last_hidden_state
+    def audio(self, features):  # `extract_features.py` L139-L205
+        hidden = self.whisper(features, decoder_input_ids=torch.tensor([[50258]])).encoder_last_hidden_state
         bins = F.adaptive_avg_pool1d(hidden.transpose(1, 2), 64).transpose(1, 2)
-        return bins, audio_proj(bins), hidden
+        return bins, self.audio_proj(bins), hidden
 
-    convpro = {k.removeprefix("conv_pro_module."): v for k, v in fx.ckpt.items() if k.startswith("conv_pro_module.")}
-    fusion_proj = fx.linear("llama_proj_fusion")
+    def no_audio(self):
+        """A clip without sound: zero features, as the training's `_load_npy` fallback."""
+        bins = torch.zeros(1, 64, self.whisper.config.d_model)
+        return bins, self.audio_proj(bins)
 
-    def fusion(audio_feat, cls_feat, video_feat):
+    def fusion(self, audio_feat, cls_feat, video_feat):
+        from .v2 import convpro_numpy
+
         cls = cls_feat.unsqueeze(1).expand(-1, audio_feat.shape[1], -1)
-        fused = convpro_numpy(convpro, [audio_feat.numpy(), cls.numpy(), video_feat.numpy()])
-        return (torch.from_numpy(fused.astype(np.float32)) @ fusion_proj.weight.T + fusion_proj.bias,)
+        fused = convpro_numpy(self.convpro, [audio_feat.numpy(), cls.numpy(), video_feat.numpy()])
+        return torch.from_numpy(fused.astype(np.float32)) @ self.fusion_proj.weight.T + self.fusion_proj.bias
 
-    inputs = sample_inputs(rng, whisper.config.num_mel_bins)
+
+@torch.no_grad()
+def goldens_v2(args) -> None:
+    from .v2 import sample_inputs
+
+    fx = Fixture(args.fixture, args.lavis_dir, args.eva_depth)
+    ref = V2References(fx)
+    bundle, store, rng = args.export / "bundle", TensorStore(args.export / "goldens"), np.random.default_rng(9)
+    inputs = sample_inputs(rng, ref.whisper.config.num_mel_bins)
     pixels, frames, mel = (torch.from_numpy(inputs[k][n]) for k, n in (
         ("global", "pixel_values"), ("temporal", "frames"), ("audio", "input_features")))
-    patch_rows, cls_feat = glob(pixels)
-    video_feat, video_rows = temporal(frames)
-    audio_feat, audio_rows, hidden = audio(mel)
+    patch_rows, cls_feat = ref.glob(pixels)
+    video_feat, video_rows = ref.temporal(frames)
+    audio_feat, audio_rows, hidden = ref.audio(mel)
     cases = {
         "global": ({"pixel_values": pixels}, {"patch_rows": patch_rows, "cls_feat": cls_feat}),
         "temporal": ({"frames": frames}, {"video_feat": video_feat, "video_rows": video_rows}),
         "audio": ({"input_features": mel}, {"audio_feat": audio_feat, "audio_rows": audio_rows,
                                             "encoder_hidden": hidden}),
         "fusion": ({"audio_feat": audio_feat, "cls_feat": cls_feat, "video_feat": video_feat},
-                   {"fusion_rows": fusion(audio_feat, cls_feat, video_feat)[0]}),
+                   {"fusion_rows": ref.fusion(audio_feat, cls_feat, video_feat)}),
     }
     golden_engines, parity = {}, {}
     for name, (feeds, want) in cases.items():
@@ -460,11 +476,31 @@ def pipeline(args) -> None:
     print(f"[reference] {len(result['greedy_tokens'])} greedy tokens -> {args.out}")
 
 
+@torch.no_grad()
+def pipeline_v2(args) -> None:
+    """v2's end-to-end reference on the inputs the runtime dumped: its encoders rebuilt
+    from the files (a clip without sound: zero features), the rows in `encode_img`'s order
+    (fusion, global, temporal, audio: v2 spec §1.6) and the LLM with the LoRA unmerged."""
+    ref = V2References(Fixture(args.fixture, args.lavis_dir, args.eva_depth))
+    index = json.loads((args.inputs / "index.json").read_text())
+    patch_rows, cls_feat = ref.glob(load_dumped(args.inputs, "pixel_values"))
+    video_feat, video_rows = ref.temporal(load_dumped(args.inputs, "frames"))
+    mel = load_dumped(args.inputs, "input_features")
+    audio_feat, audio_rows = ref.audio(mel)[:2] if mel is not None else ref.no_audio()
+    fusion_rows = ref.fusion(audio_feat, cls_feat, video_feat)
+    rows = torch.cat([fusion_rows[0], patch_rows[0], video_rows[0], audio_rows[0]])
+    result, timings = answer_reference(index, rows, llama_reference(ref.fx))
+    result["timings_ms"] = timings
+    result["sound"] = mel is not None
+    write_json_atomic(args.out, result)
+    print(f"[reference] v2: {len(result['greedy_tokens'])} greedy tokens -> {args.out}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m emollama_export.official_reference", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in ("goldens", "goldens-v2", "pipeline"):
+    for name in ("goldens", "goldens-v2", "pipeline", "pipeline-v2"):
         p = sub.add_parser(name)
         p.add_argument("--fixture", type=Path, required=True, help="the official-format input files")
         p.add_argument("--lavis-dir", type=Path, required=True, help="folder holding LAVIS 1.0.2 eva_vit.py")
@@ -480,7 +516,8 @@ def main(argv=None) -> None:
             p.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    {"goldens": goldens, "goldens-v2": goldens_v2, "pipeline": pipeline}[args.command](args)
+    commands = {"goldens": goldens, "goldens-v2": goldens_v2, "pipeline": pipeline, "pipeline-v2": pipeline_v2}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -178,3 +178,41 @@ pub fn assert_llm_matches_goldens(ctx: &mut emollama_engines::llm::LlmContext, d
     }
     assert_eq!(tokens, greedy);
 }
+
+/// `emollama_export.official_reference <command>` (`pipeline` or `pipeline-v2`) on the
+/// inputs a session dumped into `dump`: the independent end-to-end reference's result.
+pub fn reference_pipeline(command: &str, dump: &Path) -> Value {
+    let out = dump.join("reference.json");
+    let status = std::process::Command::new(python())
+        .current_dir(export_python_dir())
+        .args(["-m", "emollama_export.official_reference", command, "--eva-depth", "2", "--fixture"])
+        .arg(official_fixture())
+        .arg("--lavis-dir")
+        .arg(cache_dir().join("lavis-1.0.2"))
+        .arg("--inputs")
+        .arg(dump)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the independent reference pipeline ({command}) failed");
+    serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap()
+}
+
+/// The runtime's answer against the reference pipeline's: the same greedy tokens (as
+/// many as the runtime generated) and label probabilities within 1e-4.
+pub fn assert_matches_reference_pipeline(result: &emollama_runtime::session::AnalyzeResult, want: &Value) {
+    let greedy: Vec<i32> = serde_json::from_value(want["greedy_tokens"].clone()).unwrap();
+    let n = result.answer_tokens.len();
+    assert!(n > 0);
+    assert_eq!(&result.answer_tokens[..], &greedy[..n.min(greedy.len())], "greedy tokens");
+    let lp = want["label_logprobs"].as_object().unwrap();
+    let max = lp.values().map(|v| v.as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max);
+    let z: f64 = lp.values().map(|v| (v.as_f64().unwrap() - max).exp()).sum();
+    let scores = result.label_scores.as_ref().expect("label scores");
+    assert_eq!(scores.len(), lp.len(), "the same labels scored");
+    let worst =
+        scores.iter().map(|(label, p)| (p - (lp[label].as_f64().unwrap() - max).exp() / z).abs()).fold(0.0, f64::max);
+    println!("{n} greedy tokens identical to the independent reference; label probabilities max |diff| {worst:.2e}");
+    assert!(worst < 1e-4, "label scores {worst}");
+}
