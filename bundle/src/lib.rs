@@ -21,9 +21,9 @@ mod writer;
 
 pub use error::BundleError;
 pub use manifest::{
-    AsrInfo, AudioPreprocess, Dim, FaceConfig, FileEntry, FrameWindow, Generation, GenerationPreset, GlobalPreprocess,
-    LlmInfo, LogMelSpec, Manifest, Parity, Preprocess, PromptSpec, Provenance, Role, Rows, TemporalPreprocess,
-    TensorSpec, FORMAT, FORMAT_VERSION,
+    AsrInfo, AudioPreprocess, Calibration, Dim, FaceConfig, FileEntry, FrameWindow, Generation, GenerationPreset,
+    GlobalPreprocess, LlmInfo, LogMelSpec, Manifest, Parity, Preprocess, PromptSpec, Provenance, Quantization, Role,
+    Rows, TemporalPreprocess, TensorSpec, FORMAT, FORMAT_VERSION,
 };
 pub use types::{
     DType, EnginePrecision, FileFormat, FrameChoice, GgufType, KvType, ModelFamily, Precision, Resize, RowBlock,

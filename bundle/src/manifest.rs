@@ -383,6 +383,30 @@ pub struct FileEntry {
     /// Where non-synthetic weights came from (package, file, licence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// How an engine was made smaller than the export's fp32 (`emollama_export.quantize_encoders`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// An engine's quantization: the method, and for int8 the clips its activation ranges
+/// were calibrated on (the parity it met is in the entry's `parity`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// The calibration set: its hash (of the clips' names and bytes, in order), how many clips
+/// calibrated and how many were held out for the parity check, and the folder's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    pub sha256: String,
+    pub clips: u32,
+    pub held_out_clips: u32,
+    pub folder: String,
 }
 
 /// One axis of a tensor shape: a fixed size or a named dynamic axis.

@@ -23,6 +23,11 @@ pub struct EngineReport {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub export_parity_max_abs_diff: Option<f64>,
+    /// How the engine was quantized, and the cosine it kept against its fp32 engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<emollama_bundle::Quantization>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantized_cosine_min: Option<f64>,
     pub load_ms: f64,
     pub warm_up_ms: f64,
 }
@@ -96,6 +101,12 @@ pub fn inspect_bundle(
             inputs: entry.inputs.iter().map(|s| format!("{}{}", s.name, s.shape_string())).collect(),
             outputs: entry.outputs.iter().map(|s| format!("{}{}", s.name, s.shape_string())).collect(),
             export_parity_max_abs_diff: entry.parity.as_ref().and_then(|p| p.max_abs_diff),
+            quantization: entry.quantization.clone(),
+            quantized_cosine_min: entry
+                .parity
+                .as_ref()
+                .and_then(|p| p.extra.get("cosine_min"))
+                .and_then(|c| c.as_f64()),
             load_ms,
             warm_up_ms: t.elapsed().as_secs_f64() * 1e3,
         });
@@ -166,6 +177,14 @@ impl BundleReport {
                 e.role, e.file, mb(e.bytes), e.precision, e.provider, e.inputs.join(" "), e.outputs.join(" "),
                 e.export_parity_max_abs_diff.unwrap_or(f64::NAN), e.load_ms, e.warm_up_ms
             );
+            if let Some(q) = &e.quantization {
+                let calibrated = q.calibration.as_ref().map_or(String::new(), |c| {
+                    format!("; calibrated on {} clips of {} (sha256 {:.12})", c.clips, c.folder, c.sha256)
+                });
+                let cosine =
+                    e.quantized_cosine_min.map_or(String::new(), |c| format!("; cosine {c:.6} on held-out inputs"));
+                s += &format!("  {:<18} {}{calibrated}{cosine}\n", "", q.method);
+            }
             for f in &e.fallbacks {
                 s += &format!("  {:<18} note: {f}\n", "");
             }

@@ -1,0 +1,333 @@
+"""Smaller encoder engines for a bundle, each accepted only at a stated parity with its
+fp32 engine (issue: the Orin Nano 8 GB with all four encoders).
+
+  --fp16   the weights of every MatMul, Gemm and Conv stored as fp16, a Cast before their
+           use: LayerNorm, softmax, GELU and the residual adds compute in fp32 as before,
+           the file is about half the size, and TensorRT's fp16 build starts from fp16
+           weights. Every encoder and projector.
+  --int8   explicit quantization (Q/DQ, the route TensorRT 10 keeps; its calibrator-based
+           implicit int8 is deprecated): symmetric int8, weights per output channel,
+           MatMul/Gemm/Conv only (LayerNorm, softmax, GELU and the adds left in fp32, as
+           published ViT int8 recipes do), activation ranges from ONNX Runtime's MinMax
+           calibration on the runtime's own encoder inputs for a folder of clips
+           (`emollama analyze --dump-inputs`, so the preprocessing is exactly the
+           runtime's). The encoders; the projectors (a few Gemm rows) are left as they are.
+
+The clips are split: every fourth is held out. On the held-out inputs each new engine's
+outputs must keep a minimum cosine similarity (row by row over the last axis) and a
+maximum |diff| relative to the fp32 output's largest magnitude; an engine that misses
+either is refused by name and nothing is written. The output is a new bundle (the LLM,
+the face nets and the rest copied) whose manifest records each engine's precision, the
+calibration set's hash and the parity met.
+
+usage: python -m emollama_export.quantize_encoders --bundle IN --out OUT --fp16
+       python -m emollama_export.quantize_encoders --bundle IN --out OUT --int8 --calibration CLIPS
+"""
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from .manifest import sha256_file
+from .tensors import write_json_atomic
+
+ROW_ENGINES = ["global_engine", "local_engine", "temporal_engine", "audio_engine", "fusion_engine"]
+PROJECTORS = ["local_projector", "temporal_projector", "audio_projector"]
+WEIGHTED_OPS = {"MatMul", "Gemm", "Conv"}
+# Left in fp32 at int8: the audio encoders' convolutions over the raw signal (HuBERT's
+# feature encoder, Whisper's two convs over the log-mel), as speech int8 recipes keep
+# them; with them quantized HuBERT's rows fell to cosine 0.88 on the synthetic bundle.
+KEEP_FLOAT = {"audio_engine": {"Conv"}}
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv")
+# The gates, per precision: (minimum cosine, maximum relative |diff|).
+GATES = {"fp16": (0.9999, 0.01), "int8": (0.98, 0.15)}
+MIN_CLIPS = 4
+PROTOBUF_LIMIT = 2_000_000_000
+
+
+class QuantizeError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[quantize] {msg}", flush=True)
+
+
+def fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold `Cast(fp16 initializer) -> float` into fp32 initializers (the exporter's
+    fp16-stored EVA graphs), so that every weight is an fp32 initializer again."""
+    inits = {i.name: i for i in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        src = inits.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if src is not None and src.data_type == TensorProto.FLOAT16 and to == TensorProto.FLOAT:
+            model.graph.initializer.append(
+                numpy_helper.from_array(numpy_helper.to_array(src).astype(np.float32), node.output[0]))
+            continue
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {i for n in model.graph.node for i in n.input}
+    live = [i for i in model.graph.initializer if i.name in used or i.name in {o.name for o in model.graph.output}]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(live)
+    return model
+
+
+def fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every fp32 initializer a MatMul, Gemm or Conv reads, stored as fp16 with a Cast to
+    fp32 in front: the arithmetic of the graph is unchanged but for the weights' rounding."""
+    weighted = {i for n in model.graph.node if n.op_type in WEIGHTED_OPS for i in n.input}
+    casts, kept = [], []
+    for init in model.graph.initializer:
+        if init.name in weighted and init.data_type == TensorProto.FLOAT:
+            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
+            kept.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                          name=init.name + "_cast"))
+        else:
+            kept.append(init)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """One file under the protobuf limit, else the weights beside it (`<name>.data`)."""
+    if model.ByteSize() < PROTOBUF_LIMIT:
+        onnx.save(model, str(path))
+    else:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data")
+
+
+def clips_of(folder: Path) -> list:
+    if not folder.is_dir():
+        raise QuantizeError(f"--calibration {folder}: not a folder of clips")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    clips = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
+    if not clips:
+        others = ", ".join(p.name for p in files[:5]) or "nothing"
+        raise QuantizeError(f"--calibration {folder} holds no video clips ({', '.join(VIDEO_EXTENSIONS)}); "
+                            f"found {others}")
+    if len(clips) < MIN_CLIPS:
+        raise QuantizeError(f"--calibration {folder} holds {len(clips)} clips; int8 calibration needs at least "
+                            f"{MIN_CLIPS} (three in four calibrate, every fourth is held out for the parity check)")
+    return clips
+
+
+def dump_inputs(clips: list, bundle: Path, emollama: str, work: Path) -> list:
+    """The runtime's encoder inputs for each clip: `emollama analyze --dump-inputs`
+    (label scores only: one prefill). A clip the runtime cannot read is an error naming it."""
+    dumps = []
+    for i, clip in enumerate(clips):
+        out = work / f"dump-{i:04d}"
+        cmd = [emollama, "analyze", str(clip), "--bundle", str(bundle), "--preset", "fast", "--transcript", "none",
+               "--dump-inputs", str(out), "--json"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            why = (r.stderr.strip().splitlines() or ["no message"])[-1]
+            raise QuantizeError(f"calibration clip {clip.name}: the runtime cannot use it ({why})")
+        dumps.append(out)
+        log(f"calibration inputs {i + 1}/{len(clips)}: {clip.name}")
+    return dumps
+
+
+def read_dump(dump: Path) -> dict:
+    index = json.loads((dump / "index.json").read_text())["tensors"]
+    return {name: np.fromfile(dump / meta["file"], dtype="<f4").reshape(meta["shape"]) for name, meta in index.items()}
+
+
+def feeds_for(inputs: list, dumps: list) -> list:
+    """An engine's feeds from the dumps that hold all its inputs (a clip without a face
+    has no face crops for the MAE and VideoMAE engines)."""
+    return [{n: d[n] for n in inputs} for d in dumps if all(n in d for n in inputs)]
+
+
+def calibration_hash(clips: list) -> str:
+    """Of the clips' names and bytes, in order: the same set gives the same hash."""
+    h = hashlib.sha256()
+    for c in clips:
+        h.update(c.name.encode() + b"\0" + sha256_file(c).encode() + b"\n")
+    return h.hexdigest()
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def parity(fp32: Path, candidate: Path, feeds: list) -> dict:
+    """Worst cosine (row by row over the last axis) and worst |diff| relative to the
+    fp32 output's largest magnitude, over every output and held-out input."""
+    ref, new = session(fp32), session(candidate)
+    names = [o.name for o in ref.get_outputs()]
+    cos_min, rel_max, abs_max = 1.0, 0.0, 0.0
+    for feed in feeds:
+        for name, a, b in zip(names, ref.run(names, feed), new.run(names, feed)):
+            a2, b2 = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+            norms = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+            cos = np.where(norms > 0, (a2 * b2).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
+            diff = float(np.abs(a2 - b2).max())
+            cos_min = min(cos_min, float(cos.min()))
+            abs_max = max(abs_max, diff)
+            rel_max = max(rel_max, diff / max(float(np.abs(a2).max()), 1e-30))
+    return {"cosine_min": cos_min, "max_rel_diff": rel_max, "max_abs_diff": abs_max, "held_out_inputs": len(feeds)}
+
+
+class Feeds:
+    """ONNX Runtime's calibration reader over a list of feeds."""
+
+    def __init__(self, feeds: list):
+        self.feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def int8_engine(fp32: Path, out: Path, feeds: list, work: Path, ops: set) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    class Reader(Feeds, CalibrationDataReader):
+        pass
+
+    src = work / (fp32.stem + "-fp32-weights.onnx")
+    save(fp32_weights(onnx.load(str(fp32))), src)
+    quantize_static(str(src), str(out), Reader(feeds), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=sorted(ops), per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    use_external_data_format=src.with_name(src.name + ".data").exists(),
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
+
+
+def quantize(args) -> None:
+    bundle = args.bundle.resolve()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    precision = "int8" if args.int8 else "fp16"
+    min_cos, max_rel = GATES[precision]
+    min_cos = args.min_cosine if args.min_cosine is not None else min_cos
+    max_rel = args.max_rel_diff if args.max_rel_diff is not None else max_rel
+    roles = ROW_ENGINES + ([] if args.int8 else PROJECTORS)
+    entries = [f for f in manifest["files"] if f["role"] in roles]
+    if not entries:
+        raise QuantizeError(f"{bundle}: no encoder engines in the manifest")
+    for e in entries:
+        if e["precision"] not in ("fp32", "fp16") or e.get("quantization"):
+            raise QuantizeError(f"{e['path']} is {e['precision']} already: quantize the fp32 bundle")
+    out = args.out.resolve()
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    started = time.time()
+    try:
+        with tempfile.TemporaryDirectory(prefix="emollama-quantize-") as tmp:
+            work = Path(tmp)
+            calibration, held_out, source = None, [], None
+            if args.calibration is not None:
+                clips = clips_of(args.calibration)
+                dumps = dump_inputs(clips, bundle, args.emollama, work)
+                held = [i for i in range(len(clips)) if i % 4 == 3]
+                calibration = [read_dump(d) for i, d in enumerate(dumps) if i not in held]
+                held_out = [read_dump(dumps[i]) for i in held]
+                source = {"sha256": calibration_hash(clips), "clips": len(clips) - len(held),
+                          "held_out_clips": len(held), "folder": args.calibration.name}
+            shutil.copytree(bundle, staging)
+            report = {}
+            for e in entries:
+                src = bundle / e["path"]
+                inputs = [i["name"] for i in e["inputs"]]
+                new_name = f"{Path(e['path']).stem}-{precision}.onnx"
+                dst = staging / new_name
+                if args.int8:
+                    cal, held = feeds_for(inputs, calibration), feeds_for(inputs, held_out)
+                    if not cal or not held:
+                        raise QuantizeError(f"{e['role']}: no {'calibration' if not cal else 'held-out'} input for it "
+                                            f"(its inputs {inputs} were in no dump: no clip had a face?)")
+                    ops = WEIGHTED_OPS - KEEP_FLOAT.get(e["role"], set())
+                    int8_engine(src, dst, cal, work, ops)
+                    method = (f"Q/DQ int8, symmetric, per-channel weights, {'/'.join(sorted(ops))}; "
+                              "MinMax calibration")
+                else:
+                    save(fp16_weights(fp32_weights(onnx.load(str(src)))), dst)
+                    method = "fp16 weights (MatMul/Gemm/Conv), fp32 arithmetic"
+                    held = feeds_for(inputs, held_out) or [sample_feed(e)]
+                met = parity(src, dst, held)
+                log(f"{e['role']}: {precision} {dst.stat().st_size / 1e6:.2f} MB (fp32 file {src.stat().st_size / 1e6:.2f}"
+                    f" MB), cosine min {met['cosine_min']:.6f}, max |diff| {met['max_abs_diff']:.3g} "
+                    f"({met['max_rel_diff']:.3g} of the output's range)")
+                if met["cosine_min"] < min_cos or met["max_rel_diff"] > max_rel:
+                    raise QuantizeError(
+                        f"{e['role']} at {precision} misses its parity gate: cosine {met['cosine_min']:.6f} "
+                        f"(at least {min_cos}), relative max |diff| {met['max_rel_diff']:.4g} (at most {max_rel}); "
+                        "nothing written")
+                for stale in (staging / e["path"], staging / (e["path"] + ".data")):
+                    stale.unlink(missing_ok=True)
+                e.update({"path": new_name, "precision": precision, "size": dst.stat().st_size,
+                          "sha256": sha256_file(dst)})
+                e["parity"] = {"reference": f"the fp32 engine {src.name} (sha256 {sha256_file(src)[:16]}…)",
+                               "runtime": f"onnxruntime {ort.__version__} cpu", "tolerance": max_rel,
+                               "min_cosine": min_cos, **met}
+                e["quantization"] = {"method": method, **({"calibration": source} if args.int8 else {})}
+                report[e["role"]] = met
+            manifest["id"] = f"{manifest['id']}-{precision}"
+            write_json_atomic(staging / "manifest.json", manifest)
+        shutil.rmtree(out, ignore_errors=True)
+        staging.replace(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never a half bundle
+        raise
+    log(f"done in {time.time() - started:.0f}s -> {out}")
+
+
+def sample_feed(entry: dict) -> dict:
+    """A seeded input of the entry's fixed shape (dynamic axes: 1 or 16000 samples) for
+    the fp16 check when no clips are given."""
+    rng = np.random.default_rng(0)
+    feed = {}
+    for i in entry["inputs"]:
+        shape = [d if isinstance(d, int) else (16000 if "sample" in d else 1) for d in i["shape"]]
+        feed[i["name"]] = rng.standard_normal(shape).astype(np.float32)
+    return feed
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m emollama_export.quantize_encoders", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, required=True, help="an fp32 bundle")
+    ap.add_argument("--out", type=Path, required=True, help="the new bundle's folder")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--fp16", action="store_true")
+    which.add_argument("--int8", action="store_true")
+    ap.add_argument("--calibration", type=Path, help="a folder of clips (required with --int8; with --fp16 the "
+                                                     "parity is checked on their held-out inputs)")
+    ap.add_argument("--emollama", default="emollama", help="the emollama binary that dumps the encoder inputs")
+    ap.add_argument("--min-cosine", type=float, help=f"the gate's minimum cosine (default {GATES})")
+    ap.add_argument("--max-rel-diff", type=float, help="the gate's maximum |diff| relative to the fp32 output's range")
+    args = ap.parse_args(argv)
+    if args.int8 and args.calibration is None:
+        ap.error("--int8 needs --calibration CLIPS")
+    try:
+        quantize(args)
+    except QuantizeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
