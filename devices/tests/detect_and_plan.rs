@@ -150,6 +150,10 @@ fn with_whisper(size: &str) -> (tempfile::TempDir, Bundle) {
     (dir, bundle)
 }
 
+/// An int8 Q/DQ file's bytes per weight: the int8 weights and their per-channel scales
+/// (measured: a ViT-L of 303 M parameters in 0.3055 GB).
+const INT8_FILE_PER_PARAM: f64 = 1.008;
+
 const WHISPER_SIZES: [&str; 6] = ["tiny", "base", "small", "medium", "large-v3-turbo", "large-v3"];
 
 /// Where speech recognition goes on each device, for every Whisper size: resident where
@@ -250,4 +254,54 @@ fn emotion_llama_v2_is_planned_per_device() {
     }
     let nano = outcome("orin-nano-8gb");
     assert_ne!(nano.outcome, Outcome::FitsResident, "{}", nano.message);
+}
+
+/// The real 7B bundle with its encoders as int8 Q/DQ files (`quantize_encoders --int8`:
+/// one byte per weight, plus the per-channel scales), planned per device beside the fp32
+/// bundle: where the fp32 bundle needs int8 encoders the plan names the tool that makes
+/// them; the int8 bundle needs no such change, and never more memory.
+#[test]
+fn int8_encoders_plan_per_device() {
+    use emollama_bundle::EnginePrecision;
+    let manifests = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests"));
+    let fp32 = Bundle::open(&manifests.join("emotion-llama-7b")).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifests.join("emotion-llama-7b/manifest.json")).unwrap()).unwrap();
+    for f in m["files"].as_array_mut().unwrap() {
+        let stored: EnginePrecision = match f["precision"].as_str().unwrap().parse() {
+            Ok(p) if f["role"].as_str().unwrap().ends_with("_engine") => p,
+            _ => continue,
+        };
+        let params = f["size"].as_f64().unwrap() / stored.bytes_per_param();
+        f["size"] = ((params * INT8_FILE_PER_PARAM) as u64).into();
+        f["precision"] = "int8".into();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let int8 = Bundle::open(dir.path()).unwrap();
+    let profiles = load_profiles(&[]).unwrap();
+    let gb = |b: u64| b as f64 / 1e9;
+    for name in ["orin-nano-8gb", "orin-nx-8gb", "orin-nx-16gb", "agx-orin-32gb", "x86-cpu"] {
+        let p = find_profile(&profiles, name).unwrap();
+        let (a, b) = (plan(fp32.manifest(), p), plan(int8.manifest(), p));
+        let encoders = |x: &emollama_devices::Plan| x.parts.encoders.iter().map(|e| e.1).sum::<u64>();
+        println!(
+            "{name:<14} fp32 bundle: {:?}, encoders {:.2} GB: {}\n{:<14} int8 bundle: {:?}, encoders {:.2} GB: {}",
+            a.outcome,
+            gb(encoders(&a)),
+            a.message,
+            "",
+            b.outcome,
+            gb(encoders(&b)),
+            b.message
+        );
+        assert_eq!(b.settings.encoder_precision, EnginePrecision::Int8, "{name}");
+        assert!(b.changes.iter().all(|c| !c.contains("encoders in")), "{name}: {:?}", b.changes);
+        // At most what the fp32 bundle's plan counted (it counts int8 where it needs it).
+        assert!(encoders(&b) as f64 <= encoders(&a) as f64 * 1.01, "{name}");
+    }
+    let nano = find_profile(&profiles, "orin-nano-8gb").unwrap();
+    let (a, b) = (plan(fp32.manifest(), nano), plan(int8.manifest(), nano));
+    assert!(a.changes.iter().any(|c| c.contains("quantize_encoders --int8")), "{:?}", a.changes);
+    assert!(b.changes.len() < a.changes.len(), "{:?} vs {:?}", b.changes, a.changes);
 }
