@@ -4,6 +4,7 @@ mod analyze;
 mod bench;
 mod compile;
 mod doctor;
+mod dump_inputs;
 mod eval;
 mod info;
 mod install_bundle;
@@ -54,6 +55,9 @@ pub enum Command {
     /// What is said in a clip (its first 30 s), heard by the bundle's Whisper engines:
     /// the text alone (translated to English unless --task transcribe).
     Transcribe(transcribe::TranscribeArgs),
+    /// The encoders' inputs for many clips in one process (the calibration inputs of
+    /// emollama_export.quantize_encoders; `analyze --dump-inputs` for one clip).
+    DumpInputs(dump_inputs::DumpInputsArgs),
     /// Quantize a GGUF with llama.cpp; with --bundle, write a new bundle (OUTPUT folder)
     /// whose LLM has that type and whose manifest is updated.
     Quantize(quantize::QuantizeArgs),
@@ -75,6 +79,7 @@ impl Command {
             Command::Manpages(a) => manpages::run(a, cli),
             Command::Serve(a) => serve::run(a, ort_library),
             Command::Quantize(a) => quantize::run(a),
+            Command::DumpInputs(a) => dump_inputs::run(a, ort_library),
             Command::Watch(a) => watch::run(a, ort_library),
             Command::Transcribe(a) => transcribe::run(a, ort_library),
         }

@@ -10,8 +10,8 @@ fp32 engine (issue: the Orin Nano 8 GB with all four encoders).
            MatMul/Gemm/Conv only (LayerNorm, softmax, GELU and the adds left in fp32, as
            published ViT int8 recipes do), activation ranges from ONNX Runtime's MinMax
            calibration on the runtime's own encoder inputs for a folder of clips
-           (`emollama analyze --dump-inputs`, so the preprocessing is exactly the
-           runtime's). The encoders; the projectors (a few Gemm rows) are left as they are.
+           (`emollama dump-inputs`, so the preprocessing is exactly the runtime's).
+           The encoders; the projectors (a few Gemm rows) are left as they are.
 
 The clips are split: every fourth is held out. On the held-out inputs each new engine's
 outputs must keep a minimum cosine similarity (row by row over the last axis) and a
@@ -132,20 +132,20 @@ def clips_of(folder: Path) -> list:
 
 
 def dump_inputs(clips: list, bundle: Path, emollama: str, work: Path) -> list:
-    """The runtime's encoder inputs for each clip: `emollama analyze --dump-inputs`
-    (label scores only: one prefill). A clip the runtime cannot read is an error naming it."""
-    dumps = []
-    for i, clip in enumerate(clips):
-        out = work / f"dump-{i:04d}"
-        cmd = [emollama, "analyze", str(clip), "--bundle", str(bundle), "--preset", "fast", "--transcript", "none",
-               "--dump-inputs", str(out), "--json"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            why = (r.stderr.strip().splitlines() or ["no message"])[-1]
-            raise QuantizeError(f"calibration clip {clip.name}: the runtime cannot use it ({why})")
-        dumps.append(out)
-        log(f"calibration inputs {i + 1}/{len(clips)}: {clip.name}")
-    return dumps
+    """The runtime's encoder inputs for each clip, in one process (`emollama dump-inputs`:
+    the bundle loaded once, no LLM prefill). A clip the runtime cannot read is an error
+    naming it."""
+    out = work / "dumps"
+    log(f"the runtime's encoder inputs for {len(clips)} clips")
+    r = subprocess.run([emollama, "dump-inputs", *map(str, clips), "--bundle", str(bundle), "--out", str(out)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        clip = next((c.name for c in clips if str(c) in r.stderr), None)
+        if clip is None:
+            raise QuantizeError(f"emollama dump-inputs failed: {why}")
+        raise QuantizeError(f"calibration clip {clip}: the runtime cannot use it ({why})")
+    return [out / f"{i:04d}" for i in range(len(clips))]
 
 
 def read_dump(dump: Path) -> dict:
