@@ -40,15 +40,18 @@ fn model(path: &std::path::Path) -> Arc<LlmModel> {
 /// F32 KV cache: parity with transformers' fp32 reference (an F16 cache alone moves
 /// logits by about 1e-3).
 fn context(model: &Arc<LlmModel>, n_ctx: u32) -> LlmContext {
-    let params = ContextParams {
+    LlmContext::new(model.clone(), f32_params(n_ctx)).unwrap()
+}
+
+fn f32_params(n_ctx: u32) -> ContextParams {
+    ContextParams {
         n_ctx,
         n_batch: 512,
         n_threads: 2,
         n_threads_batch: 2,
         kv_cache_type: KvType::F32,
         flash_attention: FlashAttention::Off,
-    };
-    LlmContext::new(model.clone(), params).unwrap()
+    }
 }
 
 const EVAL_SUFFIX: &str = "</video> <feature><FeatureHere></feature> The person in video says: I can't believe we made it.  [emotion] Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.  [/INST]";
@@ -175,6 +178,30 @@ fn greedy_after(ctx: &mut LlmContext, n: usize) -> Vec<i32> {
     let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
     let opts = GenerateOptions { max_new_tokens: n, stop_strings: vec![] };
     ctx.generate(&mut sampler, &opts, None, |_| ControlFlow::Continue(())).unwrap().tokens
+}
+
+/// The bare C-API loop the benchmarks compare against (`raw_greedy_decode`: its context
+/// owned by a guard, its logits pointer checked) decodes what the wrapper decodes, and a
+/// prompt llama.cpp refuses is an error from it, not a crash; the model keeps working.
+#[test]
+fn the_raw_reference_loop_decodes_what_the_wrapper_decodes() {
+    use emollama_engines::llm::raw_greedy_decode;
+    let m = model(&f32_gguf());
+    let prompt = m.tokenize("<s>[INST] The person looks happy. [/INST]", true, true).unwrap();
+    let mut ctx = context(&m, 512);
+    ctx.prefill(&[Segment::Tokens(&prompt)], false).unwrap();
+    let want = greedy_after(&mut ctx, 8);
+    let params = f32_params(512);
+    let (per_s, raw) = raw_greedy_decode(&m, &params, &prompt, 8).unwrap();
+    assert_eq!(raw, want);
+    assert!(per_s > 0.0);
+    for bad in [vec![], vec![m.n_vocab() + 5]] {
+        match raw_greedy_decode(&m, &params, &bad, 4) {
+            Err(EngineError::Decode { .. }) => {}
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    assert_eq!(raw_greedy_decode(&m, &params, &prompt, 8).unwrap().1, want);
 }
 
 #[test]
