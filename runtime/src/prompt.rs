@@ -303,20 +303,28 @@ impl Task {
     /// quick prompts, else its training pools' first instruction; a question as written,
     /// whatever tag it carries).
     fn tagged_instruction(&self, model: ModelFamily) -> String {
-        let v2 = match self {
-            _ if model == ModelFamily::EmotionLlama => return self.v1_tagged_instruction(),
-            Task::Emotion { .. } => ("emotion", V2_EMOTION),
-            Task::Reason { .. } => ("reason", V2_REASON),
-            Task::Sentiment => ("sentiment", V2_SENTIMENT),
-            Task::Intent => ("intent", V2_INTENT),
-            Task::MultiLabel => ("multi-label", V2_MULTI_LABEL),
-            Task::Think => ("think", V2_THINK),
-            Task::Audio => ("audio", V2_AUDIO),
-            Task::Image => ("image", V2_IMAGE),
-            Task::EvalSet { set } => return format!("[{}] {}", set.tag(), set.instruction()),
-            Task::Question { text } => return text.trim().to_string(),
-        };
-        format!("[{}] {}", v2.0, v2.1)
+        match self {
+            _ if model == ModelFamily::EmotionLlama => self.v1_tagged_instruction(),
+            Task::EvalSet { set } => format!("[{}] {}", set.tag(), set.instruction()),
+            Task::Question { text } => text.trim().to_string(),
+            task => format!("[{}] {}", task.name(), task.v2_instruction().unwrap_or_default()),
+        }
+    }
+
+    /// v2's instruction for a tagged task: the demo's quick prompt, else the first of the
+    /// task's training pool (None: the task has no single instruction).
+    fn v2_instruction(&self) -> Option<&'static str> {
+        Some(match self {
+            Task::Emotion { .. } => V2_EMOTION,
+            Task::Reason { .. } => V2_REASON,
+            Task::Sentiment => V2_SENTIMENT,
+            Task::Intent => V2_INTENT,
+            Task::MultiLabel => V2_MULTI_LABEL,
+            Task::Think => V2_THINK,
+            Task::Audio => V2_AUDIO,
+            Task::Image => V2_IMAGE,
+            Task::Question { .. } | Task::EvalSet { .. } => return None,
+        })
     }
 
     fn v1_tagged_instruction(&self) -> String {
@@ -469,14 +477,7 @@ pub fn read_user_text(text: &str) -> UserText {
         }
         instructions.iter().position(|i| *i == instruction).map(Some)
     };
-    let v2_tasks = [
-        ("[sentiment]", V2_SENTIMENT, Task::Sentiment),
-        ("[intent]", V2_INTENT, Task::Intent),
-        ("[multi-label]", V2_MULTI_LABEL, Task::MultiLabel),
-        ("[think]", V2_THINK, Task::Think),
-        ("[audio]", V2_AUDIO, Task::Audio),
-        ("[image]", V2_IMAGE, Task::Image),
-    ];
+    let v2_tasks = [Task::Sentiment, Task::Intent, Task::MultiLabel, Task::Think, Task::Audio, Task::Image];
     let task = if rest.is_empty() {
         None
     } else if let Some(i) = official("[emotion]", &[EMOTION_9, EMOTION_6, V2_EMOTION]) {
@@ -485,7 +486,10 @@ pub fn read_user_text(text: &str) -> UserText {
         Some(Task::Reason { instruction: i.unwrap_or(0) })
     } else if official("[reason]", &[V2_REASON]).is_some() {
         Some(Task::Reason { instruction: 0 })
-    } else if let Some((_, _, task)) = v2_tasks.into_iter().find(|(tag, i, _)| official(tag, &[i]).is_some()) {
+    } else if let Some(task) = v2_tasks
+        .into_iter()
+        .find(|t| official(&format!("[{}]", t.name()), &[t.v2_instruction().unwrap_or_default()]).is_some())
+    {
         Some(task)
     } else {
         Some(Task::Question { text: rest.to_string() })

@@ -79,8 +79,8 @@ def fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         keep.append(node)
     del model.graph.node[:]
     model.graph.node.extend(keep)
-    used = {i for n in model.graph.node for i in n.input}
-    live = [i for i in model.graph.initializer if i.name in used or i.name in {o.name for o in model.graph.output}]
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    live = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(live)
     return model
