@@ -31,9 +31,16 @@ impl Bundle {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|source| BundleError::ManifestUnreadable { path: path.clone(), source })?;
+        Self::from_manifest_text(dir, &text)
+    }
+
+    /// [`Bundle::open`] on a manifest's text already read (the bundle's files are not
+    /// looked at): what the fuzz target `manifest` feeds.
+    pub fn from_manifest_text(dir: &Path, text: &str) -> Result<Self, BundleError> {
+        let path = dir.join(MANIFEST_FILE);
         // Check the format tag and version first, so that a bundle from a newer exporter
         // says "unsupported version" rather than failing on some unknown field.
-        let head: serde_json::Value = serde_json::from_str(&text)
+        let head: serde_json::Value = serde_json::from_str(text)
             .map_err(|source| BundleError::ManifestMalformed { path: path.clone(), source })?;
         let format = head.get("format").and_then(|v| v.as_str()).unwrap_or_default();
         if format != FORMAT {

@@ -55,6 +55,15 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A one-shot command whose reader went away (`emollama plan --json | head`) ends
+    // quietly, as Unix tools do, instead of panicking on the failed write (Rust ignores
+    // SIGPIPE). Not the service: a closed stdout must not stop it.
+    if !matches!(cli.command, commands::Command::Serve(_)) {
+        // SAFETY: restoring a signal's default disposition, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

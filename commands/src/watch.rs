@@ -8,16 +8,16 @@
 //! by pausing a file.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use emollama_engines::CancelToken;
-use emollama_media::{MediaError, Source, SourceKind, SourceOptions, Window, WindowStats, Windower};
+use emollama_media::{MediaError, RgbImage, Source, SourceKind, SourceOptions, Window, WindowStats, Windower};
 use serde::Serialize;
 
 use emollama_runtime::request::AnalyzeRequest;
 use emollama_runtime::stage::Timings;
-use emollama_runtime::Pipeline;
+use emollama_runtime::{Pipeline, TranscriptReport};
 
 use emollama_runtime::{RequestError, RuntimeError};
 
@@ -107,6 +107,16 @@ pub struct WindowResult {
     pub media: WindowStats,
     pub timings_ms: Timings,
     pub notes: Vec<String>,
+    /// What speech recognition heard in the window (a bundle with it, speech present).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
+    /// The face the local and temporal encoders saw: the mean box of its track
+    /// (x1, y1, x2, y2, frame pixels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub face_box: Option<[f32; 4]>,
+    /// The window's first frame, for a preview (the service's console); not in the JSON.
+    #[serde(skip)]
+    pub first_frame: Option<Arc<RgbImage>>,
 }
 
 /// What a watch reports, in order.
@@ -226,7 +236,7 @@ pub fn watch(
                     Err(e) => {
                         Some(WatchEvent::WindowFailed { source: opts.name.clone(), start, end, error: e.to_string() })
                     }
-                    Ok((result, stats)) => {
+                    Ok((result, stats, first_frame)) => {
                         if let Some(min) = opts.min_window_cost {
                             std::thread::sleep(min.saturating_sub(started.elapsed()));
                         }
@@ -243,6 +253,12 @@ pub fn watch(
                             media: stats,
                             timings_ms: result.timings_ms,
                             notes: result.notes,
+                            transcript: match result.transcript {
+                                Some(TranscriptReport::Asr { text, .. }) => Some(text),
+                                _ => None,
+                            },
+                            face_box: result.faces.and_then(|f| f.chosen).map(|t| t.mean_box),
+                            first_frame,
                         }))
                     }
                 };
@@ -298,10 +314,11 @@ fn analyse(
     opts: &WatchOptions,
     window: Window,
     abort: &CancelToken,
-) -> Result<(emollama_runtime::AnalyzeResult, WindowStats), CommandError> {
+) -> Result<(emollama_runtime::AnalyzeResult, WindowStats, Option<Arc<RgbImage>>), CommandError> {
     let req = AnalyzeRequest { media: opts.name.clone(), ..opts.request.clone() };
+    let first_frame = window.clip.frames.values().next().cloned().map(Arc::new);
     let result = pipeline.session(&req, abort.clone())?.run_clip(window.clip, |_| {})?;
-    Ok((result, window.stats))
+    Ok((result, window.stats, first_frame))
 }
 
 /// The reader: open, read, cut windows and hand them over; reconnect when lost.

@@ -142,7 +142,9 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
         let stored = engine_file_precision(f.precision);
         let params = f.size as f64 / stored.bytes_per_param();
         if on_gpu {
-            let bytes = (params * s.encoder_precision.bytes_per_param() * 1.15) as u64;
+            // A Q/DQ file is built at int8 whatever the plan's precision for the others.
+            let built = if stored == EnginePrecision::Int8 { stored } else { s.encoder_precision };
+            let bytes = (params * built.bytes_per_param() * 1.15) as u64;
             (bytes, bytes)
         } else if stored == EnginePrecision::Int8 {
             // Q/DQ graphs keep their int8 weights on the CPU provider (quantized kernels).

@@ -121,12 +121,15 @@ pub fn parse_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), NpyError> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("no NUMPY magic at the start"));
     }
-    let (header_len, start) = match bytes[6] {
+    let (header_len, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(NpyError::Format(format!("unknown format version {v}"))),
     };
-    let header = bytes.get(start..start + header_len).ok_or_else(|| bad("header runs past the end"))?;
+    let header = start
+        .checked_add(header_len)
+        .and_then(|end| bytes.get(start..end))
+        .ok_or_else(|| bad("header runs past the end"))?;
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
     let descr = dict_value(header, "descr").ok_or_else(|| bad("header has no 'descr'"))?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"').to_string();
@@ -146,12 +149,16 @@ pub fn parse_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), NpyError> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|_| NpyError::Format(format!("shape {shape_text} is not a tuple of sizes"))))
         .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
+    // Checked: a shape whose size overflows would otherwise wrap to a small number and
+    // pass for the data's length (found by the `npy` fuzz target).
+    let needed = shape
+        .iter()
+        .try_fold(4usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| NpyError::Format(format!("shape {shape:?} is larger than any file")))?;
     let data = &bytes[start + header_len..];
-    if data.len() != count * 4 {
+    if data.len() != needed {
         return Err(NpyError::Format(format!(
-            "shape {shape:?} needs {} bytes of data, the file has {}",
-            count * 4,
+            "shape {shape:?} needs {needed} bytes of data, the file has {}",
             data.len()
         )));
     }
@@ -211,6 +218,9 @@ mod tests {
             matches!(parse_npy_f32(&npy("<f4", "(4,)", &floats(&[0.0; 3]))), Err(NpyError::Format(m)) if m.contains("needs 16 bytes"))
         );
         assert!(parse_npy_f32(b"PK\x03\x04 not numpy at all").is_err());
+        // A shape whose size wraps around (2^62 × 4 × 4 bytes = 2^66) is not an empty array.
+        let huge = parse_npy_f32(&npy("<f4", "(4611686018427387904, 4)", &[]));
+        assert!(matches!(huge, Err(NpyError::Format(m)) if m.contains("larger than any file")));
     }
 
     #[test]

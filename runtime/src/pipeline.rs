@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use emollama_bundle::contract::{engine_io, FEATURES};
-use emollama_bundle::{Bundle, BundleError, Manifest, Role, RowBlock, TensorSpec};
+use emollama_bundle::{Bundle, BundleError, EnginePrecision, Manifest, Role, RowBlock, TensorSpec};
 use emollama_devices::{plan, HostInfo, Outcome, Plan, Profile, Residency};
 use emollama_engines::llm::{LlmContext, LlmModel, ModelParams};
 use emollama_engines::onnx::{init_runtime, EncoderEngine, EngineOptions, OrtRuntime, Outputs, ProviderPolicy};
@@ -262,7 +262,12 @@ impl Pipeline {
         let encoder_fallbacks = std::cell::RefCell::new(Vec::new());
         let load = |role: Role| -> Result<EncoderSlot, RuntimeError> {
             let e = bundle.required(&role)?;
-            let opts = EngineOptions { model_sha256: e.sha256.clone(), ..opts.clone() };
+            let mut opts = EngineOptions { model_sha256: e.sha256.clone(), ..opts.clone() };
+            // A Q/DQ file is built quantized (TensorRT's int8 flag) whatever the plan's
+            // precision for the bundle's other engines (one kept fp16 beside int8 ones).
+            if e.precision.engine() == Some(EnginePrecision::Int8) {
+                opts.policy.tensorrt.int8 = true;
+            }
             let path = bundle.path_of(e);
             let engine = EncoderEngine::load(rt, role.as_str(), &path, e.inputs.clone(), e.outputs.clone(), &opts)?;
             encoder_fallbacks.borrow_mut().extend(engine.fallbacks().iter().map(|f| format!("{}: {f}", role.as_str())));

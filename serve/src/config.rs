@@ -81,6 +81,8 @@ pub struct ServeConfig {
     /// An event stream ends after this long (its client reconnects): none holds a
     /// connection for ever.
     pub event_stream_max_s: f64,
+    /// The web console at `/` (a client of the API; off: `/` is 404).
+    pub console: bool,
     /// Live sources followed window by window (`[[watch]]` sections).
     pub watch: Vec<crate::watch::WatchConfig>,
 }
@@ -112,6 +114,7 @@ impl Default for ServeConfig {
             max_connections_per_peer: 64,
             max_event_streams: 8,
             event_stream_max_s: 3600.0,
+            console: true,
             watch: Vec::new(),
         }
     }

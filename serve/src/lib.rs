@@ -7,12 +7,14 @@
 
 mod body;
 pub mod config;
+mod console;
 mod error;
 mod job;
 mod listener;
 pub mod memory;
 mod metrics;
 mod openai;
+mod preview;
 mod request_log;
 mod routes;
 pub mod shutdown;
@@ -37,6 +39,7 @@ use emollama_runtime::Pipeline;
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadyInfo {
     pub bundle: String,
+    pub model: emollama_bundle::ModelFamily,
     pub synthetic: bool,
     pub profile: String,
     /// Each encoder's execution provider and the LLM's device (`llm`).
@@ -45,6 +48,8 @@ pub struct ReadyInfo {
     pub fallbacks: Vec<String>,
     pub power_mode: Option<String>,
     pub warm_up_ms: f64,
+    /// The memory plan the runtime loaded (`emollama plan --json`'s object).
+    pub plan: Option<serde_json::Value>,
 }
 
 pub struct AppState {

@@ -1,6 +1,6 @@
 //! Prometheus text exposition of the service's counters and histograms.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
 
 use emollama_runtime::{Stage, Timings};
@@ -33,6 +33,22 @@ pub struct Metrics {
     decode_tokens_per_second: f64,
     generated_tokens: u64,
     connections_refused: u64,
+    /// The last failed requests, oldest first (the console's "recent errors").
+    recent_errors: VecDeque<RecentError>,
+}
+
+/// Failed requests kept for `GET /v1/status`.
+pub const RECENT_ERRORS: usize = 20;
+
+/// One failed request as `GET /v1/status` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentError {
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    pub id: String,
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
 }
 
 /// The values read at render time.
@@ -53,6 +69,17 @@ pub const OUTCOMES: [&str; 7] = ["ok", "client_error", "server_error", "busy", "
 impl Metrics {
     pub fn request(&mut self, outcome: &'static str) {
         *self.requests.entry(outcome).or_default() += 1;
+    }
+
+    pub fn error(&mut self, error: RecentError) {
+        if self.recent_errors.len() == RECENT_ERRORS {
+            self.recent_errors.pop_front();
+        }
+        self.recent_errors.push_back(error);
+    }
+
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.recent_errors.iter().cloned().collect()
     }
 
     pub fn stages(&mut self, timings_ms: &Timings, decode_per_s: f64, generated: usize) {

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use emollama_runtime::AnalyzeResult;
 
 use crate::error::{ApiError, CLIENT_CLOSED};
+use crate::metrics::RecentError;
 use crate::AppState;
 
 pub struct RequestLog {
@@ -51,6 +52,14 @@ impl RequestLog {
     pub fn failed(&mut self, e: &ApiError) {
         self.status = e.status.as_u16();
         self.outcome = Some(e.outcome());
+        let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.state.metrics().error(RecentError {
+            time: time.as_secs_f64(),
+            id: self.id.clone(),
+            status: self.status,
+            code: e.code,
+            message: e.message.clone(),
+        });
     }
 
     /// A finished run: its stage timings and tokens go to the metrics.

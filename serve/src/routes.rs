@@ -33,7 +33,8 @@ use crate::uploads::Upload;
 use crate::{AppState, ServeConfig};
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let console = state.config.console;
+    let router = Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "alive"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -44,6 +45,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/predict", post(gradio_predict))
         .route("/api/predict/", post(gradio_predict))
         .route("/v1/watch/events", get(watch_events))
+        .route("/v1/watch/frame", get(watch_frame))
+        .route("/v1/status", get(status));
+    let router = if console {
+        router
+            .route("/", get(crate::console::index))
+            .route("/favicon.ico", get(crate::console::favicon))
+            .route("/console/{*path}", get(crate::console::asset))
+    } else {
+        router
+    };
+    router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint takes another method")
@@ -120,6 +132,24 @@ struct WatchQuery {
     source: Option<String>,
 }
 
+/// The token, then the `[[watch]]` source a watch endpoint's query names (None: all).
+fn watched_source(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Result<Query<WatchQuery>, QueryRejection>,
+) -> Result<Option<String>, ApiError> {
+    check_token(state, headers)?;
+    let source = query.map_err(|e| ApiError::bad("invalid_query", e.body_text()))?.0.source;
+    if let Some(name) = &source {
+        if !state.watch.has(name) {
+            let names = state.watch.names().join(", ");
+            let msg = format!("no [[watch]] source {name:?} (the sources: {names})");
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_source", msg));
+        }
+    }
+    Ok(source)
+}
+
 /// `GET /v1/watch/events[?source=NAME]`: the `[[watch]]` sources' events as Server-Sent
 /// Events (`window`, `connected`, `reconnecting`, `window_failed`, `ended`), from now on.
 async fn watch_events(
@@ -127,20 +157,10 @@ async fn watch_events(
     headers: HeaderMap,
     query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(e) = check_token(&state, &headers) {
-        return e.into_response();
-    }
-    let source = match query {
-        Ok(Query(q)) => q.source,
-        Err(e) => return ApiError::bad("invalid_query", e.body_text()).into_response(),
+    let source = match watched_source(&state, &headers, query) {
+        Ok(source) => source,
+        Err(e) => return e.into_response(),
     };
-    if let Some(name) = &source {
-        if !state.watch.has(name) {
-            let names = state.watch.names().join(", ");
-            let msg = format!("no [[watch]] source {name:?} (the sources: {names})");
-            return ApiError::new(StatusCode::NOT_FOUND, "unknown_source", msg).into_response();
-        }
-    }
     let Some(events) = state.watch.subscribe(state.config.max_event_streams) else {
         let msg = format!("{} event streams are open (max_event_streams)", state.config.max_event_streams);
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", msg).retry(5).into_response();
@@ -155,6 +175,60 @@ async fn watch_events(
     let events =
         futures_util::StreamExt::map(events, |p| Ok::<Event, Infallible>(Event::default().event(p.kind).data(p.json)));
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// What the console shows, in one call: readiness (the bundle, model family, profile,
+/// providers, plan), each `[[watch]]` source's state and last windows, and the last
+/// failed requests.
+async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = check_token(&state, &headers) {
+        return e.into_response();
+    }
+    let (status, message) = if state.draining.load(Ordering::SeqCst) {
+        ("draining", Some("the service is shutting down".to_string()))
+    } else {
+        match (state.ready.get(), state.startup_error.get()) {
+            (Some(_), _) if !state.watch.failures().is_empty() => ("degraded", None),
+            (Some(_), _) => ("ready", None),
+            (None, Some(e)) => ("startup_failed", Some(e.clone())),
+            (None, None) => ("loading", Some("engines are loading and warming up".to_string())),
+        }
+    };
+    Json(serde_json::json!({
+        "status": status,
+        "message": message,
+        "ready": state.ready.get(),
+        "sources": state.watch.status(),
+        "recent_errors": state.metrics().recent_errors(),
+    }))
+    .into_response()
+}
+
+/// The latest window's first frame of a `[[watch]]` source with its face box, as JPEG
+/// (`X-Window-Index` says which window).
+async fn watch_frame(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, QueryRejection>,
+) -> Response {
+    let source = match watched_source(&state, &headers, query) {
+        Ok(Some(source)) => source,
+        Ok(None) => return ApiError::bad("invalid_query", "name the source: ?source=NAME").into_response(),
+        Err(e) => return e.into_response(),
+    };
+    let Some((index, jpeg)) = state.watch.frame(&source) else {
+        let msg = format!("source {source:?} has no analysed window yet");
+        return ApiError::new(StatusCode::NOT_FOUND, "no_frame_yet", msg).into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (header::HeaderName::from_static("x-window-index"), HeaderValue::from(index)),
+        ],
+        jpeg.as_ref().clone(),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -178,6 +178,32 @@ struct SourceStats {
     /// Why the source stopped for good (its thread ended or panicked, or what it is
     /// cannot be watched), while the service goes on.
     failure: Option<String>,
+    /// What the console shows: `connecting`, `connected`, `reconnecting`, `ended`, and
+    /// the stream's description or the error.
+    state: &'static str,
+    detail: String,
+    /// The last windows' events (JSON), oldest first, at most [`RECENT_WINDOWS`].
+    recent: VecDeque<String>,
+    /// The last window's preview (its number and the JPEG).
+    frame: Option<(u64, Arc<Vec<u8>>)>,
+}
+
+/// Windows kept per source for a console that opens later: the timeline's 10 minutes at
+/// the default 2 s hop (about 1.5 kB each).
+pub const RECENT_WINDOWS: usize = 300;
+
+/// A source as `GET /v1/status` shows it.
+#[derive(Debug, Serialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub state: &'static str,
+    pub detail: String,
+    pub windows: u64,
+    pub dropped: u64,
+    pub failed: u64,
+    /// The number of the window whose preview `GET /v1/watch/frame` serves.
+    pub frame_index: Option<u64>,
+    pub recent: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// A per-source series of `/metrics`: name, type, help, and its value.
@@ -297,7 +323,12 @@ impl WatchHub {
             let mut stats = self.stats();
             let s = stats.entry(source.to_string()).or_default();
             match event {
-                WatchEvent::Connected { .. } => s.connected = true,
+                WatchEvent::Connected { video, audio, .. } => {
+                    s.connected = true;
+                    s.state = "connected";
+                    s.detail =
+                        [Some(video.as_str()), audio.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(", ");
+                }
                 WatchEvent::Window(w) => {
                     s.windows += 1;
                     s.dropped = w.dropped;
@@ -305,12 +336,16 @@ impl WatchHub {
                     s.labels = w.label_scores.clone().unwrap_or_default();
                 }
                 WatchEvent::WindowFailed { .. } => s.failed += 1,
-                WatchEvent::Reconnecting { .. } => {
+                WatchEvent::Reconnecting { error, .. } => {
                     s.connected = false;
                     s.reconnects += 1;
+                    s.state = "reconnecting";
+                    s.detail = error.clone();
                 }
                 WatchEvent::Ended { reason, .. } => {
                     s.connected = false;
+                    s.state = "ended";
+                    s.detail = reason.clone();
                     if !["stopped", "end of the source", "max windows"].contains(&reason.as_str()) {
                         s.failure = Some(reason.clone());
                     }
@@ -318,6 +353,26 @@ impl WatchHub {
             }
         }
         let json = serde_json::to_string(event).unwrap_or_default();
+        if let WatchEvent::Window(w) = event {
+            // Encoded here, on the source's thread, once per window (a few milliseconds),
+            // not per console that asks.
+            let frame = w.first_frame.as_deref().and_then(|f| match crate::preview::preview_jpeg(f, w.face_box) {
+                Ok(jpeg) => Some((w.index, Arc::new(jpeg))),
+                Err(e) => {
+                    tracing::warn!(source, "window {}: {e}", w.index);
+                    None
+                }
+            });
+            let mut stats = self.stats();
+            let s = stats.entry(source.to_string()).or_default();
+            if s.recent.len() == RECENT_WINDOWS {
+                s.recent.pop_front();
+            }
+            s.recent.push_back(json.clone());
+            if frame.is_some() {
+                s.frame = frame;
+            }
+        }
         let published = Published { source: source.to_string(), kind, json: json.clone() };
         // A subscriber that is gone is removed; one that is full misses this event.
         self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, tx| {
@@ -388,6 +443,37 @@ impl WatchHub {
     /// Windows analysed, all sources together.
     pub fn windows(&self) -> u64 {
         self.stats().values().map(|s| s.windows).sum()
+    }
+
+    /// Every source for the console: its state, numbers and last windows.
+    pub fn status(&self) -> Vec<SourceStatus> {
+        let stats = self.stats();
+        let none = SourceStats::default();
+        self.sources
+            .iter()
+            .map(|c| {
+                let s = stats.get(&c.name).unwrap_or(&none);
+                SourceStatus {
+                    name: c.name.clone(),
+                    state: if s.state.is_empty() { "connecting" } else { s.state },
+                    detail: s.failure.clone().unwrap_or_else(|| s.detail.clone()),
+                    windows: s.windows,
+                    dropped: s.dropped,
+                    failed: s.failed,
+                    frame_index: s.frame.as_ref().map(|(i, _)| *i),
+                    recent: s
+                        .recent
+                        .iter()
+                        .filter_map(|j| serde_json::value::RawValue::from_string(j.clone()).ok())
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The last window's preview of `source` (its number and JPEG), if there is one yet.
+    pub fn frame(&self, source: &str) -> Option<(u64, Arc<Vec<u8>>)> {
+        self.stats().get(source).and_then(|s| s.frame.clone())
     }
 
     /// The sources that stopped for good, and why.

@@ -109,6 +109,25 @@ fn plan_every_profile_for_the_synthetic_and_the_real_bundle() {
     }
 }
 
+/// `emollama plan --json | head`: the reader is gone before the first write; the command
+/// ends as Unix tools do (SIGPIPE), without a panic's message and backtrace.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let script = "import os, subprocess, sys\nr, w = os.pipe()\nos.close(r)\n\
+                  p = subprocess.run(sys.argv[1:], stdout=w, stderr=subprocess.PIPE)\n\
+                  print(p.returncode, p.stderr.decode())";
+    let bin = common::emollama_bin();
+    let out = Command::new(common::python())
+        .args(["-c", script, bin.to_str().unwrap(), "plan", "--json", "--bundle"])
+        .arg(common::bundle_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("-13"), "ended by SIGPIPE: {text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
 #[test]
 fn startup_plan_refuses_a_bundle_that_cannot_fit() {
     let config = tempfile::tempdir().unwrap();

@@ -66,12 +66,26 @@ fn quantized(precision: &str) -> PathBuf {
     static MADE: OnceLock<()> = OnceLock::new();
     let dir = |p: &str| common::test_data().join(format!("bundle-encoders-{p}"));
     MADE.get_or_init(|| {
+        // The clips' encoder inputs, dumped by the first run and read by the second.
+        let dumps = common::test_data().join("bundle-encoders-dumps");
+        let _ = std::fs::remove_dir_all(&dumps);
         for p in ["fp16", "int8"] {
             let flag = format!("--{p}");
-            let out = quantize(&dir(p), &[&flag, "--calibration", calibration_clips().to_str().unwrap()]);
+            let clips = calibration_clips().to_str().unwrap();
+            let out = quantize(&dir(p), &[&flag, "--calibration", clips, "--dumps", dumps.to_str().unwrap()]);
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(out.status.success(), "{p}: {text}{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(text.contains("read from"), p == "int8", "{p}: {text}");
             print!("{text}");
+            // The unchanged files are the original's (hard links): the LLM is not copied.
+            let llm = |b: &Path| {
+                use std::os::unix::fs::MetadataExt;
+                let m: Value =
+                    serde_json::from_str(&std::fs::read_to_string(b.join("manifest.json")).unwrap()).unwrap();
+                let f = m["files"].as_array().unwrap().iter().find(|f| f["role"] == "llm").unwrap()["path"].clone();
+                std::fs::metadata(b.join(f.as_str().unwrap())).unwrap().ino()
+            };
+            assert_eq!(llm(&dir(p)), llm(&common::bundle_dir()), "{p}: the LLM file is shared");
         }
     });
     dir(precision)

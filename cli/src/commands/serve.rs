@@ -66,6 +66,9 @@ pub struct ServeArgs {
     max_event_streams: Option<usize>,
     #[arg(long)]
     event_stream_max_s: Option<f64>,
+    /// The web console at `/` (true/false).
+    #[arg(long)]
+    console: Option<bool>,
 }
 
 fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<ServeConfig> {
@@ -90,7 +93,8 @@ fn serve_config(args: &ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Resul
         min_face,
         max_connections_per_peer,
         max_event_streams,
-        event_stream_max_s
+        event_stream_max_s,
+        console
     );
     macro_rules! over_opt {
         ($($field:ident),*) => { $( if args.$field.is_some() { c.$field = args.$field.clone(); } )* };
@@ -162,12 +166,14 @@ pub fn run(args: ServeArgs, ort_library: Option<PathBuf>) -> anyhow::Result<()> 
             let m = pipeline.manifest();
             let info = ReadyInfo {
                 bundle: m.id.clone(),
+                model: m.model,
                 synthetic: m.synthetic,
                 profile: profile.name.clone(),
                 providers: pipeline.providers(),
                 fallbacks: pipeline.fallbacks().to_vec(),
                 power_mode: host.power_mode.clone(),
                 warm_up_ms: started.elapsed().as_secs_f64() * 1e3,
+                plan: pipeline.plan().and_then(|p| serde_json::to_value(p).ok()),
             };
             Ok((pipeline, info))
         };

@@ -6,6 +6,8 @@ from pathlib import Path
 
 FORMAT = "emollama-bundle"
 FORMAT_VERSION = 2
+# A bundle carries one ONNX file per engine (no external data files): at most one protobuf.
+PROTOBUF_LIMIT = 2**31
 
 # What belongs to the model and not to the runtime's code (spec §2, §4.3, §4.4): written
 # into every manifest, synthetic or official.

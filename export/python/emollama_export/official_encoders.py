@@ -21,13 +21,12 @@ from .audio import AudioEngine
 from .eva import EvaConfig, GlobalEngine, interpolate_pos_embed
 from .loading import TRAINING_STATE, ExportError, Inventory, fill, torch_load, unwrap
 from .mae import LocalEngine, MaeConfig
-from .manifest import file_entry, tensor_spec
+from .manifest import PROTOBUF_LIMIT, file_entry, tensor_spec
 from .official_code import EVA_HEAD_DIM, EVA_MLP_RATIO
 from .synthetic import engine_entry, export_engine, log, onnx_parity
 from .videomae import TemporalEngine, VideoMaeConfig
 
 VIT_HEAD_DIM = 64  # ViT-L (MAE, VideoMAE): 1024 / 16
-PROTOBUF_LIMIT = 2**31  # one ONNX file without external data
 
 
 class _AsFloat(nn.Module):

@@ -27,19 +27,22 @@ usage: python -m emollama_export.quantize_encoders --bundle IN --out OUT --fp16
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import EncodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from .manifest import sha256_file
+from .manifest import PROTOBUF_LIMIT, sha256_file
 from .tensors import write_json_atomic
 
 ROW_ENGINES = ["global_engine", "local_engine", "temporal_engine", "audio_engine", "fusion_engine"]
@@ -53,7 +56,6 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv")
 # The gates, per precision: (minimum cosine, maximum relative |diff|).
 GATES = {"fp16": (0.9999, 0.01), "int8": (0.98, 0.15)}
 MIN_CLIPS = 4
-PROTOBUF_LIMIT = 2_000_000_000
 
 
 class QuantizeError(Exception):
@@ -68,6 +70,7 @@ def fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold `Cast(fp16 initializer) -> float` into fp32 initializers (the exporter's
     fp16-stored EVA graphs), so that every weight is an fp32 initializer again."""
     inits = {i.name: i for i in model.graph.initializer}
+    readers = Counter(i for n in model.graph.node for i in n.input)
     keep = []
     for node in model.graph.node:
         src = inits.get(node.input[0]) if node.op_type == "Cast" and node.input else None
@@ -75,6 +78,9 @@ def fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         if src is not None and src.data_type == TensorProto.FLOAT16 and to == TensorProto.FLOAT:
             model.graph.initializer.append(
                 numpy_helper.from_array(numpy_helper.to_array(src).astype(np.float32), node.output[0]))
+            # The fp16 bytes go at once (EVA-g: 2 GB), not after the whole graph is folded.
+            if readers[src.name] == 1:
+                src.ClearField("raw_data")
             continue
         keep.append(node)
     del model.graph.node[:]
@@ -107,13 +113,40 @@ def fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def one_protobuf(model: onnx.ModelProto) -> bool:
+    """Whether the model fits one protobuf (protobuf cannot even size one over 2 GiB)."""
+    try:
+        return model.ByteSize() < PROTOBUF_LIMIT
+    except EncodeError:
+        return False
+
+
 def save(model: onnx.ModelProto, path: Path) -> None:
-    """One file under the protobuf limit, else the weights beside it (`<name>.data`)."""
-    if model.ByteSize() < PROTOBUF_LIMIT:
+    """A working file: one file under the protobuf limit, else the weights beside it
+    (`<name>.data`; EVA-g's 4.2 GB of fp32 weights while it is quantized)."""
+    if one_protobuf(model):
         onnx.save(model, str(path))
     else:
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=path.name + ".data")
+
+
+def save_engine(model: onnx.ModelProto, path: Path, role: str) -> None:
+    """A bundle's engine: one file, as the manifest lists and hashes it (bundles carry no
+    external data files)."""
+    if not one_protobuf(model):
+        raise QuantizeError(f"{role}: the new engine is over ONNX's 2 GiB protobuf limit for one file")
+    onnx.save(model, str(path))
+
+
+def link_or_copy(src: str, dst: str) -> str:
+    """The new bundle shares the unchanged files (the LLM's GGUF: gigabytes) with the old
+    one where they are on one file system: nothing rewrites a bundle's file in place."""
+    try:
+        os.link(src, dst)
+        return dst
+    except OSError:
+        return shutil.copy2(src, dst)
 
 
 def clips_of(folder: Path) -> list:
@@ -131,20 +164,27 @@ def clips_of(folder: Path) -> list:
     return clips
 
 
-def dump_inputs(clips: list, bundle: Path, emollama: str, work: Path) -> list:
+def dump_inputs(clips: list, bundle: Path, emollama: str, out: Path, profile=None) -> list:
     """The runtime's encoder inputs for each clip, in one process (`emollama dump-inputs`:
-    the bundle loaded once, no LLM prefill). A clip the runtime cannot read is an error
-    naming it."""
-    out = work / "dumps"
+    the bundle loaded once, no LLM prefill), into `out`; kept there for another run on the
+    same bundle and clips (`--dumps`), which then reads them instead. A clip the runtime
+    cannot read is an error naming it."""
+    key = {"bundle": json.loads((bundle / "manifest.json").read_text())["id"], "clips": calibration_hash(clips)}
+    done = out / "dumped.json"
+    if done.exists() and json.loads(done.read_text()) == key:
+        log(f"the runtime's encoder inputs for {len(clips)} clips: read from {out}")
+        return [out / f"{i:04d}" for i in range(len(clips))]
+    shutil.rmtree(out, ignore_errors=True)
     log(f"the runtime's encoder inputs for {len(clips)} clips")
-    r = subprocess.run([emollama, "dump-inputs", *map(str, clips), "--bundle", str(bundle), "--out", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run([emollama, "dump-inputs", *map(str, clips), "--bundle", str(bundle), "--out", str(out),
+                        *(["--profile", profile] if profile else [])], capture_output=True, text=True)
     if r.returncode != 0:
         why = (r.stderr.strip().splitlines() or ["no message"])[-1]
         clip = next((c.name for c in clips if str(c) in r.stderr), None)
         if clip is None:
             raise QuantizeError(f"emollama dump-inputs failed: {why}")
         raise QuantizeError(f"calibration clip {clip}: the runtime cannot use it ({why})")
+    write_json_atomic(done, key)
     return [out / f"{i:04d}" for i in range(len(clips))]
 
 
@@ -157,6 +197,24 @@ def feeds_for(inputs: list, dumps: list) -> list:
     """An engine's feeds from the dumps that hold all its inputs (a clip without a face
     has no face crops for the MAE and VideoMAE engines)."""
     return [{n: d[n] for n in inputs} for d in dumps if all(n in d for n in inputs)]
+
+
+CALIBRATION_BATCH = 8
+
+
+def split_batches(feeds: list, entry: dict) -> list:
+    """Feeds of at most CALIBRATION_BATCH along a dynamic first axis (MAE's face crops: up
+    to 64 a clip): the same minima and maxima, a fraction of the memory (the full-size
+    MAE's calibration on 64-crop runs was killed at 24 GB)."""
+    dynamic = [i["name"] for i in entry["inputs"] if i["shape"] and not isinstance(i["shape"][0], int)]
+    if not dynamic:
+        return feeds
+    out = []
+    for feed in feeds:
+        n = feed[dynamic[0]].shape[0]
+        for start in range(0, n, CALIBRATION_BATCH):
+            out.append({k: (v[start:start + CALIBRATION_BATCH] if k in dynamic else v) for k, v in feed.items()})
+    return out
 
 
 def calibration_hash(clips: list) -> str:
@@ -225,7 +283,10 @@ def quantize(args) -> None:
     min_cos = args.min_cosine if args.min_cosine is not None else min_cos
     max_rel = args.max_rel_diff if args.max_rel_diff is not None else max_rel
     roles = ROW_ENGINES + ([] if args.int8 else PROJECTORS)
-    entries = [f for f in manifest["files"] if f["role"] in roles]
+    unknown = sorted(set(args.keep) - set(roles))
+    if unknown:
+        raise QuantizeError(f"--keep {', '.join(unknown)}: not an engine this converts ({', '.join(roles)})")
+    entries = [f for f in manifest["files"] if f["role"] in roles and f["role"] not in args.keep]
     if not entries:
         raise QuantizeError(f"{bundle}: no encoder engines in the manifest")
     for e in entries:
@@ -241,13 +302,13 @@ def quantize(args) -> None:
             calibration, held_out, source = None, [], None
             if args.calibration is not None:
                 clips = clips_of(args.calibration)
-                dumps = dump_inputs(clips, bundle, args.emollama, work)
+                dumps = dump_inputs(clips, bundle, args.emollama, args.dumps or work / "dumps", args.profile)
                 held = [i for i in range(len(clips)) if i % 4 == 3]
                 calibration = [read_dump(d) for i, d in enumerate(dumps) if i not in held]
                 held_out = [read_dump(dumps[i]) for i in held]
                 source = {"sha256": calibration_hash(clips), "clips": len(clips) - len(held),
                           "held_out_clips": len(held), "folder": args.calibration.name}
-            shutil.copytree(bundle, staging)
+            shutil.copytree(bundle, staging, copy_function=link_or_copy)
             report = {}
             for e in entries:
                 src = bundle / e["path"]
@@ -260,15 +321,29 @@ def quantize(args) -> None:
                         raise QuantizeError(f"{e['role']}: no {'calibration' if not cal else 'held-out'} input for it "
                                             f"(its inputs {inputs} were in no dump: no clip had a face?)")
                     ops = WEIGHTED_OPS - KEEP_FLOAT.get(e["role"], set())
-                    int8_engine(src, dst, cal, work, ops)
+                    # quantize_static writes external data when its source has it (EVA-g
+                    # in fp32): quantized into the work folder, then saved as one file.
+                    quantized = work / new_name
+                    int8_engine(src, quantized, split_batches(cal, e), work, ops)
+                    save_engine(onnx.load(str(quantized)), dst, e["role"])
+                    for f in work.iterdir():  # this engine's working files (gigabytes for EVA-g)
+                        if f.is_file():
+                            f.unlink()
                     method = (f"Q/DQ int8, symmetric, per-channel weights, {'/'.join(sorted(ops))}; "
                               "MinMax calibration")
+                elif e["precision"] == "fp16":
+                    # Exported fp16-stored already (EVA-g: the checkpoint's own fp16 values,
+                    # weights and biases behind Casts): the same file, nothing rounded again.
+                    shutil.copyfile(src, dst)
+                    method = "fp16 weights as exported (the checkpoint's fp16 values), fp32 arithmetic"
+                    held = feeds_for(inputs, held_out) or [sample_feed(e)]
                 else:
-                    save(fp16_weights(fp32_weights(onnx.load(str(src)))), dst)
+                    save_engine(fp16_weights(fp32_weights(onnx.load(str(src)))), dst, e["role"])
                     method = "fp16 weights (MatMul/Gemm/Conv), fp32 arithmetic"
                     held = feeds_for(inputs, held_out) or [sample_feed(e)]
                 met = parity(src, dst, held)
-                log(f"{e['role']}: {precision} {dst.stat().st_size / 1e6:.2f} MB (fp32 file {src.stat().st_size / 1e6:.2f}"
+                stored = e["precision"]  # the original's: fp32, or fp16-stored as exported
+                log(f"{e['role']}: {precision} {dst.stat().st_size / 1e6:.2f} MB ({stored} file {src.stat().st_size / 1e6:.2f}"
                     f" MB), cosine min {met['cosine_min']:.6f}, max |diff| {met['max_abs_diff']:.3g} "
                     f"({met['max_rel_diff']:.3g} of the output's range)")
                 if met["cosine_min"] < min_cos or met["max_rel_diff"] > max_rel:
@@ -280,7 +355,7 @@ def quantize(args) -> None:
                     stale.unlink(missing_ok=True)
                 e.update({"path": new_name, "precision": precision, "size": dst.stat().st_size,
                           "sha256": sha256_file(dst)})
-                e["parity"] = {"reference": f"the fp32 engine {src.name} (sha256 {sha256_file(src)[:16]}…)",
+                e["parity"] = {"reference": f"the {stored} engine {src.name} (sha256 {sha256_file(src)[:16]}…)",
                                "runtime": f"onnxruntime {ort.__version__} cpu", "tolerance": max_rel,
                                "min_cosine": min_cos, **met}
                 e["quantization"] = {"method": method, **({"calibration": source} if args.int8 else {})}
@@ -317,6 +392,13 @@ def main(argv=None) -> None:
     ap.add_argument("--calibration", type=Path, help="a folder of clips (required with --int8; with --fp16 the "
                                                      "parity is checked on their held-out inputs)")
     ap.add_argument("--emollama", default="emollama", help="the emollama binary that dumps the encoder inputs")
+    ap.add_argument("--keep", action="append", default=[], metavar="ROLE",
+                    help="leave this engine as it is (repeatable): e.g. global_engine, whose fp32 form (EVA-g, 4.2 GB) "
+                         "ONNX Runtime's quantizer needed more than 40 GB of memory to quantize")
+    ap.add_argument("--dumps", type=Path, help="keep the clips' encoder inputs in this folder, and read them from "
+                                               "it when a run on the same bundle and clips left them there")
+    ap.add_argument("--profile", help="the device profile emollama dump-inputs plans the bundle on (default: "
+                                      "detected); the whole bundle must fit it")
     ap.add_argument("--min-cosine", type=float, help=f"the gate's minimum cosine (default {GATES})")
     ap.add_argument("--max-rel-diff", type=float, help="the gate's maximum |diff| relative to the fp32 output's range")
     args = ap.parse_args(argv)
