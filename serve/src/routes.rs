@@ -89,22 +89,30 @@ pub(crate) fn draining() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the service is shutting down").retry(5)
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+/// `ready`, or `degraded` when a watched source stopped for good (the service still
+/// serves requests); else the 503 that says why not (draining, loading, startup failed).
+fn readiness(state: &AppState) -> Result<&'static str, ApiError> {
     if state.draining.load(Ordering::SeqCst) {
-        return draining().into_response();
+        return Err(draining());
     }
     match (state.ready.get(), state.startup_error.get()) {
-        // A watched source that stopped for good leaves the service serving requests:
-        // ready, but degraded, with the source and why.
-        (Some(info), _) => {
-            let failed = state.watch.failures();
-            let status = if failed.is_empty() { "ready" } else { "degraded" };
-            Json(serde_json::json!({"status": status, "ready": info, "watch_failed": failed})).into_response()
+        (Some(_), _) => Ok(if state.watch.failures().is_empty() { "ready" } else { "degraded" }),
+        (None, Some(e)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "startup_failed", e.clone())),
+        (None, None) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "loading", "engines are loading and warming up")
+                .retry(5))
         }
-        (None, Some(e)) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "startup_failed", e.clone()).into_response(),
-        (None, None) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "loading", "engines are loading and warming up")
-            .retry(5)
-            .into_response(),
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match readiness(&state) {
+        Ok(status) => {
+            let failed = state.watch.failures();
+            Json(serde_json::json!({"status": status, "ready": state.ready.get(), "watch_failed": failed}))
+                .into_response()
+        }
+        Err(e) => e.into_response(),
     }
 }
 
@@ -184,15 +192,9 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     if let Err(e) = check_token(&state, &headers) {
         return e.into_response();
     }
-    let (status, message) = if state.draining.load(Ordering::SeqCst) {
-        ("draining", Some("the service is shutting down".to_string()))
-    } else {
-        match (state.ready.get(), state.startup_error.get()) {
-            (Some(_), _) if !state.watch.failures().is_empty() => ("degraded", None),
-            (Some(_), _) => ("ready", None),
-            (None, Some(e)) => ("startup_failed", Some(e.clone())),
-            (None, None) => ("loading", Some("engines are loading and warming up".to_string())),
-        }
+    let (status, message) = match readiness(&state) {
+        Ok(status) => (status, None),
+        Err(e) => (e.code, Some(e.message)),
     };
     Json(serde_json::json!({
         "status": status,
