@@ -4,7 +4,7 @@
 # committed (libFuzzer grows its working corpus from them in fuzz/corpus-work/).
 source "$(dirname "$0")/../scripts/lib.sh"
 C="$REPO_ROOT/fuzz/corpus"
-rm -rf "$C" && mkdir -p "$C"/{manifest,profile,serve_config,analyze_options,npy,eval_list,transcripts_csv,subtitles,gguf,onnx,media}
+rm -rf "$C" && mkdir -p "$C"/{manifest,profile,serve_config,analyze_options,npy,eval_list,transcripts_csv,subtitles,gguf,onnx,media,chat_body,multipart,query,sse,analyze_request,chat_request}
 cp "$REPO_ROOT/devices/manifests/emotion-llama-7b/manifest.json" "$C/manifest/emotion-llama-7b.json"
 cp "$REPO_ROOT/devices/manifests/emotion-llama-v2-7b/manifest.json" "$C/manifest/emotion-llama-v2-7b.json"
 cp "$REPO_ROOT/devices/profiles/"*.toml "$C/profile/"
@@ -52,4 +52,44 @@ ff -f lavfi -i sine=frequency=300:sample_rate=16000 -t 0.2 "$C/media/tone.wav"
 ff -f lavfi -i testsrc=size=24x24 -frames:v 1 "$C/media/still.png"
 ff -f lavfi -i testsrc=size=24x24 -frames:v 1 "$C/media/still.jpg"
 ff -f lavfi -i testsrc=size=32x24:rate=5 -t 0.4 -c:v mjpeg "$C/media/mjpeg.mkv"
+# The service's request layer: chat bodies (the openai package's shapes, media as data
+# URLs of the clips above), multipart uploads (first line: the Content-Type header),
+# query strings, streamed pieces of text.
+"$PY" - "$C" <<'PY'
+import base64, json, sys
+from pathlib import Path
+c = Path(sys.argv[1])
+url = lambda mime, f: f"data:{mime};base64," + base64.b64encode((c / "media" / f).read_bytes()).decode()
+text = {"type": "text", "text": "[emotion]"}
+seeds = {
+    "video": {"model": "emollama", "max_tokens": 8, "seed": 0,
+              "messages": [{"role": "user", "content": [text, {"type": "video_url", "video_url": {"url": url("video/mp4", "h264-aac.mp4")}}]}]},
+    "stream-audio": {"model": "emollama", "stream": True, "stream_options": {"include_usage": True}, "temperature": 0.2,
+                     "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [
+                         {"type": "text", "text": "[reason] why?"}, {"type": "video_url", "video_url": {"url": url("video/mp2t", "mpeg2.ts")}},
+                         {"type": "input_audio", "input_audio": {"data": base64.b64encode((c / "media/tone.wav").read_bytes()).decode(), "format": "wav"}}]}]},
+    "image": {"model": "emollama", "max_completion_tokens": 4, "stop": ["###"], "top_p": 0.5,
+              "messages": [{"role": "user", "content": [text, {"type": "image_url", "image_url": {"url": url("image/png", "still.png")}}]}]},
+    "path": {"model": "emollama", "messages": [{"role": "user", "content": [text, {"type": "file", "file": {"file_data": url("video/mp4", "h264-aac.mp4"), "filename": "a.mp4"}}]}]},
+}
+for name, body in seeds.items():
+    (c / "chat_body" / f"{name}.json").write_text(json.dumps(body))
+clip = (c / "media/h264-aac.mp4").read_bytes()
+def multipart(boundary, fields, media):
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="media"; filename="c.mp4"\r\nContent-Type: video/mp4\r\n\r\n'.encode() + media + b"\r\n")
+    return f"multipart/form-data; boundary={boundary}\n".encode() + b"".join(parts) + f"--{boundary}--\r\n".encode()
+(c / "multipart/analyze").write_bytes(multipart("XyZ", {"task": "emotion", "max_new_tokens": "8"}, clip))
+(c / "multipart/question").write_bytes(multipart("----b0", {"task": "question", "question": "Why?", "seed": "3", "scores": "true"}, b"\x00\x00\x00\x18ftypmp42"))
+for name, q in {"stream": "stream=true", "source": "source=cam", "both": "stream=false&source=a%20b", "empty": ""}.items():
+    (c / "query" / name).write_text(q)
+for name, t in {"word": " happy", "unicode": "é😀\u2028", "lines": "a\nb\r\nc\r", "json": '{"x": "]"}\u0000'}.items():
+    (c / "sse" / name).write_text(t)
+# The structure-aware targets read any bytes: pseudo-random ones to start from.
+import random
+rng = random.Random(30)
+for i in range(1, 5):
+    (c / "analyze_request" / f"random-{i}").write_bytes(rng.randbytes(64 * i))
+    (c / "chat_request" / f"random-{i}").write_bytes(rng.randbytes(200 * i))
+PY
 du -sh "$C"/*

@@ -118,8 +118,12 @@ pub struct Rows {
 }
 
 impl Rows {
-    pub fn total(&self) -> u32 {
-        self.global_patches + self.local + self.temporal + self.audio + self.global_cls + self.fusion
+    /// All the rows (u64: six u32 counts from a manifest cannot overflow it).
+    pub fn total(&self) -> u64 {
+        [self.global_patches, self.local, self.temporal, self.audio, self.global_cls, self.fusion]
+            .iter()
+            .map(|r| u64::from(*r))
+            .sum()
     }
 
     /// Rows of one block.

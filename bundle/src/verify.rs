@@ -183,12 +183,22 @@ impl Bundle {
         if let Some(b) = absent.find(|b| m.rows.of(**b) != 0) {
             return Err(BundleError::Inconsistent(format!("rows.{b}: {} has no such rows", m.model)));
         }
+        // Every row is a position of the prompt: more than the trained context cannot run
+        // (and a count this large would size the runtime's buffers from a manifest).
+        if m.rows.total() > u64::from(m.llm.n_ctx_train) {
+            return Err(BundleError::Inconsistent(format!(
+                "rows: {} embedding rows do not fit the model's context of {} (llm.n_ctx_train)",
+                m.rows.total(),
+                m.llm.n_ctx_train
+            )));
+        }
         if m.prompt.placeholder.trim().is_empty() {
             return Err(BundleError::Inconsistent("prompt.placeholder is empty".into()));
         }
         let t = &m.preprocess.temporal;
         match (m.model, &t.window) {
-            (ModelFamily::EmotionLlama, None) if t.frames != 0 && t.frames == t.segments * t.frames_per_segment => {}
+            (ModelFamily::EmotionLlama, None)
+                if t.frames != 0 && t.segments.checked_mul(t.frames_per_segment) == Some(t.frames) => {}
             (ModelFamily::EmotionLlama, _) => {
                 return Err(BundleError::Inconsistent(format!(
                     "preprocess.temporal: frames {} is not segments {} x frames_per_segment {} (and no window)",

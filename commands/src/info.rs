@@ -52,7 +52,7 @@ pub struct BundleReport {
     pub source: String,
     pub exporter_version: String,
     pub total_bytes: u64,
-    pub rows: u32,
+    pub rows: u64,
     pub embedding_width: u64,
     pub onnxruntime: String,
     pub onnxruntime_library: PathBuf,

@@ -295,6 +295,12 @@ impl AnalyzeOptions {
         serde_json::from_value::<Self>(serde_json::Value::Object(map)).is_ok()
     }
 
+    /// Whether a form field of this name is taken as text whatever it reads as (a
+    /// question of "42" stays text; a number's field reads "42" as a number).
+    pub fn is_text_field(name: &str) -> bool {
+        TEXT_FIELDS.contains(&name)
+    }
+
     /// Options from multipart text fields (name, value), with JSON's rules: numbers must
     /// be numbers of the field's type, booleans `true`/`false`, names known, each once.
     pub fn from_form<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, RequestError> {
@@ -303,7 +309,7 @@ impl AnalyzeOptions {
             if map.contains_key(name) {
                 return Err(RequestError { field: "form", reason: format!("field {name:?} is given twice") });
             }
-            let v = if TEXT_FIELDS.contains(&name) {
+            let v = if Self::is_text_field(name) {
                 serde_json::Value::String(value.to_string())
             } else {
                 match serde_json::from_str::<serde_json::Value>(value.trim()) {

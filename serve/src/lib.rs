@@ -9,6 +9,8 @@ mod body;
 pub mod config;
 mod console;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod job;
 mod listener;
 pub mod memory;

@@ -136,7 +136,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 }
 
 #[derive(Debug, Deserialize)]
-struct WatchQuery {
+pub(crate) struct WatchQuery {
     source: Option<String>,
 }
 
@@ -234,7 +234,7 @@ async fn watch_frame(
 }
 
 #[derive(Debug, Deserialize)]
-struct StreamQuery {
+pub(crate) struct StreamQuery {
     stream: Option<bool>,
 }
 
@@ -614,7 +614,7 @@ async fn chat_inner(
     let completion = Completion::new(&id, &admission.runtime.manifest().id, input.include_usage);
     let job = start_job(&state, admission, log, input.options, Sources { clip, audio, still: input.still }).await?;
     if input.stream {
-        return Ok(stream_job(job, ChatEvents { completion, notes: input.notes, began: Default::default() }));
+        return Ok(stream_job(job, ChatEvents::new(completion, input.notes)));
     }
     let mut result = run_to_end(job).await?;
     result.notes.extend(input.notes);
@@ -679,7 +679,7 @@ async fn official_inner(
 }
 
 /// How a stream's events are written: `/v1/analyze`'s named events, or OpenAI's chunks.
-trait EventFormat: Send + 'static {
+pub(crate) trait EventFormat: Send + 'static {
     fn start(&self) -> Option<Event> {
         None
     }
@@ -689,7 +689,7 @@ trait EventFormat: Send + 'static {
 }
 
 /// `piece` per token, then `result` or `error`.
-struct AnalyzeEvents;
+pub(crate) struct AnalyzeEvents;
 
 impl EventFormat for AnalyzeEvents {
     fn piece(&self, text: &str) -> Option<Event> {
@@ -707,12 +707,18 @@ impl EventFormat for AnalyzeEvents {
 /// `chat.completion.chunk`s as `data:` events (the role first, a piece per token, the
 /// finish with the result under `emollama`, the usage when asked), then `[DONE]`; an
 /// error as a `data:` event with an `error` key (the SDK raises `APIError` on it).
-struct ChatEvents {
+pub(crate) struct ChatEvents {
     completion: Completion,
     notes: Vec<String>,
     /// Whether text was sent: the answer's leading whitespace (SentencePiece's space
     /// before the first word) is not, so the streamed content equals the plain answer.
     began: std::cell::Cell<bool>,
+}
+
+impl ChatEvents {
+    pub(crate) fn new(completion: Completion, notes: Vec<String>) -> Self {
+        Self { completion, notes, began: Default::default() }
+    }
 }
 
 impl EventFormat for ChatEvents {

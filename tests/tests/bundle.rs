@@ -136,3 +136,32 @@ fn only_the_local_and_temporal_engines_may_be_absent() {
         assert!(matches!(opened, Err(BundleError::MissingRole(ref r)) if *r == want), "{opened:?}");
     }
 }
+
+/// Counts whose sum or product overflows their type (found by reading the checks the
+/// `manifest` fuzz target reaches; replayed from `fuzz/regressions/manifest/`): refused
+/// as inconsistent, where a release build once wrapped them around to a small number.
+#[test]
+fn counts_that_overflow_are_refused() {
+    let (_tmp, result) = damaged_copy(|dir| {
+        edit_manifest(dir, |v| {
+            let t = &mut v["preprocess"]["temporal"];
+            (t["frames"], t["segments"], t["frames_per_segment"]) = (1.into(), 65536.into(), 65536.into());
+        })
+    });
+    assert!(
+        matches!(&result, Err(BundleError::Inconsistent(m)) if m.contains("frames 1 is not segments 65536")),
+        "{result:?}"
+    );
+    // The global engine declaring as many rows as the manifest counts, the sum past u32.
+    let (_tmp, result) = damaged_copy(|dir| {
+        edit_manifest(dir, |v| {
+            v["rows"]["global_patches"] = u32::MAX.into();
+            let global = v["files"].as_array_mut().unwrap().iter_mut().find(|f| f["role"] == "global_engine").unwrap();
+            global["outputs"][0]["shape"][1] = u32::MAX.into();
+        })
+    });
+    assert!(
+        matches!(&result, Err(BundleError::Inconsistent(m)) if m.contains("4294967299 embedding rows do not fit")),
+        "{result:?}"
+    );
+}

@@ -45,6 +45,7 @@ pub struct GgufFile {
     pub metadata: BTreeMap<String, GgufValue>,
     pub tensors: Vec<GgufTensor>,
     data_start: u64,
+    file_len: u64,
 }
 
 const GGML_TYPE_F32: u32 = 0;
@@ -94,6 +95,14 @@ impl<R: Read> Cursor<R> {
             8 => GgufValue::Str(self.string()?),
             9 => {
                 let etype = self.u32()?;
+                // An array of arrays: llama.cpp's reader refuses them, and here each level
+                // would be a frame of recursion (a file of nested arrays, a stack overflow).
+                if etype == 9 {
+                    return Err(EngineError::GgufInvalid {
+                        path: self.path.clone(),
+                        reason: "an array of arrays (GGUF readers take arrays of values only)".into(),
+                    });
+                }
                 let len = self.u64()?;
                 for _ in 0..len {
                     self.value(etype)?;
@@ -143,7 +152,7 @@ impl GgufFile {
         if data_start > file_len {
             return Err(EngineError::GgufInvalid { path: path.into(), reason: "no tensor data (truncated)".into() });
         }
-        Ok(Self { path: path.into(), metadata, tensors, data_start })
+        Ok(Self { path: path.into(), metadata, tensors, data_start, file_len })
     }
 
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
@@ -153,6 +162,15 @@ impl GgufFile {
     /// Where the tensor data starts in the file (tensor offsets count from here).
     pub fn data_start(&self) -> u64 {
         self.data_start
+    }
+
+    /// `len` bytes at `offset` in the tensor data, when they lie inside the file (a damaged
+    /// directory's sizes and offsets would otherwise overflow or size a buffer): the length
+    /// and the absolute start.
+    fn within_file(&self, len: Option<u64>, offset: Option<u64>) -> Option<(usize, u64)> {
+        let start = self.data_start.checked_add(offset?)?;
+        let end = start.checked_add(len?)?;
+        (end <= self.file_len).then_some((usize::try_from(len?).ok()?, start))
     }
 
     pub fn tensor(&self, name: &str) -> Option<&GgufTensor> {
@@ -170,15 +188,20 @@ impl GgufFile {
         if row >= rows {
             return Err(invalid(format!("{name} has {rows} rows, asked for row {row}")));
         }
-        let elem = match t.ggml_type {
+        let elem: u64 = match t.ggml_type {
             GGML_TYPE_F32 => 4,
             GGML_TYPE_F16 => 2,
             other => return Err(invalid(format!("{name} has ggml type {other}; only F32/F16 rows can be read"))),
         };
+        let row_bytes = width.checked_mul(elem);
+        let start = row_bytes.and_then(|b| b.checked_mul(row)).and_then(|b| b.checked_add(t.offset));
+        let (row_bytes, start) = self.within_file(row_bytes, start).ok_or_else(|| {
+            invalid(format!("{name}: row {row} of {width} values lies outside the file (damaged directory)"))
+        })?;
         let mut file = File::open(&self.path).map_err(|source| EngineError::Io { path: self.path.clone(), source })?;
         let io = |source| EngineError::Io { path: self.path.clone(), source };
-        file.seek(SeekFrom::Start(self.data_start + t.offset + row * width * elem)).map_err(io)?;
-        let mut buf = vec![0u8; (width * elem) as usize];
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut buf = vec![0u8; row_bytes];
         file.read_exact(&mut buf).map_err(io)?;
         Ok(match t.ggml_type {
             GGML_TYPE_F32 => buf.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
@@ -190,15 +213,19 @@ impl GgufFile {
     pub fn tensor_bytes(&self, name: &str) -> Result<Vec<u8>, EngineError> {
         let invalid = |reason: String| EngineError::GgufInvalid { path: self.path.clone(), reason };
         let t = self.tensor(name).ok_or_else(|| invalid(format!("no tensor {name}")))?;
-        let elem = match t.ggml_type {
+        let elem: u64 = match t.ggml_type {
             GGML_TYPE_F32 => 4,
             GGML_TYPE_F16 => 2,
             other => return Err(invalid(format!("{name} has ggml type {other}; only F32/F16 tensors can be read"))),
         };
+        let bytes = t.dims.iter().try_fold(elem, |n, d| n.checked_mul(*d));
+        let (bytes, start) = self
+            .within_file(bytes, Some(t.offset))
+            .ok_or_else(|| invalid(format!("{name}: {:?} values lie outside the file (damaged directory)", t.dims)))?;
         let io = |source| EngineError::Io { path: self.path.clone(), source };
         let mut file = File::open(&self.path).map_err(io)?;
-        file.seek(SeekFrom::Start(self.data_start + t.offset)).map_err(io)?;
-        let mut buf = vec![0u8; (t.dims.iter().product::<u64>() * elem) as usize];
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut buf = vec![0u8; bytes];
         file.read_exact(&mut buf).map_err(io)?;
         Ok(buf)
     }
@@ -225,7 +252,63 @@ pub fn f16_to_f32(h: u16) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::f16_to_f32;
+    use super::{f16_to_f32, GgufFile};
+    use crate::EngineError;
+
+    /// A GGUF v3 header, then `kv` (key-value bytes) and `tensors` (directory bytes).
+    fn gguf(n_tensors: u64, n_kv: u64, body: &[u8]) -> tempfile::NamedTempFile {
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(n_tensors.to_le_bytes());
+        bytes.extend(n_kv.to_le_bytes());
+        bytes.extend(body);
+        bytes.resize(bytes.len() + 64, 0);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        file
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        [(s.len() as u64).to_le_bytes().to_vec(), s.as_bytes().to_vec()].concat()
+    }
+
+    /// Arrays nested 200,000 deep (2.4 MB) once overflowed the reader's stack: an array
+    /// of arrays is refused at its first level.
+    #[test]
+    fn nested_arrays_are_refused_not_recursed() {
+        let mut kv = string("deep");
+        kv.extend(9u32.to_le_bytes());
+        for _ in 0..200_000 {
+            kv.extend(9u32.to_le_bytes());
+            kv.extend(1u64.to_le_bytes());
+        }
+        let file = gguf(0, 1, &kv);
+        let Err(err) = GgufFile::open(file.path()) else { panic!("nested arrays accepted") };
+        assert!(matches!(&err, EngineError::GgufInvalid { reason, .. } if reason.contains("array of arrays")), "{err}");
+    }
+
+    /// A tensor directory whose dimensions and offset point past the file (or overflow
+    /// u64): reading the tensor is an error, not a wrapped seek or a huge buffer.
+    #[test]
+    fn tensors_outside_the_file_are_refused() {
+        let mut dir = string("token_embd.weight");
+        dir.extend(2u32.to_le_bytes());
+        dir.extend(u64::MAX.to_le_bytes());
+        dir.extend(u64::MAX.to_le_bytes());
+        dir.extend(0u32.to_le_bytes()); // F32
+        dir.extend((u64::MAX - 8).to_le_bytes());
+        let file = gguf(1, 0, &dir);
+        let g = GgufFile::open(file.path()).unwrap();
+        for err in [
+            g.read_row("token_embd.weight", u64::MAX - 1).unwrap_err(),
+            g.tensor_bytes("token_embd.weight").unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, EngineError::GgufInvalid { reason, .. } if reason.contains("outside the file")),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn half_to_single_is_exact() {
