@@ -205,17 +205,26 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
 
 /// The memory needed with every encoder resident, and with the encoders loaded in turn.
 fn totals(parts: &PlanParts, asr: Option<AsrPlacement>) -> (u64, u64) {
-    let base =
-        parts.llm_weights + parts.kv_cache + parts.compute_buffers + parts.runtime_contexts + parts.face_detectors;
-    let all: u64 = parts.encoders.iter().map(|e| e.1).sum();
+    // Saturating: the sizes come from a manifest, and a damaged one's sum must read as
+    // "does not fit", not overflow (found by fuzzing `manifest`).
+    let sum = |xs: &mut dyn Iterator<Item = u64>| xs.fold(0u64, u64::saturating_add);
+    let base = sum(&mut [
+        parts.llm_weights,
+        parts.kv_cache,
+        parts.compute_buffers,
+        parts.runtime_contexts,
+        parts.face_detectors,
+    ]
+    .into_iter());
+    let all = sum(&mut parts.encoders.iter().map(|e| e.1));
     // Loading an encoder can briefly need more than it keeps (an fp16 file on a CPU); in
     // turn, that happens at every use.
     let max = parts.encoders.iter().map(|e| e.1).max().unwrap_or(0).max(parts.encoder_load_peak);
-    let resident = base + all.max(parts.encoder_load_peak) + parts.asr;
+    let resident = sum(&mut [base, all.max(parts.encoder_load_peak), parts.asr].into_iter());
     // Recognition in turn is released before the encoders load: one more in the rotation.
     let in_turn = match asr {
-        Some(AsrPlacement::InTurn) => base + max.max(parts.asr),
-        _ => base + max + parts.asr,
+        Some(AsrPlacement::InTurn) => base.saturating_add(max.max(parts.asr)),
+        _ => sum(&mut [base, max, parts.asr].into_iter()),
     };
     (resident, in_turn)
 }
