@@ -207,24 +207,18 @@ fn parts(m: &Manifest, p: &Profile, s: &PlanSettings) -> PlanParts {
 fn totals(parts: &PlanParts, asr: Option<AsrPlacement>) -> (u64, u64) {
     // Saturating: the sizes come from a manifest, and a damaged one's sum must read as
     // "does not fit", not overflow (found by fuzzing `manifest`).
-    let sum = |xs: &mut dyn Iterator<Item = u64>| xs.fold(0u64, u64::saturating_add);
-    let base = sum(&mut [
-        parts.llm_weights,
-        parts.kv_cache,
-        parts.compute_buffers,
-        parts.runtime_contexts,
-        parts.face_detectors,
-    ]
-    .into_iter());
-    let all = sum(&mut parts.encoders.iter().map(|e| e.1));
+    let sum = |xs: &[u64]| xs.iter().fold(0u64, |a, b| a.saturating_add(*b));
+    let base =
+        sum(&[parts.llm_weights, parts.kv_cache, parts.compute_buffers, parts.runtime_contexts, parts.face_detectors]);
+    let all = parts.encoders.iter().fold(0u64, |a, e| a.saturating_add(e.1));
     // Loading an encoder can briefly need more than it keeps (an fp16 file on a CPU); in
     // turn, that happens at every use.
     let max = parts.encoders.iter().map(|e| e.1).max().unwrap_or(0).max(parts.encoder_load_peak);
-    let resident = sum(&mut [base, all.max(parts.encoder_load_peak), parts.asr].into_iter());
+    let resident = sum(&[base, all.max(parts.encoder_load_peak), parts.asr]);
     // Recognition in turn is released before the encoders load: one more in the rotation.
     let in_turn = match asr {
         Some(AsrPlacement::InTurn) => base.saturating_add(max.max(parts.asr)),
-        _ => sum(&mut [base, max, parts.asr].into_iter()),
+        _ => sum(&[base, max, parts.asr]),
     };
     (resident, in_turn)
 }
