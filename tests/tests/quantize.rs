@@ -1,4 +1,5 @@
-//! Smaller encoder engines (`emollama_export.quantize_encoders`) on the synthetic bundle:
+//! Smaller encoder engines (`emollama_export.quantize_encoders`) on the synthetic bundle
+//! (and on the official fixture's export, whose EVA weights are stored fp16):
 //! fp16-stored weights and explicit int8 (Q/DQ) graphs calibrated on the runtime's own
 //! encoder inputs for a folder of clips, each engine kept only at its stated parity with
 //! the fp32 engine; the bundles verify, pass the static TensorRT check, run through the
@@ -48,10 +49,14 @@ fn calibration_clips() -> &'static Path {
 }
 
 fn quantize(out: &Path, args: &[&str]) -> Output {
+    quantize_bundle(&common::bundle_dir(), out, args)
+}
+
+fn quantize_bundle(bundle: &Path, out: &Path, args: &[&str]) -> Output {
     Command::new(common::python())
         .current_dir(common::export_python_dir())
         .args(["-m", "emollama_export.quantize_encoders", "--bundle"])
-        .arg(common::bundle_dir())
+        .arg(bundle)
         .arg("--out")
         .arg(out)
         .arg("--emollama")
@@ -272,18 +277,7 @@ fn a_v2_bundle_quantizes_to_int8_too() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("v2-int8");
     let v2 = common::test_data().join("v2/bundle");
-    let o = Command::new(common::python())
-        .current_dir(common::export_python_dir())
-        .args(["-m", "emollama_export.quantize_encoders", "--int8", "--bundle"])
-        .arg(&v2)
-        .arg("--out")
-        .arg(&out)
-        .arg("--calibration")
-        .arg(calibration_clips())
-        .arg("--emollama")
-        .arg(common::emollama_bin())
-        .output()
-        .unwrap();
+    let o = quantize_bundle(&v2, &out, &["--int8", "--calibration", calibration_clips().to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bundle = Bundle::open_verified(&out).unwrap();
     for role in [Role::GlobalEngine, Role::TemporalEngine, Role::AudioEngine, Role::FusionEngine] {
@@ -301,3 +295,59 @@ fn a_v2_bundle_quantizes_to_int8_too() {
     );
     assert!(worst < 0.1, "{worst}");
 }
+
+/// The official export stores EVA's weights as fp16 behind a Cast and a Transpose (PyTorch
+/// folds neither for an fp16 parameter): quantized, every MatMul must read its weight
+/// through a DequantizeLinear of an int8 initializer with one scale per output channel,
+/// and no fp32 copy of a weight may stay in the file (before the fold, the quantizer took
+/// those weights for activations: one scale per matrix, and the file kept them in fp32).
+#[test]
+fn an_fp16_stored_eva_is_quantized_per_channel_with_no_float_weights_left() {
+    let _serial = common::serial();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("official-int8");
+    let official = common::official_dir().join("export/bundle");
+    let clips = calibration_clips().to_str().unwrap();
+    // EVA alone: the fixture's other engines (random weights at the official widths) are
+    // not what this checks.
+    let keep = ["--keep", "local_engine", "--keep", "temporal_engine", "--keep", "audio_engine"];
+    let o = quantize_bundle(&official, &out, &[&["--int8", "--calibration", clips][..], &keep].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (before, after) = (Bundle::open_verified(&official).unwrap(), Bundle::open_verified(&out).unwrap());
+    let (eva, eva_int8) = (before.file(&Role::GlobalEngine).unwrap(), after.file(&Role::GlobalEngine).unwrap());
+    assert_eq!(eva.precision, Precision::Engine(EnginePrecision::Fp16));
+    assert_eq!(eva_int8.precision, Precision::Engine(EnginePrecision::Int8));
+    // The onnx package reads the graph: MatMuls, how their weights arrive, float weights left.
+    let check =
+        Command::new(common::python()).args(["-c", MATMUL_WEIGHTS]).arg(out.join(&eva_int8.path)).output().unwrap();
+    let report: Value =
+        serde_json::from_slice(&check.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&check.stderr)));
+    println!("official EVA int8: {report}");
+    let matmuls = report["matmuls"].as_u64().unwrap();
+    assert!(matmuls >= 8, "{report}");
+    assert_eq!(report["int8_per_channel"].as_u64().unwrap(), report["weighted"].as_u64().unwrap(), "{report}");
+    assert!(report["weighted"].as_u64().unwrap() >= matmuls / 2, "{report}");
+    assert_eq!(report["float_weights_2d"].as_u64().unwrap(), 0, "{report}");
+    assert!(eva_int8.size * 10 < eva.size * 7, "int8 {} bytes, fp16 {}", eva_int8.size, eva.size);
+}
+
+/// Counts, in an ONNX file: MatMuls; those whose B is a DequantizeLinear of an initializer
+/// ("weighted"); of those, int8 with one scale per output channel; 2-D float initializers.
+const MATMUL_WEIGHTS: &str = r#"
+import json, sys, onnx
+m = onnx.load(sys.argv[1])
+inits = {i.name: i for i in m.graph.initializer}
+made_by = {o: n for n in m.graph.node for o in n.output}
+matmuls = [n for n in m.graph.node if n.op_type == "MatMul"]
+weighted = per_channel = 0
+for n in matmuls:
+    dq = made_by.get(n.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+        continue
+    weighted += 1
+    w, scale = inits[dq.input[0]], inits.get(dq.input[1])
+    if w.data_type == onnx.TensorProto.INT8 and scale is not None and list(scale.dims) == [w.dims[1]]:
+        per_channel += 1
+floats = sum(1 for i in inits.values() if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and len(i.dims) == 2)
+print(json.dumps({"matmuls": len(matmuls), "weighted": weighted, "int8_per_channel": per_channel, "float_weights_2d": floats}))
+"#;

@@ -67,28 +67,50 @@ def log(msg: str) -> None:
 
 
 def fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold `Cast(fp16 initializer) -> float` into fp32 initializers (the exporter's
-    fp16-stored EVA graphs), so that every weight is an fp32 initializer again."""
+    """Every weight an fp32 initializer that its op reads directly: `Cast(fp16
+    initializer) -> float` (the exporter's fp16-stored EVA graphs) folded into an fp32
+    initializer, and then `Transpose(initializer)` (EVA's Linear layers: the Cast stopped
+    PyTorch's exporter from folding it) into the transposed initializer. A MatMul whose
+    weight came through a Transpose would be quantized as if it read an activation: one
+    scale for the whole matrix, and the fp32 weights kept in the file beside it.
+
+    The folding is done on numpy arrays and each result becomes an initializer once: a
+    protobuf message keeps the memory of every field ever set until the whole model is
+    freed, so folding proto by proto held EVA-g's fp16, fp32 and transposed copies at
+    once (18 GB)."""
     inits = {i.name: i for i in model.graph.initializer}
     readers = Counter(i for n in model.graph.node for i in n.input)
-    keep = []
+    folded, keep = {}, []
+
+    def elem_type(name):
+        if name in folded:
+            return helper.np_dtype_to_tensor_dtype(folded[name].dtype)
+        return inits[name].data_type if name in inits else None
+
+    def value(name):
+        return folded[name] if name in folded else numpy_helper.to_array(inits[name])
+
     for node in model.graph.node:
-        src = inits.get(node.input[0]) if node.op_type == "Cast" and node.input else None
-        to = next((a.i for a in node.attribute if a.name == "to"), None)
-        if src is not None and src.data_type == TensorProto.FLOAT16 and to == TensorProto.FLOAT:
-            model.graph.initializer.append(
-                numpy_helper.from_array(numpy_helper.to_array(src).astype(np.float32), node.output[0]))
-            # The fp16 bytes go at once (EVA-g: 2 GB), not after the whole graph is folded.
-            if readers[src.name] == 1:
-                src.ClearField("raw_data")
+        src = node.input[0] if node.input else None
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Cast" and elem_type(src) == TensorProto.FLOAT16 and attrs["to"].i == TensorProto.FLOAT:
+            folded[node.output[0]] = value(src).astype(np.float32)
+        elif node.op_type == "Transpose" and elem_type(src) == TensorProto.FLOAT:
+            perm = list(attrs["perm"].ints) if "perm" in attrs else None
+            folded[node.output[0]] = np.ascontiguousarray(np.transpose(value(src), perm))
+        else:
+            keep.append(node)
             continue
-        keep.append(node)
+        if src in folded and readers[src] == 1:  # read only by the node just folded
+            del folded[src]
     del model.graph.node[:]
     model.graph.node.extend(keep)
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     live = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(live)
+    for name in [n for n in folded if n in used]:
+        model.graph.initializer.append(numpy_helper.from_array(folded.pop(name), name))
     return model
 
 
@@ -231,12 +253,16 @@ def session(path: Path) -> ort.InferenceSession:
 
 def parity(fp32: Path, candidate: Path, feeds: list) -> dict:
     """Worst cosine (row by row over the last axis) and worst |diff| relative to the
-    fp32 output's largest magnitude, over every output and held-out input."""
-    ref, new = session(fp32), session(candidate)
+    fp32 output's largest magnitude, over every output and held-out input. One session at
+    a time: the fp16-stored EVA-g alone peaks at 11.5 GB while it loads."""
+    ref = session(fp32)
     names = [o.name for o in ref.get_outputs()]
+    expected = [ref.run(names, feed) for feed in feeds]
+    del ref
+    new = session(candidate)
     cos_min, rel_max, abs_max = 1.0, 0.0, 0.0
-    for feed in feeds:
-        for name, a, b in zip(names, ref.run(names, feed), new.run(names, feed)):
+    for feed, want in zip(feeds, expected):
+        for a, b in zip(want, new.run(names, feed)):
             a2, b2 = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
             norms = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
             cos = np.where(norms > 0, (a2 * b2).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
@@ -257,19 +283,47 @@ class Feeds:
         return next(self.feeds, None)
 
 
-def int8_engine(fp32: Path, out: Path, feeds: list, work: Path, ops: set) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import CalibrationDataReader
+def activation_ranges(src: Path, feeds: list, ops: set, work: Path) -> Path:
+    """MinMax ranges of every activation a quantized op reads or writes, written as ONNX
+    Runtime's calibration cache. ONNX Runtime's own calibrator (inside `quantize_static`)
+    runs its ReduceMin/ReduceMax-augmented graph in the default execution order, which
+    keeps the attention maps of many layers alive at once: the full-size VideoMAE (1568
+    tokens) held 10 GB per input and grew with each (killed at 24 GB). The same
+    calibrator's graph run in priority-based order, without the memory arena, holds one
+    layer's maps: 1.3 GB over its weights, flat from input to input."""
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater, save_tensors_data
 
-    class Reader(Feeds, CalibrationDataReader):
-        pass
+    class LeanMinMax(MinMaxCalibrater):
+        def create_inference_session(self):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False
+            self.infer_session = ort.InferenceSession(self.augmented_model_path, sess_options=options,
+                                                      providers=self.execution_providers)
+
+    calibrator = LeanMinMax(src, sorted(ops), str(work / "augmented.onnx"),
+                            use_external_data_format=src.with_name(src.name + ".data").exists())
+    calibrator.augment_graph()
+    calibrator.model = None  # the graph's copy (EVA-g: 4.2 GB) is not needed to run it
+    calibrator.create_inference_session()
+    for feed in feeds:  # one at a time: each run's minima and maxima merged at once
+        calibrator.collect_data(Feeds([feed]))
+    cache = work / "ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
+def int8_engine(fp32: Path, out: Path, feeds: list, work: Path, ops: set) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     src = work / (fp32.stem + "-fp32-weights.onnx")
     save(fp32_weights(onnx.load(str(fp32))), src)
-    quantize_static(str(src), str(out), Reader(feeds), quant_format=QuantFormat.QDQ,
+    ranges = activation_ranges(src, feeds, ops, work)
+    quantize_static(str(src), str(out), None, calibration_cache_path=str(ranges), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=sorted(ops), per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
                     use_external_data_format=src.with_name(src.name + ".data").exists(),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
@@ -393,8 +447,8 @@ def main(argv=None) -> None:
                                                      "parity is checked on their held-out inputs)")
     ap.add_argument("--emollama", default="emollama", help="the emollama binary that dumps the encoder inputs")
     ap.add_argument("--keep", action="append", default=[], metavar="ROLE",
-                    help="leave this engine as it is (repeatable): e.g. global_engine, whose fp32 form (EVA-g, 4.2 GB) "
-                         "ONNX Runtime's quantizer needed more than 40 GB of memory to quantize")
+                    help="leave this engine as it is (repeatable): e.g. an engine whose int8 form misses its gate "
+                         "while the others pass")
     ap.add_argument("--dumps", type=Path, help="keep the clips' encoder inputs in this folder, and read them from "
                                                "it when a run on the same bundle and clips left them there")
     ap.add_argument("--profile", help="the device profile emollama dump-inputs plans the bundle on (default: "
