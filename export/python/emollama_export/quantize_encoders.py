@@ -143,14 +143,15 @@ def one_protobuf(model: onnx.ModelProto) -> bool:
         return False
 
 
-def save(model: onnx.ModelProto, path: Path) -> None:
+def save(model: onnx.ModelProto, path: Path) -> bool:
     """A working file: one file under the protobuf limit, else the weights beside it
-    (`<name>.data`; EVA-g's 4.2 GB of fp32 weights while it is quantized)."""
+    (`<name>.data`; EVA-g's 4.2 GB of fp32 weights while it is quantized). Whether they
+    went beside it."""
     if one_protobuf(model):
         onnx.save(model, str(path))
-    else:
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data")
+        return False
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+    return True
 
 
 def save_engine(model: onnx.ModelProto, path: Path, role: str) -> None:
@@ -283,7 +284,7 @@ class Feeds:
         return next(self.feeds, None)
 
 
-def activation_ranges(src: Path, feeds: list, ops: set, work: Path) -> Path:
+def activation_ranges(src: Path, external: bool, feeds: list, ops: set, work: Path) -> Path:
     """MinMax ranges of every activation a quantized op reads or writes, written as ONNX
     Runtime's calibration cache. ONNX Runtime's own calibrator (inside `quantize_static`)
     runs its ReduceMin/ReduceMax-augmented graph in the default execution order, which
@@ -303,8 +304,7 @@ def activation_ranges(src: Path, feeds: list, ops: set, work: Path) -> Path:
             self.infer_session = ort.InferenceSession(self.augmented_model_path, sess_options=options,
                                                       providers=self.execution_providers)
 
-    calibrator = LeanMinMax(src, sorted(ops), str(work / "augmented.onnx"),
-                            use_external_data_format=src.with_name(src.name + ".data").exists())
+    calibrator = LeanMinMax(src, sorted(ops), str(work / "augmented.onnx"), use_external_data_format=external)
     calibrator.augment_graph()
     calibrator.model = None  # the graph's copy (EVA-g: 4.2 GB) is not needed to run it
     calibrator.create_inference_session()
@@ -319,12 +319,12 @@ def int8_engine(fp32: Path, out: Path, feeds: list, work: Path, ops: set) -> Non
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     src = work / (fp32.stem + "-fp32-weights.onnx")
-    save(fp32_weights(onnx.load(str(fp32))), src)
-    ranges = activation_ranges(src, feeds, ops, work)
+    external = save(fp32_weights(onnx.load(str(fp32))), src)
+    ranges = activation_ranges(src, external, feeds, ops, work)
     quantize_static(str(src), str(out), None, calibration_cache_path=str(ranges), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=sorted(ops), per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    use_external_data_format=src.with_name(src.name + ".data").exists(),
+                    use_external_data_format=external,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
 
